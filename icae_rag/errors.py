@@ -1,0 +1,47 @@
+"""Typed errors raised by icae_rag; every message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class IcaeRagError(Exception):
+    """Base class of every error icae_rag raises on purpose."""
+
+
+class InvalidInputError(IcaeRagError, ValueError):
+    """An argument has the wrong type or value (empty text, unknown option, ...)."""
+
+
+class UnknownCompressorError(InvalidInputError):
+    """A compressor kind that is not registered was asked for."""
+
+
+class DeviceError(InvalidInputError):
+    """A device or dtype that this machine or combination does not support."""
+
+
+class BackboneMismatchError(IcaeRagError):
+    """A checkpoint or soft prompt was made for another backbone than the one loaded."""
+
+
+class CheckpointError(IcaeRagError):
+    """A checkpoint directory is missing, incomplete or from an incompatible version."""
+
+
+class CorruptFileError(IcaeRagError):
+    """A file exists but cannot be read: truncated, corrupted or of the wrong format."""
+
+
+class MissingFileError(IcaeRagError, FileNotFoundError):
+    """A file or directory the caller named does not exist."""
+
+
+class ModelNotFoundError(IcaeRagError):
+    """An embedded default model package is not installed."""
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or dict has unknown keys, missing keys or bad values."""
+
+
+class DataError(InvalidInputError):
+    """A dataset is missing, empty or does not have the expected schema."""
