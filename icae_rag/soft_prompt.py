@@ -1,0 +1,143 @@
+"""`SoftPrompt`: soft tokens in a decoder's input-embedding space, with their provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .errors import BackboneMismatchError, CorruptFileError, InvalidInputError
+from .io import read_tensors, write_tensors
+
+FORMAT_VERSION = 1
+
+
+def text_sha256(text: str) -> str:
+    """Hex SHA-256 of a text's UTF-8 bytes: the key that ties a soft prompt to its source."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One compressed piece: source tokens [token_start, token_end) became rows [slot_start, slot_end)."""
+
+    source_sha256: str
+    token_start: int
+    token_end: int
+    slot_start: int
+    slot_end: int
+
+    @property
+    def source_tokens(self) -> int:
+        """Number of decoder tokens of the source this piece stands for."""
+        return self.token_end - self.token_start
+
+
+@dataclass
+class SoftPrompt:
+    """Soft tokens ``embeddings`` (n, d_model) plus where each row came from.
+
+    ``compressor`` is the kind ("icae", "e2llm", "raw"), ``compressor_version`` identifies the
+    trained weights, ``backbone`` is "decoder-name@weights-fingerprint": a soft prompt is only
+    meaningful to that decoder.
+    """
+
+    embeddings: torch.Tensor
+    pieces: tuple[Piece, ...]
+    compressor: str
+    compressor_version: str
+    backbone: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embeddings, torch.Tensor) or self.embeddings.dim() != 2:
+            raise InvalidInputError("SoftPrompt.embeddings must be a 2-D tensor (n_soft_tokens, d_model)")
+        self.pieces = tuple(self.pieces)
+        covered = sum(p.slot_end - p.slot_start for p in self.pieces)
+        if covered != self.embeddings.shape[0]:
+            raise InvalidInputError(
+                f"SoftPrompt pieces cover {covered} rows but embeddings has {self.embeddings.shape[0]}"
+            )
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def num_soft_tokens(self) -> int:
+        """Number of soft tokens (decoder input positions this prompt takes)."""
+        return self.embeddings.shape[0]
+
+    @property
+    def source_tokens(self) -> int:
+        """Number of decoder tokens of raw text this prompt replaces."""
+        return sum(p.source_tokens for p in self.pieces)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Source tokens per soft token."""
+        return self.source_tokens / max(1, self.num_soft_tokens)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SoftPrompt:
+        """A copy on another device and/or dtype (provenance unchanged)."""
+        return replace(self, embeddings=self.embeddings.to(device=device, dtype=dtype))
+
+    def piece_embeddings(self) -> list[torch.Tensor]:
+        """The rows of each piece, in order."""
+        return [self.embeddings[p.slot_start : p.slot_end] for p in self.pieces]
+
+    @classmethod
+    def concat(cls, prompts: Sequence[SoftPrompt]) -> SoftPrompt:
+        """Join soft prompts of the same compressor and backbone into one, pieces in order."""
+        if not prompts:
+            raise InvalidInputError("SoftPrompt.concat needs at least one soft prompt")
+        first = prompts[0]
+        for p in prompts[1:]:
+            if (p.compressor, p.compressor_version, p.backbone) != (
+                first.compressor, first.compressor_version, first.backbone):
+                raise BackboneMismatchError(
+                    "cannot concatenate soft prompts from different compressors or backbones: "
+                    f"{first.compressor}/{first.compressor_version}@{first.backbone} vs "
+                    f"{p.compressor}/{p.compressor_version}@{p.backbone}"
+                )
+        pieces, offset = [], 0
+        for p in prompts:
+            pieces += [replace(q, slot_start=q.slot_start + offset, slot_end=q.slot_end + offset) for q in p.pieces]
+            offset += p.num_soft_tokens
+        device = first.embeddings.device
+        embeddings = torch.cat([p.embeddings.to(device) for p in prompts], dim=0)
+        return cls(embeddings, tuple(pieces), first.compressor, first.compressor_version, first.backbone)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as one safetensors file; provenance goes in its JSON header metadata."""
+        header = {
+            "format_version": FORMAT_VERSION,
+            "compressor": self.compressor,
+            "compressor_version": self.compressor_version,
+            "backbone": self.backbone,
+            "pieces": [list(vars(p).values()) for p in self.pieces],
+            "metadata": self.metadata,
+        }
+        write_tensors(path, {"embeddings": self.embeddings}, {"icae_rag": json.dumps(header)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SoftPrompt:
+        """Read a file written by `save`; a truncated or foreign file raises CorruptFileError."""
+        tensors, meta = read_tensors(path)
+        try:
+            header = json.loads(meta["icae_rag"])
+            pieces = tuple(Piece(*row) for row in header["pieces"])
+            prompt = cls(tensors["embeddings"].to(device), pieces, header["compressor"],
+                         header["compressor_version"], header["backbone"], dict(header.get("metadata", {})))
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+            raise CorruptFileError(
+                f"{Path(path)} is a safetensors file but not an icae_rag soft prompt ({e!r}): "
+                "create it with `icae-rag compress` or SoftPrompt.save"
+            ) from e
+        if header["format_version"] > FORMAT_VERSION:
+            raise CorruptFileError(f"{path} was written by a newer icae_rag: upgrade icae-rag")
+        return prompt
