@@ -141,14 +141,14 @@ def _tiny_decoder_dir() -> Path:
     """A tiny random Llama (seeded) using the default decoder's tokenizer, cached on disk."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    target = cache_dir() / "decoders" / "tiny-llama-v1"
+    target = cache_dir() / "decoders" / "tiny-llama-v2"
     if (target / "config.json").is_file():
         return target
     tokenizer = _load_tokenizer(_default_decoder_dir())
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng():

@@ -48,10 +48,11 @@ def sentence_chunks(
     if n == 0:
         return []
     starts = sentence_boundaries(text)
-    # Token index where each sentence starts: the first token whose span begins at/after the boundary.
+    # Token index where each sentence starts: the first token that ends after the boundary (BPE
+    # tokenizers glue the space before a word to the word, so that token straddles the boundary).
     sentence_token_starts, j = [], 0
     for char_start in starts:
-        while j < n and offsets[j][0] < char_start:
+        while j < n and offsets[j][1] <= char_start:
             j += 1
         if j < n and (not sentence_token_starts or sentence_token_starts[-1] != j):
             sentence_token_starts.append(j)

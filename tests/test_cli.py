@@ -1,0 +1,72 @@
+"""The `icae-rag` CLI on tiny checkpoints: JSON output, compress/reconstruct, typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TEXT
+from icae_rag.cli import main
+
+
+@pytest.fixture
+def ckpt(tiny_icae, tmp_path):
+    return str(tiny_icae.save_pretrained(tmp_path / "icae"))
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_ask_json(capsys, ckpt, tmp_path):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(TEXT)
+    code, out, err = run(capsys, "ask", "--json", "--checkpoint", ckpt, "--context", str(ctx),
+                         "--max-new-tokens", "3", "--device", "cpu", "When did Apollo 11 land?")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("answer", "input_tokens", "soft_tokens", "compression_ratio", "seconds"):
+        assert key in result
+    assert result["compression_ratio"] > 2 and result["compressor"] == "icae"
+    assert "untrained" in err
+
+
+def test_compress_then_reconstruct(capsys, ckpt, tmp_path):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(TEXT)
+    out_file = tmp_path / "memory.safetensors"
+    code, out, _ = run(capsys, "compress", str(ctx), "-o", str(out_file), "--checkpoint", ckpt, "--json",
+                       "--device", "cpu")
+    assert code == 0 and out_file.is_file()
+    assert json.loads(out)["soft_tokens"] > 0
+    code, out, _ = run(capsys, "reconstruct", str(out_file), "--checkpoint", ckpt, "--json", "--device", "cpu")
+    assert code == 0 and "text" in json.loads(out)
+
+
+def test_info_json(capsys):
+    code, out, _ = run(capsys, "info", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["versions"]["icae_rag"] and "cache_dir" in info and info["device"]
+
+
+def test_errors_are_typed_and_json(capsys, tmp_path):
+    code, out, _ = run(capsys, "ask", "--json", "--context", str(tmp_path / "missing.txt"), "Q?")
+    assert code == 2 and json.loads(out)["type"] == "MissingFileError"
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    code, out, _ = run(capsys, "ask", "--json", "--context", str(binary), "Q?")
+    assert code == 2 and json.loads(out)["type"] == "InvalidInputError"
+    code, _, err = run(capsys, "ask", "--checkpoint", str(tmp_path), "--context", str(binary), "Q?")
+    assert code == 2 and "error" in err
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(b"garbage")
+    code, out, _ = run(capsys, "reconstruct", str(corrupt), "--json")
+    assert code == 2 and json.loads(out)["type"] == "CorruptFileError"
+
+
+def test_unknown_compressor_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["ask", "--compressor", "zip", "--context", "x", "Q?"])

@@ -1,0 +1,178 @@
+"""Contract every compressor meets, plus checkpoints and bad input (tiny random backbones)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TEXT, TINY_ICAE
+from icae_rag import load_compressor, new_compressor
+from icae_rag.compressors.base import CONFIG_NAME, WEIGHTS_NAME
+from icae_rag.errors import (
+    BackboneMismatchError,
+    CheckpointError,
+    ConfigError,
+    CorruptFileError,
+    DeviceError,
+    InvalidInputError,
+    UnknownCompressorError,
+)
+
+
+def _randomise(compressor):
+    """Give the trainable tensors non-initial values, as training would."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for tensor in compressor.trainable_state_dict().values():
+            tensor.add_(0.01 * torch.randn(tensor.shape, generator=g).to(tensor.dtype))
+
+
+def test_soft_prompt_shape_and_provenance(tiny_compressor):
+    prompt = tiny_compressor.compress(TEXT)
+    d = tiny_compressor.decoder.hidden_size
+    assert prompt.embeddings.shape[1] == d and prompt.embeddings.dtype == tiny_compressor.decoder.dtype
+    n_tokens = len(tiny_compressor.tokenize(TEXT))
+    flat = [i for p in prompt.pieces for i in range(p.token_start, p.token_end)]
+    assert flat == list(range(n_tokens)), "pieces must cover every source token exactly once"
+    assert prompt.source_tokens == n_tokens
+    assert prompt.compressor == tiny_compressor.kind
+    assert prompt.backbone == tiny_compressor.backbone_id
+
+
+def test_icae_multi_span_keeps_ratio(tiny_icae):
+    n = len(tiny_icae.tokenize(TEXT))
+    prompt = tiny_icae.compress(TEXT)
+    spans = math.ceil(n / TINY_ICAE["span_tokens"])
+    assert len(prompt.pieces) == spans > 1
+    assert prompt.num_soft_tokens == sum(math.ceil(p.source_tokens / 4) for p in prompt.pieces)
+    assert prompt.compression_ratio > 3.5
+
+
+def test_e2llm_chunks_at_sentences(tiny_e2llm):
+    chunks = tiny_e2llm.chunk(TEXT)
+    assert all(e - s <= 24 for s, e, _ in chunks)
+    assert "".join(c for _, _, c in chunks).replace(" ", "") == TEXT.replace(" ", "")
+    prompt = tiny_e2llm.compress(TEXT)
+    assert prompt.num_soft_tokens == 2 * len(chunks)
+
+
+def test_batched_equals_one_by_one(tiny_compressor):
+    texts = [TEXT, "A short one.", TEXT[:150]]
+    batched = tiny_compressor.compress_many(texts, batch_size=4)
+    for text, prompt in zip(texts, batched, strict=True):
+        single = tiny_compressor.compress(text)
+        assert single.pieces == prompt.pieces
+        torch.testing.assert_close(single.embeddings, prompt.embeddings, rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_under_seed():
+    a = new_compressor("icae", device="cpu", **TINY_ICAE)
+    b = new_compressor("icae", device="cpu", **TINY_ICAE)
+    assert torch.equal(a.compress(TEXT).embeddings, b.compress(TEXT).embeddings)
+    c = new_compressor("icae", device="cpu", **(TINY_ICAE | {"seed": 5}))
+    assert not torch.equal(a.compress(TEXT).embeddings, c.compress(TEXT).embeddings)
+
+
+def test_checkpoint_round_trip_gives_identical_soft_prompts(tiny_compressor, tmp_path):
+    _randomise(tiny_compressor)
+    before = tiny_compressor.compress(TEXT)
+    tiny_compressor.save_pretrained(tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    expected = {CONFIG_NAME} if tiny_compressor.kind == "raw" else {CONFIG_NAME, WEIGHTS_NAME}
+    assert files == expected
+    loaded = load_compressor(tmp_path / "ckpt", device="cpu")
+    after = loaded.compress(TEXT)
+    assert torch.equal(before.embeddings, after.embeddings)
+    assert after.compressor_version == before.compressor_version
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())
+    assert meta["compressor_type"] == tiny_compressor.kind and "icae_rag" in meta["versions"]
+
+
+def test_version_changes_with_weights(tiny_icae):
+    before = tiny_icae.version
+    _randomise(tiny_icae)
+    assert tiny_icae.version != before
+
+
+def test_checkpoint_for_another_backbone_is_refused(tiny_icae, tmp_path):
+    tiny_icae.save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / CONFIG_NAME
+    meta = json.loads(path.read_text())
+    meta["backbones"]["decoder"]["fingerprint"] = "0123456789abcdef"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(BackboneMismatchError, match="was made for decoder"):
+        load_compressor(tmp_path / "ckpt", device="cpu")
+
+
+def test_soft_prompt_of_another_compressor_is_refused(tiny_icae, tiny_e2llm):
+    with pytest.raises(BackboneMismatchError):
+        tiny_e2llm.answer("Who?", [tiny_icae.compress(TEXT)], max_new_tokens=2)
+
+
+def test_corrupted_checkpoints(tiny_icae, tmp_path):
+    ckpt = tiny_icae.save_pretrained(tmp_path / "ckpt")
+    weights = ckpt / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CorruptFileError):
+        load_compressor(ckpt, device="cpu")
+    (ckpt / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(CorruptFileError):
+        load_compressor(ckpt, device="cpu")
+    (ckpt / CONFIG_NAME).unlink()
+    with pytest.raises(CheckpointError, match="not an icae_rag checkpoint"):
+        load_compressor(ckpt, device="cpu")
+
+
+def test_checkpoint_with_wrong_tensors(tiny_icae, tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt = tiny_icae.save_pretrained(tmp_path / "ckpt")
+    save_file({"memory": torch.zeros(2, 2)}, str(ckpt / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_compressor(ckpt, device="cpu")
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t", None, 42, b"bytes"])
+def test_bad_text_is_a_typed_error(tiny_compressor, bad):
+    with pytest.raises(InvalidInputError):
+        tiny_compressor.compress(bad)
+
+
+def test_unknown_compressor_device_dtype_and_config():
+    with pytest.raises(UnknownCompressorError, match="choose one of"):
+        new_compressor("zip")
+    with pytest.raises(UnknownCompressorError):
+        load_compressor("not-a-kind-or-dir")
+    with pytest.raises(DeviceError):
+        new_compressor("raw", device="tpu", decoder="tiny-llama")
+    with pytest.raises(DeviceError):
+        new_compressor("raw", device="cpu", dtype="fp16", decoder="tiny-llama")
+    with pytest.raises(ConfigError, match="unknown IcaeConfig keys"):
+        new_compressor("icae", device="cpu", decoder="tiny-llama", span_tokenz=4)
+    with pytest.raises(ConfigError, match="divisible"):
+        new_compressor("icae", device="cpu", decoder="tiny-llama", span_tokens=30, ratio=4)
+
+
+def test_untrained_default_warns(monkeypatch):
+    import icae_rag.compressors as c
+
+    monkeypatch.setattr(c, "shipped_checkpoint", lambda kind: None)
+    monkeypatch.setattr(c, "new_compressor", lambda kind, **kw: new_compressor("raw", device="cpu", decoder="tiny-llama")
+                        if kind == "raw" else _Untrained())
+    with pytest.warns(UserWarning, match="untrained"):
+        c.load_compressor("icae")
+
+
+class _Untrained:
+    trained = False
+
+
+def test_bf16_compression_runs(tiny_icae):
+    prompt = tiny_icae.compress(TEXT)
+    moved = prompt.to(dtype=torch.bfloat16)
+    assert moved.embeddings.dtype == torch.bfloat16
+    bf = new_compressor("icae", device="cpu", dtype="bf16", **TINY_ICAE)
+    assert bf.compress(TEXT).embeddings.dtype == torch.bfloat16

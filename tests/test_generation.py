@@ -1,0 +1,92 @@
+"""Answering: prompt layout, batching = one by one, streaming = answer, stop strings, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TEXT
+from icae_rag.errors import InvalidInputError
+from icae_rag.generation import build_prompt
+
+
+def test_answer_reports_positions_and_ratio(tiny_compressor):
+    contexts = [TEXT] if tiny_compressor.kind == "raw" else [tiny_compressor.compress(TEXT)]
+    ans = tiny_compressor.answer("When did Apollo 11 land?", contexts, max_new_tokens=5)
+    assert 1 <= ans.new_tokens <= 5 and isinstance(ans.text, str)
+    assert ans.source_tokens == len(tiny_compressor.tokenize(TEXT))
+    assert ans.input_positions > ans.soft_tokens
+    if tiny_compressor.kind == "raw":
+        assert ans.compression_ratio == 1.0
+    else:
+        assert ans.compression_ratio > 2
+
+
+def test_raw_text_and_raw_soft_prompt_are_the_same_input(tiny_raw):
+    as_text = build_prompt(tiny_raw, [TEXT], question="Who?")
+    as_prompt = build_prompt(tiny_raw, [tiny_raw.compress(TEXT)], question="Who?")
+    assert torch.equal(as_text.embeddings, as_prompt.embeddings)
+
+
+def test_contexts_are_separated_and_all_kept(tiny_icae):
+    one = build_prompt(tiny_icae, [tiny_icae.compress(TEXT)], question="Q?")
+    two = build_prompt(tiny_icae, [tiny_icae.compress(TEXT), "raw passage"], question="Q?")
+    sep = tiny_icae.decoder.embed_text("\n\n").shape[0]
+    raw = tiny_icae.decoder.embed_text("raw passage").shape[0]
+    assert two.embeddings.shape[0] == one.embeddings.shape[0] + sep + raw
+    assert two.source_tokens == one.source_tokens + raw
+
+
+def test_batch_equals_one_by_one(tiny_raw):
+    questions = ["When did Apollo 11 land?", "Who stayed in orbit?", "How much did it cost in total?"]
+    contexts = [[TEXT], [TEXT[:120]], ["The program cost 25 billion dollars."]]
+    batched = tiny_raw.answer_many(questions, contexts, max_new_tokens=6)
+    for q, c, b in zip(questions, contexts, batched, strict=True):
+        single = tiny_raw.answer(q, c, max_new_tokens=6)
+        assert single.token_ids == b.token_ids
+
+
+def test_stream_yields_the_answer_in_pieces(tiny_raw):
+    full = tiny_raw.answer("When did Apollo 11 land?", [TEXT], max_new_tokens=8)
+    pieces = list(tiny_raw.stream("When did Apollo 11 land?", [TEXT], max_new_tokens=8))
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == full.text
+
+
+def test_sampling_is_seeded(tiny_raw):
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=0.95)
+    a = tiny_raw.answer("Who?", [TEXT], seed=3, **kw)
+    b = tiny_raw.answer("Who?", [TEXT], seed=3, **kw)
+    assert a.token_ids == b.token_ids
+
+
+def test_stop_string_cuts_the_answer(tiny_raw):
+    full = tiny_raw.answer("Who?", [TEXT], max_new_tokens=8)
+    assert len(full.text) > 2
+    stop = full.text[len(full.text) // 2:]
+    cut = tiny_raw.answer("Who?", [TEXT], max_new_tokens=8, stop=(stop,))
+    assert cut.text == full.text[: len(full.text) // 2].strip()
+
+
+def test_reconstruct_returns_text(tiny_icae):
+    text = tiny_icae.reconstruct(tiny_icae.compress(TEXT), max_new_tokens=4)
+    assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("question", ["", "  ", None, 3])
+def test_bad_question(tiny_raw, question):
+    with pytest.raises(InvalidInputError):
+        tiny_raw.answer(question, [TEXT])
+
+
+def test_bad_contexts_and_options(tiny_raw):
+    with pytest.raises(InvalidInputError, match="list"):
+        tiny_raw.answer("Who?", TEXT)
+    with pytest.raises(InvalidInputError):
+        tiny_raw.answer("Who?", [b"bytes"])
+    with pytest.raises(InvalidInputError, match="valid generation options"):
+        tiny_raw.answer("Who?", [TEXT], max_tokens=3)
+    with pytest.raises(InvalidInputError):
+        tiny_raw.answer("Who?", [TEXT], max_new_tokens=0)
+    with pytest.raises(InvalidInputError, match="one list per question"):
+        tiny_raw.answer_many(["a?", "b?"], [[TEXT]])

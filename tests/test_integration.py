@@ -1,0 +1,70 @@
+"""Integration on the embedded default models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import json
+import pydoc_data.topics
+import subprocess
+import sys
+
+import pytest
+
+from icae_rag import load_compressor, new_compressor
+
+pytestmark = pytest.mark.integration
+
+PARAGRAPH = (
+    "Super Bowl 50 was an American football game to determine the champion of the National Football "
+    "League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver Broncos "
+    "defeated the National Football Conference (NFC) champion Carolina Panthers 24-10 to earn their "
+    "third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in Santa Clara, California."
+)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return new_compressor("raw", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory):
+    """About 2,000 tokens of the Python language reference (ships with every Python)."""
+    text = "\n\n".join(pydoc_data.topics.topics[t].strip() for t in ("if", "while", "for", "with", "context-managers"))
+    path = tmp_path_factory.mktemp("doc") / "compound.txt"
+    path.write_text(text)
+    return path
+
+
+def test_default_decoder_answers_from_raw_text(raw):
+    ans = raw.answer("Where was Super Bowl 50 played?", [PARAGRAPH], max_new_tokens=24)
+    assert "Levi's Stadium" in ans.text
+    closed_book = raw.answer("Where was Super Bowl 50 played?", ["No context."], max_new_tokens=24)
+    assert "Levi's Stadium" not in closed_book.text
+
+
+def test_default_backbones_are_the_embedded_ones(raw):
+    assert raw.decoder.name == "smollm2-135m-instruct" and raw.decoder.hidden_size == 576
+
+
+def test_default_icae_and_e2llm_ratios(document):
+    text = document.read_text()
+    icae = load_compressor("icae", device="cpu")
+    n = len(icae.tokenize(text))
+    assert 1800 <= n <= 2300
+    assert icae.compress(text).compression_ratio >= 3.9
+    e2llm = load_compressor("e2llm", device="cpu")
+    assert e2llm.encoder.dim == 384
+    assert e2llm.compress(text).compression_ratio >= 16
+
+
+@pytest.mark.parametrize("kind,min_ratio", [("raw", 1.0), ("icae", 3.9), ("e2llm", 16)])
+def test_cli_ask_on_a_2000_token_file(document, kind, min_ratio):
+    out = subprocess.run([sys.executable, "-m", "icae_rag.cli", "ask", "--json", "--context", str(document),
+                          "--compressor", kind, "--max-new-tokens", "16",
+                          "Which statement wraps a block with methods defined by a context manager?"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout)
+    assert result["compression_ratio"] >= min_ratio
+    assert result["input_tokens"] >= 1800 and isinstance(result["answer"], str)
+    if kind == "raw":
+        assert result["soft_tokens"] == result["input_tokens"]

@@ -1,0 +1,85 @@
+"""SoftPrompt: save/load bit-identical, concat, device/dtype moves, corrupted files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icae_rag.errors import (
+    BackboneMismatchError,
+    CorruptFileError,
+    InvalidInputError,
+    MissingFileError,
+)
+from icae_rag.soft_prompt import Piece, SoftPrompt, text_sha256
+
+
+def make(n: int = 5, d: int = 8, version: str = "v1", dtype=torch.float32) -> SoftPrompt:
+    g = torch.Generator().manual_seed(n)
+    sha = text_sha256("source")
+    return SoftPrompt(torch.randn(n, d, generator=g).to(dtype), (Piece(sha, 0, 4 * n, 0, n),), "icae", version,
+                      "tiny@abc")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_load_is_bit_identical(tmp_path, dtype):
+    prompt = make(dtype=dtype)
+    prompt.save(tmp_path / "p.safetensors")
+    loaded = SoftPrompt.load(tmp_path / "p.safetensors")
+    assert loaded.embeddings.dtype == dtype
+    assert torch.equal(loaded.embeddings, prompt.embeddings)
+    assert loaded.pieces == prompt.pieces
+    assert (loaded.compressor, loaded.compressor_version, loaded.backbone) == ("icae", "v1", "tiny@abc")
+    assert not list(tmp_path.glob(".*tmp")), "no temp file may be left behind"
+
+
+def test_ratio_and_counts():
+    prompt = make(n=5)
+    assert prompt.num_soft_tokens == 5 and prompt.source_tokens == 20 and prompt.compression_ratio == 4.0
+
+
+def test_concat_shifts_pieces_and_rejects_mixed_versions():
+    a, b = make(3), make(4)
+    joined = SoftPrompt.concat([a, b])
+    assert joined.num_soft_tokens == 7
+    assert [(p.slot_start, p.slot_end) for p in joined.pieces] == [(0, 3), (3, 7)]
+    assert torch.equal(joined.embeddings[3:], b.embeddings)
+    with pytest.raises(BackboneMismatchError):
+        SoftPrompt.concat([a, make(2, version="v2")])
+    with pytest.raises(InvalidInputError):
+        SoftPrompt.concat([])
+
+
+def test_to_changes_dtype_not_provenance():
+    prompt = make().to(dtype=torch.bfloat16)
+    assert prompt.embeddings.dtype == torch.bfloat16 and prompt.compressor_version == "v1"
+
+
+def test_pieces_must_cover_rows():
+    with pytest.raises(InvalidInputError):
+        SoftPrompt(torch.zeros(3, 2), (Piece("x", 0, 4, 0, 2),), "icae", "v", "b")
+
+
+def test_truncated_file_raises_corrupt(tmp_path):
+    path = tmp_path / "p.safetensors"
+    make().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="truncated or corrupted"):
+        SoftPrompt.load(path)
+
+
+def test_garbage_and_foreign_files_raise_corrupt(tmp_path):
+    (tmp_path / "g.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CorruptFileError):
+        SoftPrompt.load(tmp_path / "g.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "f.safetensors"))
+    with pytest.raises(CorruptFileError, match="not an icae_rag soft prompt"):
+        SoftPrompt.load(tmp_path / "f.safetensors")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MissingFileError):
+        SoftPrompt.load(tmp_path / "nope.safetensors")
