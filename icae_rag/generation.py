@@ -23,6 +23,8 @@ INSTRUCTIONS = {
     "continue": "Continue the text of the context.",
 }
 Context = SoftPrompt | str
+# Training passes soft rows as tensors (with grad); users pass SoftPrompts or raw strings.
+TrainingContext = SoftPrompt | str | torch.Tensor
 
 
 @dataclass
@@ -72,9 +74,12 @@ class Prompt:
     source_tokens: int
 
 
-def build_prompt(compressor: Compressor, contexts: Sequence[Context], *, mode: str = "answer",
+def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *, mode: str = "answer",
                  question: str | None = None) -> Prompt:
-    """Chat prefix + instruction, the contexts (separated by blank lines), mode marker, question."""
+    """Chat prefix + instruction, the contexts (separated by blank lines), mode marker, question.
+
+    Training and inference share this layout, so a compressor is trained on exactly what it reads.
+    """
     if mode not in INSTRUCTIONS:
         raise InvalidInputError(f"unknown mode {mode!r}: use one of {sorted(INSTRUCTIONS)}")
     if mode == "answer":
@@ -98,6 +103,10 @@ def build_prompt(compressor: Compressor, contexts: Sequence[Context], *, mode: s
             parts.append(ctx.embeddings.to(dec.device, dec.dtype))
             soft += ctx.num_soft_tokens
             source += ctx.source_tokens
+        elif isinstance(ctx, torch.Tensor):
+            parts.append(ctx.to(dec.dtype))
+            soft += ctx.shape[0]
+            source += ctx.shape[0]
         elif isinstance(ctx, str):
             rows = dec.embed_text(check_text(ctx))
             parts.append(rows)
@@ -107,7 +116,7 @@ def build_prompt(compressor: Compressor, contexts: Sequence[Context], *, mode: s
             raise InvalidInputError(f"a context must be a SoftPrompt or a str, got {type(ctx).__name__}")
     parts.append(compressor.mode_embedding(mode).to(dec.dtype))
     parts.append(dec.embed_text(after))
-    return Prompt(torch.cat(parts).detach(), soft, source)
+    return Prompt(torch.cat(parts), soft, source)
 
 
 def _render_chat(tokenizer, user: str) -> str:
@@ -224,14 +233,16 @@ def answer_many(compressor: Compressor, questions: Sequence[str], contexts: Sequ
     if not questions:
         raise InvalidInputError("answer_many needs at least one question")
     cfg = _config(generation)
-    prompts = [build_prompt(compressor, ctx, question=q) for q, ctx in zip(questions, contexts, strict=True)]
+    with torch.no_grad():
+        prompts = [build_prompt(compressor, ctx, question=q) for q, ctx in zip(questions, contexts, strict=True)]
     return generate_from_prompts(compressor, prompts, cfg)
 
 
 def stream(compressor: Compressor, question: str, contexts: Sequence[Context], **generation) -> Iterator[str]:
     """Yield the answer's text piece by piece as tokens are generated."""
     cfg = _config(generation)
-    prompt = build_prompt(compressor, contexts, question=question)
+    with torch.no_grad():
+        prompt = build_prompt(compressor, contexts, question=question)
     tok = compressor.decoder.tokenizer
     stop_ids = _stop_token_ids(tok)
     ids: list[int] = []
@@ -264,7 +275,8 @@ def reconstruct(compressor: Compressor, soft_prompt: SoftPrompt, *, max_new_toke
     texts: list[str] = []
     for b in range(0, len(pieces), batch_size):
         batch = pieces[b : b + batch_size]
-        prompts = [build_prompt(compressor, [_piece_prompt(soft_prompt, p)], mode="autoencode") for p in batch]
+        with torch.no_grad():
+            prompts = [build_prompt(compressor, [_piece_prompt(soft_prompt, p)], mode="autoencode") for p in batch]
         budget = max_new_tokens or max(p.source_tokens for p in batch) + 16
         texts += [a.text for a in generate_from_prompts(compressor, prompts, GenerationConfig(max_new_tokens=budget))]
     return "\n".join(texts)

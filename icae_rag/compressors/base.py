@@ -24,13 +24,15 @@ from ..errors import (
     UnknownCompressorError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
-from ..soft_prompt import SoftPrompt
+from ..soft_prompt import Piece, SoftPrompt, text_sha256
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "compressor_config.json"
 WEIGHTS_NAME = "compressor_model.safetensors"
 _REGISTRY: dict[str, tuple[type, type[Compressor]]] = {}
+# What `encode` returns per text: soft rows (n, d) and (token_start, token_end, n_rows) per piece.
+Encoded = tuple[torch.Tensor, list[tuple[int, int, int]]]
 
 
 def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compressor]) -> None:
@@ -88,8 +90,24 @@ class Compressor(nn.Module):
         """Compress one text (any length) into one soft prompt."""
         return self.compress_many([text], progress=progress)[0]
 
+    @torch.no_grad()
     def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
         """Compress several texts, batching their spans/chunks; one soft prompt per text."""
+        if isinstance(texts, str):
+            raise InvalidInputError("compress_many takes a list of texts; use compress() for one")
+        texts = [check_text(t) for t in texts]
+        encoded = self.encode(texts, batch_size=batch_size, progress=progress)
+        version, backbone, out = self.version, self.backbone_id, []
+        for text, (rows, spans) in zip(texts, encoded, strict=True):
+            sha, pieces, offset = text_sha256(text), [], 0
+            for start, end, n in spans:
+                pieces.append(Piece(sha, start, end, offset, offset + n))
+                offset += n
+            out.append(SoftPrompt(rows, tuple(pieces), self.kind, version, backbone))
+        return out
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[Encoded]:
+        """Differentiable core of compression: per text, soft rows (n, d) and (token_start, token_end, rows) per piece."""
         raise NotImplementedError
 
     def tokenize(self, text: str) -> list[int]:

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
 from ..chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
-from ..soft_prompt import Piece, SoftPrompt, text_sha256
-from .base import Compressor, check_text, register_compressor
+from .base import Compressor, Encoded, check_text, register_compressor
 
 
 @dataclass
@@ -106,22 +105,16 @@ class E2llmCompressor(Compressor):
         soft = self.adapter(sentence)  # (n, m * d)
         return soft.view(len(chunk_texts), self.config.soft_tokens_per_chunk, self.decoder.hidden_size)
 
-    @torch.no_grad()
-    def compress_many(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> list[SoftPrompt]:
-        """Chunk each text, encode all chunks in batches, m soft tokens per chunk."""
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> list[Encoded]:
+        """Chunk each text and encode all chunks in batches (differentiable)."""
         chunked = [self.chunk(t) for t in texts]
         flat = [c[2] for cs in chunked for c in cs]
-        rows = []
-        for b in tqdm(range(0, len(flat), batch_size), desc="e2llm compress", disable=not progress, unit="batch"):
-            rows.append(self.encode_chunks(flat[b : b + batch_size]))
+        rows = [self.encode_chunks(flat[b : b + batch_size])
+                for b in tqdm(range(0, len(flat), batch_size), desc="e2llm compress", disable=not progress, unit="batch")]
         soft = torch.cat(rows)  # (total_chunks, m, d)
-        m, version, backbone = self.config.soft_tokens_per_chunk, self.version, self.backbone_id
-        out, i = [], 0
-        for text, chunks in zip(texts, chunked, strict=True):
-            sha = text_sha256(text)
-            pieces = tuple(Piece(sha, s, e, j * m, (j + 1) * m) for j, (s, e, _) in enumerate(chunks))
-            out.append(SoftPrompt(soft[i : i + len(chunks)].reshape(-1, soft.shape[-1]), pieces,
-                                  self.kind, version, backbone))
+        m, out, i = self.config.soft_tokens_per_chunk, [], 0
+        for chunks in chunked:
+            out.append((soft[i : i + len(chunks)].reshape(-1, soft.shape[-1]), [(s, e, m) for s, e, _ in chunks]))
             i += len(chunks)
         return out
 

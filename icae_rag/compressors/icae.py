@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
-from ..soft_prompt import Piece, SoftPrompt, text_sha256
-from .base import Compressor, register_compressor
+from .base import Compressor, Encoded, register_compressor
 
 MODES = ("autoencode", "continue", "answer")
 
@@ -125,28 +124,23 @@ class IcaeCompressor(Compressor):
             return slots
         return self.slot_proj(F.normalize(slots, dim=-1) * self.slot_scale)
 
-    @torch.no_grad()
-    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
-        """Compress texts span by span (batched across texts); never drops a token."""
-        cfg = self.config
-        token_lists = [self.tokenize(t) for t in texts]
-        jobs = [(t, s, e) for t, ids in enumerate(token_lists) for s, e in split_spans(len(ids), cfg.span_tokens)]
+    def encode(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[Encoded]:
+        """Tokenize and encode texts span by span (differentiable)."""
+        return self.encode_ids([self.tokenize(t) for t in texts], batch_size=batch_size, progress=progress)
+
+    def encode_ids(self, token_lists: Sequence[Sequence[int]], *, batch_size: int = 8,
+                   progress: bool = False) -> list[Encoded]:
+        """Encode token sequences of any length: spans batched across sequences, none dropped."""
+        jobs = [(t, s, e) for t, ids in enumerate(token_lists) for s, e in split_spans(len(ids), self.config.span_tokens)]
         slots: list[torch.Tensor] = []
         for b in tqdm(range(0, len(jobs), batch_size), desc="icae compress", disable=not progress, unit="batch"):
-            batch = jobs[b : b + batch_size]
-            slots += self.encode_spans([token_lists[t][s:e] for t, s, e in batch])
-        version, backbone = self.version, self.backbone_id
-        out, i = [], 0
-        for t, text in enumerate(texts):
-            sha, pieces, rows, offset = text_sha256(text), [], [], 0
-            while i < len(jobs) and jobs[i][0] == t:
-                _, s, e = jobs[i]
-                pieces.append(Piece(sha, s, e, offset, offset + slots[i].shape[0]))
-                rows.append(slots[i])
-                offset += slots[i].shape[0]
-                i += 1
-            out.append(SoftPrompt(torch.cat(rows), tuple(pieces), self.kind, version, backbone))
-        return out
+            slots += self.encode_spans([token_lists[t][s:e] for t, s, e in jobs[b : b + batch_size]])
+        rows: list[list[torch.Tensor]] = [[] for _ in token_lists]
+        spans: list[list[tuple[int, int, int]]] = [[] for _ in token_lists]
+        for (t, s, e), slot in zip(jobs, slots, strict=True):
+            rows[t].append(slot)
+            spans[t].append((s, e, slot.shape[0]))
+        return [(torch.cat(r), sp) for r, sp in zip(rows, spans, strict=True)]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA weights (adapter-name free keys), memory and mode embeddings, slot projection."""

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
-from ..soft_prompt import Piece, SoftPrompt, text_sha256
-from .base import Compressor, register_compressor
+from .base import Compressor, Encoded, register_compressor
 
 
 @dataclass
@@ -32,15 +31,12 @@ class RawTextCompressor(Compressor):
         """Token embeddings only depend on the backbone."""
         return "raw-1"
 
-    @torch.no_grad()
-    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
+    def encode(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[Encoded]:
         """Token embeddings of each text, one piece per text."""
-        out = []
+        out: list[Encoded] = []
         for text in texts:
             ids = self.tokenize(text)
-            rows = self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long))
-            out.append(SoftPrompt(rows, (Piece(text_sha256(text), 0, len(ids), 0, len(ids)),),
-                                  self.kind, self.version, self.backbone_id))
+            out.append((self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long)), [(0, len(ids), len(ids))]))
         return out
 
     @classmethod
