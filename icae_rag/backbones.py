@@ -93,6 +93,16 @@ class DecoderBackbone:
         """Dtype of the weights."""
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def transformer(self) -> nn.Module:
+        """The decoder stack without the LM head (returns last_hidden_state)."""
+        return getattr(self.model, self.model.base_model_prefix)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The output projection to vocabulary logits."""
+        return self.model.get_output_embeddings()
+
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: (..., T) -> (..., T, d)."""
         return self.model.get_input_embeddings()(ids.to(self.device))

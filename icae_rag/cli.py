@@ -1,4 +1,4 @@
-"""`icae-rag` command line: ask, compress, reconstruct, info (every command has --json)."""
+"""`icae-rag` command line: ask, compress, reconstruct, train, info (every command has --json)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,27 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) a compressor from a YAML config."""
+    from .training.config import load_config
+    from .training.trainer import train
+
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"--set takes key=value, got {item!r}")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_config(args.config, overrides)
+    if (cfg.compressor, cfg.stage) != (args.kind, args.stage):
+        raise InvalidInputError(f"{args.config} trains {cfg.compressor}/{cfg.stage}, but the command asked for "
+                                f"{args.kind}/{args.stage}: use the matching config")
+    path = train(cfg, resume=args.resume, max_minutes=args.max_minutes, progress=not args.json)
+    return {"checkpoint": str(path), "finished": path.name == "final", "output_dir": cfg.output_dir}
+
+
 def _print_human(result: dict[str, Any]) -> None:
     for key in ("answer", "text"):
         if key in result:
@@ -139,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("file")
     common(rec)
     rec.set_defaults(func=cmd_reconstruct)
+
+    tr = sub.add_parser("train", help="train a compressor from a YAML config (resumable)")
+    tr.add_argument("kind", choices=["icae", "e2llm"])
+    tr.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
+    tr.add_argument("--config", required=True, help="YAML training config (see icae_rag/configs/)")
+    tr.add_argument("--resume", help="output directory of an interrupted run")
+    tr.add_argument("--max-minutes", type=float, help="checkpoint and stop after this many minutes")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    common(tr, compressor=False)
+    tr.set_defaults(func=cmd_train)
 
     info = sub.add_parser("info", help="versions, model paths, cache dir, device")
     common(info, compressor=False)

@@ -126,7 +126,8 @@ def _render_chat(tokenizer, user: str) -> str:
     return f"{user}\n\nAnswer:"
 
 
-def _stop_token_ids(tokenizer) -> set[int]:
+def stop_token_ids(tokenizer) -> set[int]:
+    """Token ids that end an answer: EOS and the chat end-of-turn tokens the tokenizer knows."""
     ids = {tokenizer.eos_token_id}
     for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
         tid = tokenizer.convert_tokens_to_ids(name)
@@ -148,7 +149,7 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[torch.Tensor], cfg: 
         x[i, t - p.shape[0]:] = p
         mask[i, t - p.shape[0]:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    stop_ids = torch.tensor(sorted(_stop_token_ids(dec.tokenizer)), device=dec.device)
+    stop_ids = torch.tensor(sorted(stop_token_ids(dec.tokenizer)), device=dec.device)
     generator = None
     if cfg.do_sample:
         generator = torch.Generator(device=dec.device)
@@ -182,7 +183,7 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
 
 
 def _finish_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:
-    stop_ids = _stop_token_ids(tokenizer)
+    stop_ids = stop_token_ids(tokenizer)
     ids = [i for i in ids if i not in stop_ids]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     for s in stop:
@@ -244,7 +245,7 @@ def stream(compressor: Compressor, question: str, contexts: Sequence[Context], *
     with torch.no_grad():
         prompt = build_prompt(compressor, contexts, question=question)
     tok = compressor.decoder.tokenizer
-    stop_ids = _stop_token_ids(tok)
+    stop_ids = stop_token_ids(tok)
     ids: list[int] = []
     sent = ""
     for nxt, _ in _decode_steps(compressor, [prompt.embeddings], cfg):

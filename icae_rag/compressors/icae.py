@@ -114,8 +114,7 @@ class IcaeCompressor(Compressor):
             rows.append(torch.cat([tokens, self.memory[:m], tokens.new_zeros(pad, tokens.shape[-1])]))
             mask[i, : len(ids) + m] = 1
         inputs = torch.stack(rows)  # (B, T, d)
-        backbone = getattr(self.lm.get_base_model(), self.lm.get_base_model().base_model_prefix)
-        hidden = backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = self.decoder.transformer(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
         slots = [hidden[i, n : n + m] for i, (n, m) in enumerate(zip(lengths, k, strict=True))]
         return [self._project(s) for s in slots]
 

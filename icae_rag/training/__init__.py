@@ -1,0 +1,1 @@
+"""Training: configs, samples per objective, losses and a resumable accelerate trainer."""
