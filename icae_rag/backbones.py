@@ -213,7 +213,7 @@ def _load_tokenizer(path: Path):
     return tokenizer
 
 
-def _resolve_decoder_source(name: str) -> tuple[str, bool]:
+def decoder_source(name: str) -> tuple[str, bool]:
     """(path or hub id, is_local) for a decoder name."""
     if name == DEFAULT_DECODER:
         return str(_default_decoder_dir()), True
@@ -240,7 +240,7 @@ def load_decoder(name: str = DEFAULT_DECODER, *, device: str = "auto", dtype: st
         raise InvalidInputError(f"decoder name must be a non-empty string, got {name!r}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    source, local = _resolve_decoder_source(name)
+    source, local = decoder_source(name)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, local_files_only=local)
     tokenizer = _load_tokenizer(Path(source)) if local else _load_hub_tokenizer(source)
     model.to(dev).eval().requires_grad_(False)
@@ -315,3 +315,6 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, device: str = "auto") -> Encode
     model = SentenceTransformer(source, device=str(dev), local_files_only=local)
     model.eval().requires_grad_(False)
     return EncoderBackbone(model=model, name=name, fingerprint=weights_fingerprint(model))
+
+
+_resolve_decoder_source = decoder_source  # TEMP alias while a helper finishes; removed before commit

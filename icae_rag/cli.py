@@ -1,4 +1,4 @@
-"""`icae-rag` command line: ask, compress, reconstruct, train, info (every command has --json)."""
+"""`icae-rag` command line: ask, compress, reconstruct, train, bench, info (every command has --json)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import IcaeRagError, InvalidInputError, MissingFileError
+from .errors import IcaeRagError, InvalidInputError
 
 
 def _read_text(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"context file {p} does not exist: check the path")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidInputError(f"{p} is not UTF-8 text ({e}): convert it to UTF-8 text first") from e
+    from .data import read_text_file
+
+    return read_text_file(Path(path))
 
 
 def _load(args: argparse.Namespace, kind: str | None = None):
@@ -121,6 +117,25 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": str(path), "finished": path.name == "final", "output_dir": cfg.output_dir}
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a benchmark suite and write results.json, results.md and plots into --out."""
+    from .eval.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(suite=args.suite, out=args.out, data=args.data, limit=args.limit, seed=args.seed,
+                        device=args.device, longllmlingua=not args.no_longllmlingua)
+    if args.compressor:
+        opts.compressors = list(args.compressor)
+    if args.checkpoint:
+        opts.compressors = list(args.checkpoint)
+    if args.dataset:
+        opts.datasets = list(args.dataset)
+    if args.lengths:
+        opts.lengths = [int(x) for x in args.lengths.split(",")]
+    result = run_bench(opts)
+    return {"out": args.out, "report": str(Path(args.out) / "results.md"), "plots": result["plots"],
+            "seconds": round(result["seconds"], 1)}
+
+
 def _print_human(result: dict[str, Any]) -> None:
     for key in ("answer", "text"):
         if key in result:
@@ -170,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     common(tr, compressor=False)
     tr.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="benchmark fidelity, QA quality and efficiency")
+    bench.add_argument("suite", choices=["fidelity", "qa", "efficiency", "all"])
+    bench.add_argument("--compressor", action="append", choices=["icae", "e2llm"], help="repeatable; default both")
+    bench.add_argument("--checkpoint", action="append", help="checkpoint directory (repeatable; replaces --compressor)")
+    bench.add_argument("--data", help="fidelity: a .txt or {text} JSONL file; qa: a {context,question,answer} JSONL")
+    bench.add_argument("--dataset", action="append", choices=["squad", "nq", "covid"], help="qa datasets (repeatable)")
+    bench.add_argument("--limit", type=int, help="examples per dataset (default: sized for 30 minutes on 2 cores)")
+    bench.add_argument("--lengths", help="efficiency context lengths, comma separated (default 512..8192)")
+    bench.add_argument("--out", default="bench-out")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--no-longllmlingua", action="store_true", help="skip the LongLLMLingua baseline")
+    common(bench, compressor=False)
+    bench.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="versions, model paths, cache dir, device")
     common(info, compressor=False)

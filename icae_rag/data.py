@@ -33,6 +33,7 @@ __all__ = [
     "load_squad",
     "load_squality",
     "load_text",
+    "read_text_file",
     "split_documents",
 ]
 
@@ -151,7 +152,8 @@ def _resolve(root: str | os.PathLike | None, *parts: str) -> Path:
     return path
 
 
-def _read_text_file(path: Path) -> str:
+def read_text_file(path: Path) -> str:
+    """Read a UTF-8 text file (BOM dropped), with typed errors for a missing or non-UTF-8 file."""
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist: check the path")
     try:
@@ -162,7 +164,7 @@ def _read_text_file(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    text = _read_text_file(path)
+    text = read_text_file(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -175,7 +177,7 @@ def _read_json(path: Path) -> Any:
 def _read_jsonl(path: Path, fix: str = _SHIPPED_FIX) -> list[tuple[int, Any]]:
     """Return (1-based line number, parsed value) for every non-blank line."""
     rows: list[tuple[int, Any]] = []
-    for lineno, line in enumerate(_read_text_file(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_text_file(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -377,7 +379,7 @@ def load_text(
         path = _resolve(
             root, "text-wikitext2", "valid.txt" if name == "wikitext2-valid" else "test.txt"
         )
-        return _split_wikitext(_read_text_file(path), path)
+        return _split_wikitext(read_text_file(path), path)
     if name == "gutenberg":
         folder = _resolve(root, "text-gutenberg")
         books = sorted(folder.glob("pg*.txt"))
@@ -385,14 +387,14 @@ def load_text(
             raise DataError(f"{folder} holds no pg*.txt books: restore the text-gutenberg folder")
         out = []
         for path in books:
-            body = _strip_gutenberg(_read_text_file(path), path)
+            body = _strip_gutenberg(read_text_file(path), path)
             if not body:
                 raise DataError(f"{path}: no text left after removing the Gutenberg header/footer")
             out.append(body)
         return out
     if name == "tinyshakespeare":
         # The file has no reliable play boundaries, so it is one document.
-        return [_read_text_file(_resolve(root, "text-tinyshakespeare", "input.txt"))]
+        return [read_text_file(_resolve(root, "text-tinyshakespeare", "input.txt"))]
     raise DataError(f"unknown text corpus {name!r}: use one of {', '.join(TEXT_NAMES)}")
 
 

@@ -268,19 +268,29 @@ def stream(compressor: Compressor, question: str, contexts: Sequence[Context], *
 
 def reconstruct(compressor: Compressor, soft_prompt: SoftPrompt, *, max_new_tokens: int | None = None,
                 batch_size: int = 8) -> str:
-    """Decode each piece of a memory in autoencoding mode and join the texts."""
+    """Decode each piece of a memory in autoencoding mode; the text of all pieces in order."""
+    ids = reconstruct_token_ids(compressor, soft_prompt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return compressor.decoder.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def reconstruct_token_ids(compressor: Compressor, soft_prompt: SoftPrompt, *, max_new_tokens: int | None = None,
+                          batch_size: int = 8) -> list[int]:
+    """Token ids reconstructed from each piece (batched), concatenated: pieces are consecutive
+    token ranges of one source, so joining ids (not stripped texts) keeps the spacing."""
     if not isinstance(soft_prompt, SoftPrompt):
         raise InvalidInputError(f"reconstruct takes a SoftPrompt, got {type(soft_prompt).__name__}")
     compressor.check_soft_prompt(soft_prompt)
     pieces = list(soft_prompt.pieces)
-    texts: list[str] = []
+    stops = stop_token_ids(compressor.decoder.tokenizer)
+    ids: list[int] = []
     for b in range(0, len(pieces), batch_size):
         batch = pieces[b : b + batch_size]
         with torch.no_grad():
             prompts = [build_prompt(compressor, [_piece_prompt(soft_prompt, p)], mode="autoencode") for p in batch]
         budget = max_new_tokens or max(p.source_tokens for p in batch) + 16
-        texts += [a.text for a in generate_from_prompts(compressor, prompts, GenerationConfig(max_new_tokens=budget))]
-    return "\n".join(texts)
+        for answer in generate_from_prompts(compressor, prompts, GenerationConfig(max_new_tokens=budget)):
+            ids += [t for t in answer.token_ids if t not in stops]
+    return ids
 
 
 def _piece_prompt(prompt: SoftPrompt, piece) -> SoftPrompt:

@@ -58,7 +58,7 @@ def test_errors_are_typed_and_json(capsys, tmp_path):
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
     code, out, _ = run(capsys, "ask", "--json", "--context", str(binary), "Q?")
-    assert code == 2 and json.loads(out)["type"] == "InvalidInputError"
+    assert code == 2 and json.loads(out)["type"] == "DataError" and "UTF-8" in json.loads(out)["error"]
     code, _, err = run(capsys, "ask", "--checkpoint", str(tmp_path), "--context", str(binary), "Q?")
     assert code == 2 and "error" in err
     corrupt = tmp_path / "c.safetensors"

@@ -1,0 +1,71 @@
+"""PNG plots of bench results (matplotlib, headless backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | None, path: Path) -> Path:
+    """Left: QA answer-contained accuracy vs compression ratio; right: reconstruction BLEU-4 vs ratio."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    for dataset, block in (qa or {}).items():
+        for mode, r in block["results"].items():
+            if "contained" not in r:
+                continue
+            ratio = r["compression_ratio"] or 0.0
+            x = max(ratio, 1.0) if mode != "none" else 1e3
+            m, (lo, hi) = r["contained"]["mean"], r["contained"]["ci95"]
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=3, label=f"{dataset}: {mode}")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (context tokens per decoder position; 'none' drawn at 1000x)")
+    ax.set_ylabel("answer-contained accuracy")
+    ax.set_title("QA quality vs compression")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for r in (fidelity or {}).get("rows", []):
+        if "bleu4" in r:
+            m, (lo, hi) = r["bleu4"]["mean"], r["bleu4"]["ci95"]
+            ax.errorbar([r["compression_ratio"]], [m], yerr=[[m - lo], [hi - m]], fmt="s", capsize=3,
+                        label=f"{r['compressor']} span {r['span_tokens']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio")
+    ax.set_ylabel("reconstruction BLEU-4")
+    ax.set_title("Fidelity vs compression")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
+    """Time to first token (compression + prefill) vs context length, one line per mode."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    modes = sorted({r["mode"] for r in efficiency["rows"]})
+    for mode in modes:
+        rows = sorted((r for r in efficiency["rows"] if r["mode"] == mode), key=lambda r: r["context_tokens"])
+        ax.plot([r["context_tokens"] for r in rows], [r["ttft_seconds"] for r in rows], marker="o", label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_title("Latency vs context length")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""QA suite: answer quality from raw text, compressed context, no context, and LongLLMLingua.
+
+Requirements: questions with reference answers; a paragraph (`context`) or a long document that is
+cut into passages and searched with FAISS (top-k by MiniLM inner product over normalised vectors).
+Metrics: answer-contained accuracy, token F1 and exact match with bootstrap intervals on answerable
+questions; the abstention rate on unanswerable ones (scored separately).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..chunking import sentence_chunks
+from ..compressors.base import Compressor
+from ..errors import DataError
+from .metrics import answer_contained, bootstrap_ci, exact_match, is_abstention, token_f1
+
+QUESTION_DATASETS = ("squad", "nq", "covid")
+
+
+@dataclass
+class QAItem:
+    """A question, its references (empty = unanswerable) and the passages the reader sees."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    passages: list[str] = field(default_factory=list)
+
+
+def load_items(dataset: str, data: str | None, limit: int, seed: int, root: Path | None) -> tuple[list[QAItem], dict]:
+    """Sample `limit` questions (seeded) from a named set or a user's QA JSONL; no model needed."""
+    from .. import data as readers
+
+    if data is not None:
+        examples = readers.load_jsonl_qa(Path(data))
+        split = f"user file {data}"
+    elif dataset == "squad":
+        examples = readers.load_squad("heldout", root=root)
+        split = "SQuAD v1.1 dev, the 13 held-out articles (never trained on)"
+    elif dataset == "nq":
+        examples = readers.load_qa_set("nq-open-oracle", root=root)
+        split = "NQ-open oracle passages (not a training source of the shipped checkpoints)"
+    elif dataset == "covid":
+        docs = readers.load_covid_qa(root=root)
+        rng = random.Random(seed)
+        picked = rng.sample(docs, min(limit, len(docs)))
+        items = [QAItem(d.id, d.question, d.answers, [d.document]) for d in picked]
+        return items, {"dataset": "covid", "split": "COVID-QA (evaluation only)", "n": len(items), "seed": seed}
+    else:
+        raise DataError(f"unknown QA dataset {dataset!r}: use one of {QUESTION_DATASETS} or --data FILE.jsonl")
+    rng = random.Random(seed)
+    picked = rng.sample(examples, min(limit, len(examples)))
+    items = [QAItem(e.id, e.question, e.answers, [e.context]) for e in picked]
+    return items, {"dataset": dataset if data is None else "custom", "split": split, "n": len(items), "seed": seed}
+
+
+def retrieve(items: list[QAItem], encoder, tokenizer, passage_tokens: int, top_k: int) -> None:
+    """Replace each item's document by its top-k passages (FAISS inner product, normalised MiniLM)."""
+    import faiss
+    import numpy as np
+
+    for item in items:
+        doc = item.passages[0]
+        enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        chunks = sentence_chunks(offsets, doc, passage_tokens)
+        passages = [doc[offsets[s][0] : offsets[e - 1][1]] for s, e in chunks]
+        vectors = np.asarray(encoder.model.encode(passages, normalize_embeddings=True), dtype="float32")
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        query = np.asarray(encoder.model.encode([item.question], normalize_embeddings=True), dtype="float32")
+        _, ids = index.search(query, min(top_k, len(passages)))
+        item.passages = [passages[i] for i in ids[0] if i >= 0]
+
+
+def _score(predictions: list[str], items: list[QAItem], seed: int) -> dict[str, Any]:
+    answerable = [(p, it) for p, it in zip(predictions, items, strict=True) if it.answers]
+    unanswerable = [p for p, it in zip(predictions, items, strict=True) if not it.answers]
+    out: dict[str, Any] = {"n_answerable": len(answerable), "n_unanswerable": len(unanswerable)}
+    for name, fn in (("contained", answer_contained), ("f1", token_f1), ("exact_match", exact_match)):
+        values = [fn(p, it.answers) for p, it in answerable]
+        if values:
+            mean, low, high = bootstrap_ci(values, seed=seed)
+            out[name] = {"mean": mean, "ci95": [low, high]}
+    if unanswerable:
+        mean, low, high = bootstrap_ci([float(is_abstention(p)) for p in unanswerable], seed=seed)
+        out["abstention"] = {"mean": mean, "ci95": [low, high]}
+    return out
+
+
+def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], reader: dict[str, Compressor],
+           *, max_new_tokens: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """Answer every item in every mode; `modes[name](item)` gives the contexts, `reader[name]` answers."""
+    results: dict[str, Any] = {}
+    for name, make_contexts in modes.items():
+        comp = reader[name]
+        start = time.perf_counter()
+        contexts = [make_contexts(it) for it in items]
+        prepare = time.perf_counter() - start
+        predictions, soft, source, answer_seconds = [], 0, 0, 0.0
+        for b in range(0, len(items), batch_size):
+            batch = items[b : b + batch_size]
+            answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size],
+                                       max_new_tokens=max_new_tokens)
+            answer_seconds += answers[0].seconds
+            predictions += [a.text for a in answers]
+            soft += sum(a.soft_tokens for a in answers)
+            source += sum(a.source_tokens for a in answers)
+        results[name] = _score(predictions, items, seed) | {
+            "mean_context_positions": soft / max(1, len(items)),
+            "compression_ratio": source / soft if soft else None,
+            "prepare_seconds_per_question": prepare / max(1, len(items)),
+            "answer_seconds_per_question": answer_seconds / max(1, len(items)),
+            "examples": [{"question": it.question, "answers": list(it.answers), "prediction": p}
+                         for it, p in list(zip(items, predictions, strict=True))[:3]],
+        }
+    return results
+
+
+def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -> str:
+    """One table per dataset: mode, positions, ratio, contained/F1/EM with 95% intervals."""
+    lines = [f"**{dataset}** — {record['split']}, n = {record['n']}, seed {record['seed']}", "",
+             "| mode | context positions | ratio | contained (95% CI) | F1 | EM | abstention (unanswerable) |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for mode, r in results.items():
+        c = r.get("contained")
+        contained = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
+        ratio = f"{r['compression_ratio']:.1f}x" if r.get("compression_ratio") else "-"
+        f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
+        em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
+        ab = f"{r['abstention']['mean']:.3f}" if "abstention" in r else "-"
+        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {f1} | {em} | {ab} |")
+    return "\n".join(lines) + "\n"

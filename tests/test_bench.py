@@ -1,0 +1,110 @@
+"""`icae-rag bench` end to end on tiny models and a handful of examples; bad input fails early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TEXT
+from icae_rag.cli import main
+from icae_rag.data import default_data_root
+from icae_rag.errors import BackboneMismatchError, InvalidInputError, MissingFileError
+from icae_rag.eval.bench import BenchOptions, run_bench, validate
+
+
+@pytest.fixture
+def checkpoints(tiny_icae, tiny_e2llm, tmp_path):
+    return [str(tiny_icae.save_pretrained(tmp_path / "icae")), str(tiny_e2llm.save_pretrained(tmp_path / "e2llm"))]
+
+
+@pytest.fixture
+def qa_file(tmp_path) -> Path:
+    path = tmp_path / "qa.jsonl"
+    rows = [{"context": TEXT, "question": "When did Apollo 11 land?", "answer": "1969"},
+            {"context": TEXT, "question": "Who stayed in orbit?", "answer": "Michael Collins"},
+            {"context": TEXT, "question": "What colour was the rocket?", "answer": []}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fidelity_suite(checkpoints, tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text(TEXT * 6)
+    res = run_bench(BenchOptions(suite="fidelity", out=str(tmp_path / "out"), compressors=checkpoints,
+                                 data=str(text), limit=2, spans=[32], longllmlingua=False))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["compressor"] for r in saved["fidelity"]["rows"]} == {"icae", "e2llm"}
+    assert all(0.0 <= r["bleu4"]["mean"] <= 1.0 and r["n"] == 2 for r in saved["fidelity"]["rows"])
+    assert saved["environment"]["git_commit"] and saved["environment"]["seed"] == 0
+    assert _png(tmp_path / "out" / "quality_vs_ratio.png")
+    assert "Untrained" in (tmp_path / "out" / "results.md").read_text()
+    assert res["plots"] == ["quality_vs_ratio.png"]
+
+
+def test_qa_suite_on_user_jsonl(checkpoints, qa_file, tmp_path):
+    run_bench(BenchOptions(suite="qa", out=str(tmp_path / "out"), compressors=checkpoints, data=str(qa_file),
+                           max_new_tokens=4, longllmlingua=False))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    modes = saved["qa"]["custom"]["results"]
+    assert set(modes) == {"raw", "none", "icae", "e2llm"}
+    assert modes["raw"]["n_answerable"] == 2 and modes["raw"]["n_unanswerable"] == 1
+    assert "abstention" in modes["raw"] and 0 <= modes["raw"]["contained"]["mean"] <= 1
+    assert modes["icae"]["compression_ratio"] > 2 and modes["raw"]["compression_ratio"] == 1
+    assert "not run" in saved["qa"]["custom"]["longllmlingua"]
+    assert _png(tmp_path / "out" / "quality_vs_ratio.png")
+
+
+def test_qa_suite_with_retrieval_and_longllmlingua(checkpoints, tmp_path):
+    pytest.importorskip("llmlingua")
+    if not (default_data_root() / "longqa-covid-qa").is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    run_bench(BenchOptions(suite="qa", out=str(tmp_path / "out"), compressors=checkpoints[:1], datasets=["covid"],
+                           limit=2, top_k=2, passage_tokens=64, max_new_tokens=4))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    block = saved["qa"]["covid"]
+    assert "FAISS" in block["record"]["retrieval"]
+    assert set(block["results"]) == {"raw", "none", "icae", "longllmlingua"}
+    lingua, icae = block["results"]["longllmlingua"], block["results"]["icae"]
+    assert lingua["mean_context_positions"] < block["results"]["raw"]["mean_context_positions"]
+    assert lingua["mean_context_positions"] <= 2 * icae["mean_context_positions"] + 20
+
+
+def test_efficiency_suite(checkpoints, tmp_path):
+    if not (default_data_root() / "text-wikitext2").is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    run_bench(BenchOptions(suite="efficiency", out=str(tmp_path / "out"), compressors=checkpoints,
+                           lengths=[64, 128], longllmlingua=False))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = saved["efficiency"]["rows"]
+    assert {(r["mode"], r["context_tokens"]) for r in rows} >= {("raw", 64), ("icae", 128), ("e2llm", 128)}
+    icae = next(r for r in rows if r["mode"] == "icae" and r["context_tokens"] == 128)
+    raw = next(r for r in rows if r["mode"] == "raw" and r["context_tokens"] == 128)
+    assert icae["decoder_positions"] < raw["decoder_positions"] and icae["kv_cache_mb"] < raw["kv_cache_mb"]
+    assert "speedup_ttft_vs_raw" in icae and icae["prefill_seconds"] > 0
+    assert _png(tmp_path / "out" / "latency_vs_length.png")
+
+
+def test_bad_input_fails_before_models_load(checkpoints, tmp_path, capsys):
+    with pytest.raises(InvalidInputError, match="positive"):
+        validate(BenchOptions(suite="qa", limit=0, compressors=checkpoints))
+    with pytest.raises(MissingFileError):
+        validate(BenchOptions(suite="qa", data=str(tmp_path / "nope.jsonl"), compressors=checkpoints))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "x"}\n')
+    with pytest.raises(InvalidInputError, match="question"):
+        validate(BenchOptions(suite="qa", data=str(bad), compressors=checkpoints))
+    with pytest.raises(InvalidInputError, match="unknown suite"):
+        validate(BenchOptions(suite="speed", compressors=checkpoints))
+    other = json.loads((Path(checkpoints[0]) / "compressor_config.json").read_text())
+    other["backbones"]["decoder"]["name"] = "smollm2-135m-instruct"
+    (Path(checkpoints[0]) / "compressor_config.json").write_text(json.dumps(other))
+    with pytest.raises(BackboneMismatchError, match="different decoders"):
+        validate(BenchOptions(suite="qa", compressors=checkpoints, data=str(bad)))
+    assert main(["bench", "qa", "--limit", "0", "--json", "--checkpoint", checkpoints[1]]) == 2
+    assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
