@@ -176,3 +176,14 @@ def test_bf16_compression_runs(tiny_icae):
     assert moved.embeddings.dtype == torch.bfloat16
     bf = new_compressor("icae", device="cpu", dtype="bf16", **TINY_ICAE)
     assert bf.compress(TEXT).embeddings.dtype == torch.bfloat16
+
+
+def test_e2llm_attention_adapter_round_trip(tmp_path):
+    from conftest import TINY_E2LLM
+
+    comp = new_compressor("e2llm", device="cpu", **(TINY_E2LLM | {"adapter": "attention", "adapter_hidden": 32}))
+    _randomise(comp)
+    prompt = comp.compress(TEXT)
+    assert prompt.num_soft_tokens == 2 * len(comp.chunk(TEXT))
+    loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
+    assert torch.equal(loaded.compress(TEXT).embeddings, prompt.embeddings)

@@ -1,9 +1,12 @@
 """E2LLM: Encoder Elongated LLMs (Liao et al., arXiv 2409.06679).
 
 The context is cut into sentence-aware chunks (about `chunk_tokens` decoder tokens each); a
-pretrained sentence encoder embeds each chunk; an MLP adapter maps each embedding to
-`soft_tokens_per_chunk` soft tokens in the decoder's input-embedding space. The encoder is frozen
-by default (LoRA optional); the decoder may carry its own LoRA.
+pretrained sentence encoder embeds each chunk; an adapter maps it to `soft_tokens_per_chunk`
+soft tokens in the decoder's input-embedding space. Two adapters:
+- "mlp" (the paper's v1): a two-layer GELU MLP on the pooled sentence embedding;
+- "attention" (the paper's v2 pooling by multi-head attention): `m` learned queries attend over
+  the encoder's token states, so more of the chunk than one pooled vector reaches the decoder.
+The encoder is frozen by default (LoRA optional); the decoder may carry its own LoRA.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ class E2llmConfig:
     encoder: str = DEFAULT_ENCODER
     chunk_tokens: int = 128
     soft_tokens_per_chunk: int = 1
+    adapter: str = "mlp"  # "mlp" | "attention"
     adapter_hidden: int = 1024
+    attention_heads: int = 4
     encoder_lora_r: int = 0  # 0 = encoder frozen
     decoder_lora_r: int = 0  # 0 = decoder frozen
     lora_alpha_ratio: float = 2.0
@@ -40,13 +45,35 @@ class E2llmConfig:
         for name in ("chunk_tokens", "soft_tokens_per_chunk", "adapter_hidden"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.adapter not in ("mlp", "attention"):
+            raise ConfigError(f"adapter must be 'mlp' or 'attention', got {self.adapter!r}")
         for name in ("encoder_lora_r", "decoder_lora_r"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 disables LoRA), got {getattr(self, name)}")
 
 
+class AttentionPooling(nn.Module):
+    """`m` learned queries attend over a chunk's token states (pooling by multi-head attention)."""
+
+    def __init__(self, enc_dim: int, d_model: int, m: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(m, hidden) * 0.02)
+        self.attn = nn.MultiheadAttention(hidden, heads, kdim=enc_dim, vdim=enc_dim, batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+        self.out = nn.Linear(hidden, d_model)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, L, enc_dim) token states + (n, L) mask -> (n, m, d_model)."""
+        q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (n, m, hidden)
+        h, _ = self.attn(q, tokens, tokens, key_padding_mask=~mask, need_weights=False)
+        h = self.norm1(h + q)
+        h = self.norm2(h + self.ffn(h))
+        return self.out(h)
+
+
 class E2llmCompressor(Compressor):
-    """E2LLM compressor: sentence encoder + MLP adapter, `m` soft tokens per chunk."""
+    """E2LLM compressor: sentence encoder + adapter, `m` soft tokens per chunk."""
 
     def __init__(self, config: E2llmConfig, decoder: DecoderBackbone, encoder: EncoderBackbone) -> None:
         from peft import LoraConfig, get_peft_model
@@ -67,13 +94,18 @@ class E2llmCompressor(Compressor):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             d, m = decoder.hidden_size, config.soft_tokens_per_chunk
-            self.adapter = nn.Sequential(
-                nn.Linear(encoder.dim, config.adapter_hidden), nn.GELU(),
-                nn.Linear(config.adapter_hidden, m * d)).to(dev, dt)
+            if config.adapter == "mlp":
+                self.adapter = nn.Sequential(
+                    nn.Linear(encoder.dim, config.adapter_hidden), nn.GELU(),
+                    nn.Linear(config.adapter_hidden, m * d)).to(dev, dt)
+                out_layer = self.adapter[2]
+            else:
+                self.adapter = AttentionPooling(encoder.dim, d, m, config.attention_heads, config.adapter_hidden).to(dev, dt)
+                out_layer = self.adapter.out
             # Start at the scale of real token embeddings so the frozen decoder sees in-range inputs.
             target = decoder.model.get_input_embeddings().weight.float().std().item()
             with torch.no_grad():
-                self.adapter[2].weight.mul_(target / max(1e-6, self.adapter[2].weight.std().item()) / 4)
+                out_layer.weight.mul_(target / max(1e-6, out_layer.weight.std().item()) / 4)
         self.eval()
 
     def _encoder_tokens(self, text: str) -> int:
@@ -101,8 +133,11 @@ class E2llmCompressor(Compressor):
         # sentence-transformers 6 renamed tokenize() to preprocess().
         features = (getattr(st, "preprocess", None) or st.tokenize)(list(chunk_texts))
         features = {k: v.to(self.decoder.device) if torch.is_tensor(v) else v for k, v in features.items()}
-        sentence = st(features)["sentence_embedding"].to(self.decoder.dtype)  # (n, enc_dim)
-        soft = self.adapter(sentence)  # (n, m * d)
+        out = st(features)
+        if self.config.adapter == "attention":
+            tokens = out["token_embeddings"].to(self.decoder.dtype)  # (n, L, enc_dim)
+            return self.adapter(tokens, out["attention_mask"].bool())  # (n, m, d)
+        soft = self.adapter(out["sentence_embedding"].to(self.decoder.dtype))  # (n, m * d)
         return soft.view(len(chunk_texts), self.config.soft_tokens_per_chunk, self.decoder.hidden_size)
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> list[Encoded]:
