@@ -315,6 +315,3 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, device: str = "auto") -> Encode
     model = SentenceTransformer(source, device=str(dev), local_files_only=local)
     model.eval().requires_grad_(False)
     return EncoderBackbone(model=model, name=name, fingerprint=weights_fingerprint(model))
-
-
-_resolve_decoder_source = decoder_source  # TEMP alias while a helper finishes; removed before commit
