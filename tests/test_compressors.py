@@ -187,3 +187,20 @@ def test_e2llm_attention_adapter_round_trip(tmp_path):
     assert prompt.num_soft_tokens == 2 * len(comp.chunk(TEXT))
     loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
     assert torch.equal(loaded.compress(TEXT).embeddings, prompt.embeddings)
+
+
+def test_icae_span_anchors_start_at_the_anchor_tokens(tmp_path):
+    cfg = TINY_ICAE | {"slot_source": "span_anchors"}
+    comp = new_compressor("icae", device="cpu", **cfg)
+    ids = comp.tokenize(TEXT)
+    prompt = comp.compress(TEXT)
+    anchors = [min(s + 4 * (j + 1), e) - 1 for p in prompt.pieces for s, e in [(p.token_start, p.token_end)]
+               for j in range(math.ceil((e - s) / 4))]
+    expected = comp.decoder.embed_ids(torch.tensor([ids[a] for a in anchors]))
+    torch.testing.assert_close(prompt.embeddings, expected)  # zero-initialised residual
+    assert "memory" not in comp.trainable_state_dict()
+    _randomise(comp)
+    moved = comp.compress(TEXT)
+    assert not torch.equal(moved.embeddings, expected)
+    loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
+    assert torch.equal(loaded.compress(TEXT).embeddings, moved.embeddings)

@@ -4,6 +4,11 @@ A LoRA-adapted copy of the decoder reads a span of L tokens followed by k = L / 
 memory embeddings; the last-layer hidden states at the memory positions are the memory slots.
 The frozen decoder (LoRA disabled) reads the slots as soft tokens. Texts longer than one span are
 cut into spans, compressed one by one and concatenated.
+
+`slot_source="span_anchors"` is a variant for small compute budgets: no memory tokens; slot j is
+the input embedding of the last token of group j (`ratio` tokens) plus a learned, zero-initialised
+projection of the encoder's last-layer state at that token. At step 0 the decoder reads every
+`ratio`-th token exactly (a floor it understands without training); training adds the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class IcaeConfig:
     # Last-layer states are ~14x the norm of input embeddings (SmolLM2: 45 vs 3.2); a learned
     # rescale + identity-initialised projection puts slots where the frozen decoder can read them.
     slot_projection: bool = True
+    slot_source: str = "memory_tokens"  # "memory_tokens" (the paper) | "span_anchors"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -50,6 +56,10 @@ class IcaeConfig:
             raise ConfigError(
                 f"span_tokens ({self.span_tokens}) must be divisible by ratio ({self.ratio}), "
                 "so that a full span gives a whole number of memory slots")
+        if self.slot_source not in ("memory_tokens", "span_anchors"):
+            raise ConfigError(f"slot_source must be 'memory_tokens' or 'span_anchors', got {self.slot_source!r}")
+        if self.slot_source == "span_anchors" and not self.slot_projection:
+            raise ConfigError("slot_source='span_anchors' needs slot_projection=True (the learned residual)")
         if self.lora_r <= 0:
             raise ConfigError(f"lora_r must be positive, got {self.lora_r}")
 
@@ -79,13 +89,15 @@ class IcaeCompressor(Compressor):
         def init(n: int) -> torch.Tensor:
             return (mean + std * torch.randn(n, d, generator=gen)).to(emb.dtype)
 
-        self.memory = nn.Parameter(init(config.memory_slots).to(emb.device))
+        if config.slot_source == "memory_tokens":
+            self.memory = nn.Parameter(init(config.memory_slots).to(emb.device))
         self.modes = nn.Parameter(init(len(MODES)).to(emb.device))
         if config.slot_projection:
             self.slot_scale = nn.Parameter(emb.float().norm(dim=-1).mean().to(emb.dtype).to(emb.device))
             self.slot_proj = nn.Linear(d, d, device=emb.device, dtype=emb.dtype)
             with torch.no_grad():
-                self.slot_proj.weight.copy_(torch.eye(d))
+                # memory_tokens: identity (slots are the states); span_anchors: zero (start at the anchors).
+                self.slot_proj.weight.copy_(torch.eye(d) if config.slot_source == "memory_tokens" else torch.zeros(d, d))
                 self.slot_proj.bias.zero_()
         self.lm.eval()
 
@@ -99,10 +111,13 @@ class IcaeCompressor(Compressor):
 
     def encode_spans(self, spans: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Memory slots of each span: list of (ceil(L_i / ratio), d). Differentiable."""
-        cfg, dev = self.config, self.decoder.device
+        cfg = self.config
         lengths = [len(s) for s in spans]
         if max(lengths) > cfg.span_tokens:
             raise ValueError(f"a span has {max(lengths)} tokens, more than span_tokens={cfg.span_tokens}")
+        if cfg.slot_source == "span_anchors":
+            return self._encode_anchors(spans)
+        dev = self.decoder.device
         k = [slots_for(n, cfg.ratio) for n in lengths]
         total = max(n + m for n, m in zip(lengths, k, strict=True))
         embed = self.lm.get_input_embeddings()
@@ -117,6 +132,23 @@ class IcaeCompressor(Compressor):
         hidden = self.decoder.transformer(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
         slots = [hidden[i, n : n + m] for i, (n, m) in enumerate(zip(lengths, k, strict=True))]
         return [self._project(s) for s in slots]
+
+    def _encode_anchors(self, spans: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """span_anchors: slot j = embedding of group j's last token + projected encoder state there."""
+        dev, r = self.decoder.device, self.config.ratio
+        total = max(len(s) for s in spans)
+        ids = torch.zeros(len(spans), total, dtype=torch.long, device=dev)
+        mask = torch.zeros_like(ids)
+        for i, span in enumerate(spans):
+            ids[i, : len(span)] = torch.tensor(list(span), dtype=torch.long, device=dev)
+            mask[i, : len(span)] = 1
+        embed = self.lm.get_input_embeddings()
+        hidden = self.decoder.transformer(inputs_embeds=embed(ids), attention_mask=mask, use_cache=False).last_hidden_state
+        out = []
+        for i, span in enumerate(spans):
+            anchors = torch.tensor([min((j + 1) * r, len(span)) - 1 for j in range(slots_for(len(span), r))], device=dev)
+            out.append(embed(ids[i, anchors]) + self._project(hidden[i, anchors]))
+        return out
 
     def _project(self, slots: torch.Tensor) -> torch.Tensor:
         if not self.config.slot_projection:
@@ -146,7 +178,8 @@ class IcaeCompressor(Compressor):
         from peft import get_peft_model_state_dict
 
         state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.lm).items()}
-        state["memory"] = self.memory
+        if self.config.slot_source == "memory_tokens":
+            state["memory"] = self.memory
         state["modes"] = self.modes
         if self.config.slot_projection:
             state["slot_scale"] = self.slot_scale.reshape(1)
@@ -169,7 +202,8 @@ class IcaeCompressor(Compressor):
         if getattr(result, "unexpected_keys", None):
             raise CheckpointError(f"LoRA tensors not used by the model: {result.unexpected_keys[:5]}")
         with torch.no_grad():
-            self.memory.copy_(state["memory"])
+            if self.config.slot_source == "memory_tokens":
+                self.memory.copy_(state["memory"])
             self.modes.copy_(state["modes"])
             if self.config.slot_projection:
                 self.slot_scale.copy_(state["slot_scale"].reshape(()))
