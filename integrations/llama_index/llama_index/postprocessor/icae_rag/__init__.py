@@ -1,0 +1,37 @@
+"""LlamaIndex integration of icae-rag: retrieved nodes become soft prompts a decoder answers from.
+
+- `SoftPromptCompressor` (node postprocessor): nodes -> soft prompts, from the slot store when present.
+- `SoftPromptSynthesizer` (response synthesizer): answers from the soft prompts, with streaming and async.
+- `SoftPromptIngestion` (ingestion transformation): precomputes soft prompts into the slot store.
+- `build_query_engine`: the three wired on one shared compressor, in one call.
+- `build_faiss_index` / `faiss_vector_store` / `default_embed_model` / `load_faiss_index`: an
+  offline FAISS index over the packaged all-MiniLM-L6-v2.
+"""
+
+from icae_rag.slot_store import SlotStore
+
+from ._shared import SLOT_KEY
+from .engine import (
+    build_faiss_index,
+    build_query_engine,
+    default_embed_model,
+    faiss_vector_store,
+    load_faiss_index,
+)
+from .ingestion import SoftPromptIngestion
+from .postprocessor import SoftPromptCompressEndEvent, SoftPromptCompressor
+from .synthesizer import SoftPromptSynthesizer
+
+__all__ = [
+    "SLOT_KEY",
+    "SlotStore",
+    "SoftPromptCompressEndEvent",
+    "SoftPromptCompressor",
+    "SoftPromptIngestion",
+    "SoftPromptSynthesizer",
+    "build_faiss_index",
+    "build_query_engine",
+    "default_embed_model",
+    "faiss_vector_store",
+    "load_faiss_index",
+]

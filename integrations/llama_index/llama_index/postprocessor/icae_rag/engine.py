@@ -1,0 +1,103 @@
+"""One-call wiring: the query engine, and an offline FAISS index over the packaged MiniLM embeddings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.prompts import BasePromptTemplate
+
+from icae_rag.errors import InvalidInputError
+
+from ._shared import load_compressor_arg, open_store_arg
+from .postprocessor import SoftPromptCompressor
+from .synthesizer import SoftPromptSynthesizer
+
+MINILM_DIM = 384
+
+
+def build_query_engine(index: Any, compressor: Any = None, slot_store: Any = None, *, streaming: bool = False,
+                       keep_top_raw: int = 0, max_soft_tokens: int | None = None,
+                       question_template: BasePromptTemplate | str | None = None,
+                       node_postprocessors: Sequence[BaseNodePostprocessor] = (),
+                       generation: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any):
+    """`index.as_query_engine(node_postprocessors=[...], response_synthesizer=...)` wired for soft prompts.
+
+    One `Compressor` (loaded once: an instance, a kind or a checkpoint dir; default "icae") and one
+    optional slot store are shared by a `SoftPromptCompressor`, run after `node_postprocessors`
+    (rerank first, then compress), and a `SoftPromptSynthesizer`. `generation` holds decoding
+    options (max_new_tokens, do_sample, ...); other `kwargs` go to `index.as_query_engine`
+    (e.g. similarity_top_k). A `MockLLM` is passed as the engine's llm, so `Settings.llm` (OpenAI by
+    default) is never resolved; it is never called either.
+    """
+    loaded, _ = load_compressor_arg(compressor, device)
+    store = open_store_arg(slot_store)
+    post = SoftPromptCompressor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
+    synth = SoftPromptSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
+                                  **(generation or {}))
+    return index.as_query_engine(llm=MockLLM(), node_postprocessors=[*node_postprocessors, post],
+                                 response_synthesizer=synth, **kwargs)
+
+
+def default_embed_model(*, device: str | None = None, **kwargs: Any):
+    """`HuggingFaceEmbedding` on the packaged all-MiniLM-L6-v2 (384-d, L2-normalised), loaded offline."""
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    from icae_rag.backbones import default_encoder_dir
+
+    # local_files_only goes through to SentenceTransformer: a local directory, never the hub.
+    return HuggingFaceEmbedding(model_name=str(default_encoder_dir()), normalize=True, device=device,
+                                local_files_only=True, **kwargs)
+
+
+def faiss_vector_store(dim: int = MINILM_DIM, kind: Literal["flat", "hnsw"] = "flat", *, hnsw_m: int = 32,
+                       ef_search: int = 64):
+    """A `FaissVectorStore` scoring by inner product: cosine similarity over normalised embeddings.
+
+    "flat" is exact (`IndexFlatIP`); "hnsw" is approximate (`IndexHNSWFlat` with `hnsw_m` links per
+    node, `ef_search` candidates per query). Scores are similarities: higher is better.
+    """
+    import faiss
+    from llama_index.vector_stores.faiss import FaissVectorStore
+
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)  # HNSW defaults to L2: say IP
+        index.hnsw.efSearch = ef_search
+    else:
+        raise InvalidInputError(f"unknown FAISS index kind {kind!r}: use 'flat' or 'hnsw'")
+    return FaissVectorStore(faiss_index=index)
+
+
+def build_faiss_index(documents: Sequence[Any], *, kind: Literal["flat", "hnsw"] = "flat", embed_model: Any = None,
+                      transformations: Sequence[Any] | None = None, **kwargs: Any):
+    """A `VectorStoreIndex` of documents on a FAISS inner-product store, embedded offline by MiniLM.
+
+    `transformations` (e.g. ``[SentenceSplitter(), SoftPromptIngestion(...)]``; default
+    `Settings.transformations`) also apply to later `index.insert` calls. Persist with
+    ``index.storage_context.persist(dir)``; reload with `load_faiss_index`.
+    """
+    from llama_index.core import StorageContext, VectorStoreIndex
+
+    embed_model = embed_model or default_embed_model()
+    dim = len(embed_model.get_text_embedding("dimension probe"))
+    storage = StorageContext.from_defaults(vector_store=faiss_vector_store(dim, kind))
+    return VectorStoreIndex.from_documents(documents, storage_context=storage, embed_model=embed_model,
+                                           transformations=list(transformations) if transformations else None,
+                                           **kwargs)
+
+
+def load_faiss_index(persist_dir: str | os.PathLike, *, embed_model: Any = None, **kwargs: Any):
+    """Reload an index persisted by ``index.storage_context.persist(persist_dir)`` on a FAISS store."""
+    from llama_index.core import StorageContext, load_index_from_storage
+    from llama_index.vector_stores.faiss import FaissVectorStore
+
+    persist_dir = os.fspath(persist_dir)
+    storage = StorageContext.from_defaults(vector_store=FaissVectorStore.from_persist_dir(persist_dir),
+                                           persist_dir=persist_dir)
+    return load_index_from_storage(storage, embed_model=embed_model or default_embed_model(), **kwargs)
+

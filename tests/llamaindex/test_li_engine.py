@@ -1,0 +1,144 @@
+"""Query engines and ingestion on tiny backbones and a mock embedding: wiring, cache hits, no OpenAI."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from li_helpers import TEXTS, spy_compress
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.base.response.schema import (
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.postprocessor.icae_rag import (
+    SlotStore,
+    SoftPromptCompressor,
+    SoftPromptIngestion,
+    SoftPromptSynthesizer,
+    build_query_engine,
+    faiss_vector_store,
+)
+
+from icae_rag.errors import InvalidInputError
+
+DOCS = [Document(text=t, id_=f"doc{i}", metadata={"file": f"doc{i}.txt"}) for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture
+def no_openai(monkeypatch):
+    """Fail if anything resolves LlamaIndex's default LLM (OpenAI unless IS_TESTING is set)."""
+    monkeypatch.setattr(Settings, "_llm", None)
+    monkeypatch.delenv("IS_TESTING", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Settings.llm was resolved: the engine would have used OpenAI")
+
+    monkeypatch.setattr("llama_index.core.settings.resolve_llm", refuse)
+
+
+def _index(**kwargs) -> VectorStoreIndex:
+    return VectorStoreIndex.from_documents(DOCS, embed_model=MockEmbedding(embed_dim=8), **kwargs)
+
+
+def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
+    engine = build_query_engine(_index(), tiny_icae, keep_top_raw=1, similarity_top_k=3,
+                                generation={"max_new_tokens": 6})
+    assert isinstance(engine, RetrieverQueryEngine)
+    assert list(engine.get_prompts()) == ["response_synthesizer:question_template"]
+    response = engine.query("When did Apollo 11 land?")
+    assert isinstance(response, Response) and isinstance(response.response, str)
+    assert len(response.source_nodes) == 3 and all(n.node.ref_doc_id.startswith("doc") for n in response.source_nodes)
+    asyn = asyncio.run(engine.aquery("When did Apollo 11 land?"))
+    assert asyn.response == response.response
+
+    streaming = build_query_engine(_index(), tiny_icae, streaming=True, similarity_top_k=2,
+                                   generation={"max_new_tokens": 6})
+    streamed = streaming.query("When did Apollo 11 land?")
+    assert isinstance(streamed, StreamingResponse)
+    assert len(list(streamed.response_gen)) > 1
+
+    async def astream() -> list[str]:
+        answer = await streaming.aquery("When did Apollo 11 land?")
+        assert isinstance(answer, AsyncStreamingResponse)
+        return [c async for c in answer.async_response_gen()]
+
+    assert len(asyncio.run(astream())) > 1
+
+
+def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
+    engine = build_query_engine(_index(), tiny_raw, generation={"max_new_tokens": 4})
+
+    def blocked(*args, **kwargs):
+        raise AssertionError("aquery must not call the sync _postprocess_nodes")
+
+    monkeypatch.setattr(SoftPromptCompressor, "_postprocess_nodes", blocked)
+    assert isinstance(asyncio.run(engine.aquery("Who walked on the Moon?")).response, str)
+
+
+def test_concurrent_async_queries_share_one_compressor_safely(tiny_icae):
+    engine = build_query_engine(_index(), tiny_icae, keep_top_raw=1, similarity_top_k=2,
+                                generation={"max_new_tokens": 6})
+    questions = ["When did Apollo 11 land?", "Who walked on the Moon?", "What was the lander called?"]
+    sequential = [engine.query(q).response for q in questions]
+
+    async def together() -> list[str]:
+        return [r.response for r in await asyncio.gather(*(engine.aquery(q) for q in questions))]
+
+    assert asyncio.run(together()) == sequential
+
+
+def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
+    from llama_index.core.llms import MockLLM
+
+    post, synth = SoftPromptCompressor(tiny_raw), SoftPromptSynthesizer(tiny_raw, max_new_tokens=4)
+    index = _index()
+    with pytest.raises(AssertionError, match="OpenAI"):  # LlamaIndex's pitfall, which build_query_engine avoids
+        index.as_query_engine(node_postprocessors=[post], response_synthesizer=synth)
+    engine = index.as_query_engine(llm=MockLLM(), node_postprocessors=[post], response_synthesizer=synth)
+    assert isinstance(engine.query("Who walked on the Moon?").response, str)
+
+
+def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
+    calls = spy_compress(tiny_icae, monkeypatch)
+    engine = build_query_engine(_index(), tiny_icae, SlotStore(tmp_path), similarity_top_k=2,
+                                generation={"max_new_tokens": 4})
+    engine.query("When did Apollo 11 land?")
+    assert calls == [2]
+    engine.query("When did Apollo 11 land?")
+    assert calls == [2], "the second query finds every soft prompt in memory or in the store"
+
+
+def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):
+    store = SlotStore.in_persist_dir(tmp_path)
+    ingest = SoftPromptIngestion(tiny_icae, store)
+    index = _index(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), ingest])
+    n_nodes = len(index.docstore.docs)
+    assert len(store) == n_nodes >= len(DOCS)
+    calls = spy_compress(tiny_icae, monkeypatch)
+    engine = build_query_engine(index, tiny_icae, store, similarity_top_k=3, generation={"max_new_tokens": 4})
+    assert vars(store.stats) == {"hits": 0, "misses": n_nodes, "writes": n_nodes}
+    engine.query("When did Apollo 11 land?")
+    assert calls == [], "the query pays nothing for compression"
+    assert vars(store.stats) == {"hits": 3, "misses": n_nodes, "writes": n_nodes}
+    index.insert(Document(text="Michael Collins stayed in lunar orbit aboard Columbia.", id_="late"))
+    assert len(store) == n_nodes + 1 and calls == [1], "inserting a document compresses its node"
+    assert ingest.to_dict()["slot_store_dir"] == str(store.path)
+    with pytest.raises(InvalidInputError, match="needs a slot store"):
+        SoftPromptIngestion(tiny_icae)
+
+
+def test_faiss_vector_stores_score_by_inner_product():
+    import faiss
+
+    flat = faiss_vector_store(8, "flat")._faiss_index
+    hnsw = faiss_vector_store(8, "hnsw", ef_search=32)._faiss_index
+    assert isinstance(flat, faiss.IndexFlatIP) and flat.d == 8
+    assert isinstance(hnsw, faiss.IndexHNSWFlat) and hnsw.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert hnsw.hnsw.efSearch == 32
+    with pytest.raises(InvalidInputError, match="'flat' or 'hnsw'"):
+        faiss_vector_store(8, "ivf")

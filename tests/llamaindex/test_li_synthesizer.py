@@ -1,0 +1,162 @@
+"""SoftPromptSynthesizer on tiny random backbones: soft prompt hand-off, raw nodes, errors, streaming, prompts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import torch
+from li_helpers import make_nodes, spy_compress
+from llama_index.core.base.response.schema import (
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+from llama_index.postprocessor.icae_rag import (
+    SLOT_KEY,
+    SlotStore,
+    SoftPromptCompressor,
+    SoftPromptSynthesizer,
+)
+
+from icae_rag.errors import BackboneMismatchError, InvalidInputError
+from icae_rag.soft_prompt import SoftPrompt, text_sha256
+
+QUESTION = "When did Apollo 11 land on the Moon?"
+
+
+def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(tiny_icae, monkeypatch):
+    calls = spy_compress(tiny_icae, monkeypatch)
+    nodes = SoftPromptCompressor(tiny_icae).postprocess_nodes(make_nodes())
+    assert calls == [4]
+    synth = SoftPromptSynthesizer(tiny_icae, max_new_tokens=6)
+    contexts = synth.contexts(nodes)
+    assert calls == [4], "the synthesizer takes the postprocessor's soft prompts from memory"
+    assert all(isinstance(c, SoftPrompt) for c in contexts)
+    assert [c.pieces[0].source_sha256 for c in contexts] == [
+        text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
+    response = synth.synthesize(QUESTION, nodes)
+    assert isinstance(response, Response)
+    assert response.response == tiny_icae.answer(QUESTION, contexts, max_new_tokens=6).text
+    assert [n.node.node_id for n in response.source_nodes] == ["n0", "n1", "n2", "n3"]
+    assert [n.score for n in response.source_nodes] == [0.2, 0.9, None, 0.5]
+
+
+def test_raw_nodes_are_read_as_text_and_unmarked_nodes_compressed_on_the_fly(tiny_e2llm, tmp_path):
+    nodes = SoftPromptCompressor(tiny_e2llm, keep_top_raw=1).postprocess_nodes(make_nodes())
+    store = SlotStore(tmp_path)
+    synth = SoftPromptSynthesizer(tiny_e2llm, store)
+    contexts = synth.contexts(nodes)
+    assert contexts[1] == nodes[1].node.get_content(metadata_mode=MetadataMode.LLM), "n1 was kept raw"
+    assert [type(c) for c in contexts] == [SoftPrompt, str, SoftPrompt, SoftPrompt]
+    plain = [NodeWithScore(node=TextNode(text="Columbia orbited the Moon.", id_="p"), score=1.0)]
+    assert isinstance(synth.contexts(plain)[0], SoftPrompt)
+    assert store.has("Columbia orbited the Moon.", tiny_e2llm), "compressed on the fly into the store"
+    # Called directly with text chunks only (no nodes), every chunk is read as a soft prompt.
+    assert isinstance(synth.get_response("Who orbited?", ["Columbia orbited the Moon.", "Eagle landed."]), str)
+    assert store.has("Eagle landed.", tiny_e2llm)
+
+
+def test_nodes_compressed_by_another_compressor_are_refused(tiny_icae, tiny_e2llm):
+    nodes = SoftPromptCompressor(tiny_icae).postprocess_nodes(make_nodes())
+    with pytest.raises(BackboneMismatchError, match="pass the same compressor"):
+        SoftPromptSynthesizer(tiny_e2llm).synthesize(QUESTION, nodes)
+
+
+def test_text_changed_after_compression_is_compressed_again(tiny_icae, caplog):
+    nodes = SoftPromptCompressor(tiny_icae).postprocess_nodes(make_nodes()[:1])
+    edited = [NodeWithScore(node=nodes[0].node.model_copy(update={"text": "Edited text about Apollo."}), score=0.1)]
+    with caplog.at_level(logging.WARNING):
+        contexts = SoftPromptSynthesizer(tiny_icae).contexts(edited)
+    assert "changed after it was compressed" in caplog.text
+    assert contexts[0].pieces[0].source_sha256 == text_sha256(edited[0].node.get_content(metadata_mode=MetadataMode.LLM))
+
+
+def test_bad_queries_and_nodes_without_text(tiny_raw, caplog):
+    nodes = SoftPromptCompressor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    synth = SoftPromptSynthesizer(tiny_raw, max_new_tokens=4)
+    with pytest.raises(InvalidInputError, match="query is empty"):
+        synth.synthesize("  ", nodes)
+    with pytest.raises(InvalidInputError, match="needs a query"):
+        synth.synthesize(None, nodes)
+    with pytest.raises(InvalidInputError, match="unknown response options"):
+        synth.synthesize(QUESTION, nodes, temperature=0.2)
+    empty = [NodeWithScore(node=TextNode(text=" ", id_="e"), score=1.0)]
+    with caplog.at_level(logging.WARNING):
+        assert synth.synthesize(QUESTION, empty).response == "Empty Response"
+    assert "instead of a closed-book answer" in caplog.text
+    streaming = SoftPromptSynthesizer(tiny_raw, streaming=True)
+    assert list(streaming.synthesize(QUESTION, empty).response_gen) == ["Empty Response"]
+    with pytest.raises(InvalidInputError, match="valid generation options"):
+        SoftPromptSynthesizer(tiny_raw, max_tokens=5)
+
+
+def test_streaming_sync_and_async(tiny_icae):
+    nodes = SoftPromptCompressor(tiny_icae).postprocess_nodes(make_nodes())
+    full = SoftPromptSynthesizer(tiny_icae, max_new_tokens=12).synthesize(QUESTION, nodes).response
+    synth = SoftPromptSynthesizer(tiny_icae, streaming=True, max_new_tokens=12)
+    start = time.perf_counter()
+    response = synth.synthesize(QUESTION, nodes)
+    assert isinstance(response, StreamingResponse)
+    chunks, first = [], None
+    for chunk in response.response_gen:
+        first = first if first is not None else time.perf_counter() - start
+        chunks.append(chunk)
+    total = time.perf_counter() - start
+    assert len(chunks) > 1 and first < total
+    assert "".join(chunks).strip() == full
+    assert [n.node.node_id for n in response.source_nodes] == ["n0", "n1", "n2", "n3"]
+
+    async def run() -> list[str]:
+        answer = await synth.asynthesize(QUESTION, nodes)
+        assert isinstance(answer, AsyncStreamingResponse)
+        return [c async for c in answer.async_response_gen()]
+
+    assert "".join(asyncio.run(run())).strip() == full
+
+
+def test_a_stream_that_ends_at_once_gives_the_empty_response(tiny_raw, monkeypatch):
+    nodes = SoftPromptCompressor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    monkeypatch.setattr(tiny_raw, "stream", lambda question, contexts, **kw: iter(()))
+    synth = SoftPromptSynthesizer(tiny_raw, streaming=True)
+    assert list(synth.synthesize(QUESTION, nodes).response_gen) == ["Empty Response"]
+
+    async def run() -> list[str]:
+        return [c async for c in (await synth.asynthesize(QUESTION, nodes)).async_response_gen()]
+
+    assert asyncio.run(run()) == ["Empty Response"]
+
+
+def test_closing_a_stream_early_releases_the_compressor(tiny_icae):
+    expected = tiny_icae.compress("After the stream.").embeddings
+    nodes = SoftPromptCompressor(tiny_icae).postprocess_nodes(make_nodes()[:1])
+    synth = SoftPromptSynthesizer(tiny_icae, streaming=True, max_new_tokens=200)
+    gen = synth.synthesize(QUESTION, nodes).response_gen
+    next(gen)
+    gen.close()
+    # The worker stops after the current token, leaves ICAE's decoding mode and releases the lock.
+    lock = synth._cache.lock
+    assert lock.acquire(timeout=30)
+    lock.release()
+    assert torch.equal(tiny_icae.compress("After the stream.").embeddings, expected), "LoRA is on again"
+    again = SoftPromptSynthesizer(tiny_icae, max_new_tokens=4).synthesize(QUESTION, nodes)
+    assert isinstance(again.response, str)
+
+
+def test_question_template_through_the_prompt_mixin(tiny_raw, monkeypatch):
+    nodes = SoftPromptCompressor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    synth = SoftPromptSynthesizer(tiny_raw, max_new_tokens=4)
+    assert list(synth.get_prompts()) == ["question_template"]
+    asked = []
+    original = tiny_raw.answer
+    monkeypatch.setattr(tiny_raw, "answer", lambda q, ctx, **kw: asked.append(q) or original(q, ctx, **kw))
+    synth.update_prompts({"question_template": "{query_str} Reply in one word.", "unknown": "ignored {x}"})
+    synth.synthesize(QUESTION, nodes)
+    assert asked == [f"{QUESTION} Reply in one word."]
+    assert synth.get_prompts()["question_template"].template == "{query_str} Reply in one word."
+    with pytest.raises(InvalidInputError, match="exactly the variable"):
+        synth.update_prompts({"question_template": "Context: {context_str}\n{query_str}"})
+    assert nodes[0].node.metadata[SLOT_KEY] != "raw"
