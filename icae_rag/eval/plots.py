@@ -52,13 +52,18 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
 
 
 def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
-    """Time to first token (compression + prefill) vs context length, one line per mode."""
+    """Time to first token vs context length: solid = compression + prefill, dashed = prefill only
+    (what a query pays when the soft prompts were precomputed at indexing time)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     modes = sorted({r["mode"] for r in efficiency["rows"]})
     for mode in modes:
         rows = sorted((r for r in efficiency["rows"] if r["mode"] == mode), key=lambda r: r["context_tokens"])
-        ax.plot([r["context_tokens"] for r in rows], [r["ttft_seconds"] for r in rows], marker="o", label=mode)
+        x = [r["context_tokens"] for r in rows]
+        line = ax.plot(x, [r["ttft_seconds"] for r in rows], marker="o", label=mode)[0]
+        if mode != "raw":
+            ax.plot(x, [r["prefill_seconds"] for r in rows], marker=".", linestyle="--", color=line.get_color(),
+                    label=f"{mode}, slots precomputed")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("time to first token (s)")
