@@ -88,6 +88,7 @@ def test_final_checkpoint_is_trained_and_records_the_run(corpus, tmp_path):
     info = meta["training"]
     assert info["steps"] == 2 and info["config"]["seed"] == 0 and info["data"]["train_samples"] > 0
     assert info["tokens_per_second"] > 0 and info["peak_rss_mb"] > 0
+    assert info["val_loss"] > 0 and info["val_loss_no_memory"] > 0 and info["val_loss"] != info["val_loss_no_memory"]
     once = load_compressor(final, device="cpu").compress("the cat sat")
     again = load_compressor(final, device="cpu").compress("the cat sat")
     assert torch.equal(once.embeddings, again.embeddings)

@@ -54,13 +54,18 @@ class ObjectiveModule(nn.Module):
         self.last_tokens = 0  # source + target tokens of the last batch, for throughput
 
 
-    def forward(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """Compress each sample's context, then score its target in its mode."""
+    def forward(self, samples: Sequence[Sample], use_memory: bool = True) -> torch.Tensor:
+        """Compress each sample's context, then score its target in its mode.
+
+        `use_memory=False` scores the same targets with an empty context: the gap between the two
+        losses is how much the decoder actually reads from the memory.
+        """
         c = self.compressor
         encoded = c.encode([s.context for s in samples])
         prompts, targets = [], []
         for s, (rows, _) in zip(samples, encoded, strict=True):
-            prompts.append(build_prompt(c, [rows], mode=s.mode, question=s.question).embeddings)
+            contexts = [rows] if use_memory else []
+            prompts.append(build_prompt(c, contexts, mode=s.mode, question=s.question).embeddings)
             limit = self.max_answer_tokens if s.mode == "answer" else None
             targets.append(target_ids(c, s.target, limit))
         self.last_tokens = sum(e - s for _, spans in encoded for s, e, _ in spans) + sum(map(len, targets))

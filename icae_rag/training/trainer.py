@@ -152,16 +152,18 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(module: ObjectiveModule, samples: list[Sample], cfg: TrainConfig) -> float | None:
-    """Mean loss over the first `eval_batches` validation micro-batches (fixed, never trained on)."""
+def evaluate(module: ObjectiveModule, samples: list[Sample], cfg: TrainConfig) -> dict[str, float] | None:
+    """Validation loss over the first `eval_batches` micro-batches (fixed, never trained on), with
+    the memory and without it (an empty context): their gap is what the decoder reads from memory."""
     if not samples:
         return None
     was_training = module.training
     module.eval()
-    losses = [float(module(samples[i : i + cfg.micro_batch]))
-              for i in range(0, min(len(samples), cfg.eval_batches * cfg.micro_batch), cfg.micro_batch)]
+    starts = range(0, min(len(samples), cfg.eval_batches * cfg.micro_batch), cfg.micro_batch)
+    with_memory = [float(module(samples[i : i + cfg.micro_batch])) for i in starts]
+    without = [float(module(samples[i : i + cfg.micro_batch], use_memory=False)) for i in starts]
     module.train(was_training)
-    return sum(losses) / len(losses)
+    return {"val_loss": sum(with_memory) / len(with_memory), "val_loss_no_memory": sum(without) / len(without)}
 
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, max_minutes: float | None = None,
@@ -240,7 +242,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, max_minu
             record = {"step": step, "loss": round(mean_loss, 5), "lr": lr, "grad_norm": round(float(grad_norm), 4),
                       "seconds": round(dt, 3), "tokens_per_s": round(step_tokens * acc.num_processes / dt, 1)}
             if cfg.eval_every and step % cfg.eval_every == 0:
-                record["val_loss"] = evaluate(module, samples.val, cfg)
+                record |= evaluate(module, samples.val, cfg) or {}
             if acc.is_main_process and (step % cfg.log_every == 0 or "val_loss" in record):
                 _append_jsonl(log_path, record)
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=record["tokens_per_s"])
@@ -258,7 +260,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, max_minu
         return ckpt_dir
 
     # --- final: evaluate, record, save the small trained checkpoint --------------------------
-    val_loss = evaluate(module, samples.val, cfg)
+    val = evaluate(module, samples.val, cfg) or {}
     save(step)
     final = out / "final"
     if acc.is_main_process:
@@ -266,11 +268,11 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, max_minu
         compressor.training_info = {
             "stage": cfg.stage, "steps": step, "wall_seconds": round(elapsed, 1),
             "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
-            "peak_rss_mb": round(_peak_rss_mb(), 1), "val_loss": val_loss, "processes": acc.num_processes,
+            "peak_rss_mb": round(_peak_rss_mb(), 1), **val, "processes": acc.num_processes,
             "config": cfg.to_dict(), "data": samples.record,
             "previous": dict(compressor.training_info) if cfg.init_from else {},
         }
         compressor.save_pretrained(final)
-        _append_jsonl(log_path, {"step": step, "final_val_loss": val_loss})
+        _append_jsonl(log_path, {"step": step, "final": True, **val})
     acc.wait_for_everyone()
     return final
