@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from icae_rag import load_compressor
-from icae_rag.errors import ConfigError, DataError, MissingFileError
+from icae_rag.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from icae_rag.training.config import config_from_dict, load_config
+from icae_rag.training.ship import ship
 from icae_rag.training.trainer import lr_at, train
 
 WORDS = "the cat sat on a mat while dogs ran in the park and birds sang over green hills".split()
@@ -92,6 +93,18 @@ def test_final_checkpoint_is_trained_and_records_the_run(corpus, tmp_path):
     once = load_compressor(final, device="cpu").compress("the cat sat")
     again = load_compressor(final, device="cpu").compress("the cat sat")
     assert torch.equal(once.embeddings, again.embeddings)
+
+    shipped = ship(final.parent, "tiny-shipped", command="icae-rag train ...", dest_root=tmp_path / "ckpts")
+    card = (shipped / "README.md").read_text()
+    assert f"steps: {info['steps']}" in card and f"{info['val_loss']:.3f}" in card and "icae-rag train ..." in card
+    assert torch.equal(load_compressor(shipped, device="cpu").compress("the cat sat").embeddings, once.embeddings)
+    ship(final.parent, "tiny-shipped", dest_root=tmp_path / "ckpts")  # replacing a shipped checkpoint is fine
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["tiny-shipped"]
+
+
+def test_ship_refuses_an_unfinished_run(tmp_path):
+    with pytest.raises(CheckpointError, match="not a finished run"):
+        ship(tmp_path, "x", dest_root=tmp_path / "ckpts")
 
 
 def test_finetune_on_user_qa_jsonl(qa, corpus, tmp_path):

@@ -79,7 +79,8 @@ def retrieve(items: list[QAItem], encoder, tokenizer, passage_tokens: int, top_k
         item.passages = [passages[i] for i in ids[0] if i >= 0]
 
 
-def _score(predictions: list[str], items: list[QAItem], seed: int) -> dict[str, Any]:
+def score_predictions(predictions: list[str], items: list[QAItem], seed: int) -> dict[str, Any]:
+    """Contained / F1 / EM with 95% bootstrap intervals on answerable items; abstention rate on the rest."""
     answerable = [(p, it) for p, it in zip(predictions, items, strict=True) if it.answers]
     unanswerable = [p for p, it in zip(predictions, items, strict=True) if not it.answers]
     out: dict[str, Any] = {"n_answerable": len(answerable), "n_unanswerable": len(unanswerable)}
@@ -112,7 +113,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             predictions += [a.text for a in answers]
             soft += sum(a.soft_tokens for a in answers)
             source += sum(a.source_tokens for a in answers)
-        results[name] = _score(predictions, items, seed) | {
+        results[name] = score_predictions(predictions, items, seed) | {
             "mean_context_positions": soft / max(1, len(items)),
             "compression_ratio": source / soft if soft else None,
             "prepare_seconds_per_question": prepare / max(1, len(items)),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from llama_index.core.bridge.pydantic import Field
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
+from llama_index.postprocessor.icae_rag.bench import EventCollector
 
 from conftest import TEXT
+
+__all__ = ["TEXTS", "EventCollector", "make_nodes", "spy_compress"]
 
 TEXTS = [
     "Apollo 11 landed on the Moon in July 1969 with two astronauts aboard.",
@@ -42,23 +42,3 @@ def spy_compress(compressor, monkeypatch) -> list[int]:
     return calls
 
 
-class EventCollector(BaseEventHandler):
-    """Keeps the instrumentation events of one class while installed on the root dispatcher."""
-
-    kind: type
-    events: list = Field(default_factory=list)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "EventCollector"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, self.kind):
-            self.events.append(event)
-
-    def __enter__(self) -> EventCollector:
-        get_dispatcher().add_event_handler(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        get_dispatcher().event_handlers.remove(self)

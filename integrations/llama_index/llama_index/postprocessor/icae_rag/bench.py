@@ -1,0 +1,277 @@
+"""RAG benchmark: raw-text answers vs answers from precomputed soft prompts, through LlamaIndex.
+
+One FAISS index (flat inner product, MiniLM) over a few long real documents cut into
+`node_tokens`-token nodes; per question every mode answers from the same top-k nodes with the same
+decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `SoftPromptIngestion`
+when the index was built, so a query compresses nothing), and LongLLMLingua (the nodes' text pruned
+to the first compressor's budget, scored by the same local decoder). Per mode: decoder context
+positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
+resident-memory rise, answer-contained / F1 / EM with bootstrap intervals. All in one run.
+
+    python -m llama_index.postprocessor.icae_rag.bench --dataset covid --limit 40 --out bench-rag
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import Document
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import MetadataMode
+from pydantic import Field
+
+from icae_rag.errors import IcaeRagError, InvalidInputError
+from icae_rag.eval.efficiency import kv_bytes_per_position
+from icae_rag.eval.qa import QAItem, score_predictions
+from icae_rag.eval.record import PeakRss, environment, write_report
+from icae_rag.slot_store import SlotStore
+
+from .engine import build_faiss_index, build_query_engine
+from .ingestion import SoftPromptIngestion
+from .postprocessor import SoftPromptCompressEndEvent
+
+DATASETS = ("squad", "covid")
+
+
+@dataclass
+class RagBenchOptions:
+    """What to run: `documents` long documents (seeded), up to `limit` questions asked over them."""
+
+    dataset: str = "squad"
+    limit: int = 40
+    documents: int = 3
+    compressors: list[str] = field(default_factory=lambda: ["icae", "e2llm"])
+    top_k: int = 5
+    node_tokens: int = 512
+    max_new_tokens: int = 32
+    seed: int = 0
+    data_root: str | None = None
+    out: str = "bench-rag"
+    longllmlingua: bool = True
+    device: str = "auto"
+
+
+class EventCollector(BaseEventHandler):
+    """Keeps the instrumentation events of one class while installed on the root dispatcher."""
+
+    kind: type
+    events: list = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EventCollector"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, self.kind):
+            self.events.append(event)
+
+    def __enter__(self) -> EventCollector:
+        get_dispatcher().add_event_handler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        get_dispatcher().event_handlers.remove(self)
+
+
+def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], dict[str, Any]]:
+    """Seeded documents and questions over them; SQuAD uses only the 13 held-out articles."""
+    from icae_rag import data as readers
+
+    if opts.dataset not in DATASETS:
+        raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {DATASETS}")
+    if opts.limit <= 0 or opts.documents <= 0:
+        raise InvalidInputError("--limit and --documents must be positive")
+    rng = random.Random(opts.seed)
+    if opts.dataset == "squad":
+        by_doc: dict[str, list] = defaultdict(list)
+        for ex in readers.load_squad("heldout", root=opts.data_root):
+            by_doc[ex.title].append(ex)
+        texts = {t: "\n\n".join(dict.fromkeys(ex.context for ex in exs)) for t, exs in by_doc.items()}
+        split = "SQuAD v1.1 dev, held-out articles (never trained on), each article one document"
+    else:
+        by_doc = defaultdict(list)
+        for ex in readers.load_covid_qa(root=opts.data_root):
+            by_doc[ex.doc_id].append(ex)
+        texts = {d: exs[0].document for d, exs in by_doc.items()}
+        split = "COVID-QA (evaluation only), whole papers"
+    chosen = rng.sample(sorted(by_doc), min(opts.documents, len(by_doc)))
+    questions = [ex for d in chosen for ex in by_doc[d]]
+    questions = rng.sample(questions, min(opts.limit, len(questions)))
+    items = [QAItem(ex.id, ex.question, ex.answers) for ex in questions]
+    docs = [Document(text=texts[d], id_=f"{opts.dataset}:{d}") for d in chosen]
+    record = {"dataset": opts.dataset, "split": split, "documents": chosen, "n": len(items), "seed": opts.seed}
+    return docs, items, record
+
+
+def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: list[Any], raw: Any,
+                  opts: RagBenchOptions, *, lingua: Any = None) -> dict[str, Any]:
+    """Build the index once, precompute soft prompts, then answer every item in every mode."""
+    tokenizer = raw.decoder.tokenizer
+    splitter = SentenceSplitter(chunk_size=opts.node_tokens, chunk_overlap=0,
+                                tokenizer=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
+    start = time.perf_counter()
+    index = build_faiss_index(documents, kind="flat", transformations=[splitter])
+    nodes = list(index.docstore.docs.values())
+    index_seconds = time.perf_counter() - start
+    generation = {"max_new_tokens": opts.max_new_tokens}
+    engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, similarity_top_k=opts.top_k,
+                                                         generation=generation)}
+    ingest: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="icae-rag-bench-") as tmp:
+        for comp in compressors:
+            store = SlotStore(Path(tmp) / comp.kind)
+            start = time.perf_counter()
+            SoftPromptIngestion(comp, store)(nodes)
+            ingest[comp.kind] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
+            engines[comp.kind] = build_query_engine(index, comp, store, similarity_top_k=opts.top_k,
+                                                    generation=generation)
+        retriever = index.as_retriever(similarity_top_k=opts.top_k)
+        budget_mode = compressors[0].kind if compressors else None
+        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for i, item in enumerate([items[0], *items]):  # the first question twice: a warm-up, not scored
+            runs = {name: _query(engine, item.question) for name, engine in engines.items()}
+            if lingua is not None and budget_mode is not None:
+                runs["longllmlingua"] = _lingua_query(lingua, retriever, raw, item.question,
+                                                      runs[budget_mode]["positions"], opts.max_new_tokens)
+            if i == 0:
+                continue
+            for name, run in runs.items():
+                rows[name].append(run | {"same_nodes_as_raw": run["node_ids"] == runs["raw"]["node_ids"]})
+    kv = kv_bytes_per_position(raw) / 2**20
+    results = {name: _summarise(name, r, items, kv, opts.seed, ingest.get(name)) for name, r in rows.items()}
+    for r in results.values():
+        r["position_reduction_vs_raw"] = results["raw"]["mean_context_positions"] / max(1e-9, r["mean_context_positions"])
+        r["speedup_vs_raw"] = results["raw"]["mean_seconds"] / r["mean_seconds"]
+    return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results}
+
+
+def _query(engine: Any, question: str) -> dict[str, Any]:
+    with EventCollector(kind=SoftPromptCompressEndEvent) as seen, PeakRss() as mem:
+        start = time.perf_counter()
+        response = engine.query(question)
+        seconds = time.perf_counter() - start
+    event = seen.events[-1]
+    return {"prediction": str(response), "seconds": seconds, "positions": event.soft_tokens,
+            "source_tokens": event.source_tokens, "compressed_at_query": event.compressed,
+            "node_ids": [n.node.node_id for n in response.source_nodes], "rss_mb": mem.peak_mb}
+
+
+def _lingua_query(lingua: Any, retriever: Any, raw: Any, question: str, budget: int, max_new_tokens: int) -> dict[str, Any]:
+    with PeakRss() as mem:
+        start = time.perf_counter()
+        nodes = retriever.retrieve(question)
+        texts = [n.node.get_content(MetadataMode.LLM) for n in nodes]
+        text, _ = lingua.compress(texts, question, max(1, budget))
+        answer = raw.answer(question, [text] if text.strip() else [], max_new_tokens=max_new_tokens)
+        seconds = time.perf_counter() - start
+    source = sum(len(raw.tokenize(t)) for t in texts)
+    return {"prediction": answer.text, "seconds": seconds, "positions": answer.soft_tokens, "source_tokens": source,
+            "compressed_at_query": len(texts), "node_ids": [n.node.node_id for n in nodes], "rss_mb": mem.peak_mb}
+
+
+def _summarise(name: str, rows: list[dict[str, Any]], items: list[QAItem], kv_mb: float, seed: int,
+               ingest: dict[str, float] | None) -> dict[str, Any]:
+    seconds = [r["seconds"] for r in rows]
+    positions = [r["positions"] for r in rows]
+    out = score_predictions([r["prediction"] for r in rows], items, seed) | {
+        "mean_context_positions": statistics.fmean(positions),
+        "compression_ratio": sum(r["source_tokens"] for r in rows) / max(1, sum(positions)),
+        "mean_seconds": statistics.fmean(seconds), "median_seconds": statistics.median(seconds),
+        "mean_kv_cache_mb": statistics.fmean(positions) * kv_mb,
+        "mean_rss_rise_mb": statistics.fmean(r["rss_mb"] for r in rows),
+        "compressed_at_query": sum(r["compressed_at_query"] for r in rows),
+        "same_nodes_as_raw": sum(r["same_nodes_as_raw"] for r in rows) / len(rows),
+        "examples": [{"question": it.question, "answers": list(it.answers), "prediction": r["prediction"]}
+                     for it, r in list(zip(items, rows, strict=True))[:3]],
+    }
+    if ingest is not None:
+        out["index_time_compression"] = ingest
+    return out
+
+
+def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchOptions) -> str:
+    """One table: positions, reduction, seconds, speed-up, KV MB and quality per mode."""
+    lines = [f"**{record['dataset']}**: {record['split']}; documents {record['documents']}; "
+             f"{result['nodes']} nodes of <= {opts.node_tokens} tokens; top_k {opts.top_k}; n = {record['n']} "
+             f"questions, seed {record['seed']}", "",
+             "| mode | context positions | fewer positions vs raw | s / query | speed-up vs raw | KV MB | "
+             "contained (95% CI) | F1 | EM | compressed at query | index-time compression s |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for mode, r in result["modes"].items():
+        c = r.get("contained")
+        contained = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
+        f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
+        em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
+        ingest = f"{r['index_time_compression']['seconds']:.1f}" if "index_time_compression" in r else "-"
+        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {r['position_reduction_vs_raw']:.1f}x | "
+                     f"{r['mean_seconds']:.2f} | {r['speedup_vs_raw']:.2f}x | {r['mean_kv_cache_mb']:.1f} | "
+                     f"{contained} | {f1} | {em} | {r['compressed_at_query']} | {ingest} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: load data (checked before any model), models, run, write results.json / results.md."""
+    p = argparse.ArgumentParser(prog="python -m llama_index.postprocessor.icae_rag.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=DATASETS, default="squad")
+    p.add_argument("--limit", type=int, default=40, help="questions")
+    p.add_argument("--documents", type=int, default=3, help="long documents indexed (questions come from them)")
+    p.add_argument("--compressor", action="append", dest="compressors",
+                   help="kind or checkpoint dir (repeatable; default icae and e2llm)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--node-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", help="the shared data folder (default: $ICAE_RAG_DATA or ../shared/data)")
+    p.add_argument("--no-longllmlingua", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench-rag")
+    a = p.parse_args(argv)
+    opts = RagBenchOptions(dataset=a.dataset, limit=a.limit, documents=a.documents,
+                           compressors=a.compressors or ["icae", "e2llm"], top_k=a.top_k, node_tokens=a.node_tokens,
+                           max_new_tokens=a.max_new_tokens, seed=a.seed, data_root=a.data_root, out=a.out,
+                           longllmlingua=not a.no_longllmlingua, device=a.device)
+    try:
+        documents, items, record = load_corpus(opts)
+        from icae_rag import load_compressor, new_compressor
+
+        compressors = [load_compressor(spec, device=opts.device) for spec in opts.compressors]
+        raw = new_compressor("raw", device=opts.device, decoder=compressors[0].decoder.name if compressors else None)
+        lingua = None
+        if opts.longllmlingua:
+            from icae_rag.backbones import decoder_source
+            from icae_rag.eval.longllmlingua import LongLLMLinguaCompressor
+
+            lingua = LongLLMLinguaCompressor(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
+        started = time.perf_counter()
+        result = run_rag_bench(documents, items, compressors, raw, opts, lingua=lingua)
+    except IcaeRagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = {"suite": "llamaindex-rag", "options": asdict(opts), "environment": environment(opts.seed),
+               "record": record, "compressors": [{"spec": s, "kind": c.kind, "version": c.version, "trained": c.trained}
+                                                 for s, c in zip(opts.compressors, compressors, strict=True)],
+               "seconds": time.perf_counter() - started, **result}
+    env = results["environment"]
+    md = ["# icae-rag LlamaIndex RAG benchmark", "", f"commit `{env['git_commit']}`, {env['hardware']['processor']} "
+          f"({env['hardware']['cpu_count']} cores), torch {env['versions']['torch']}", "",
+          rag_markdown(record, result, opts)]
+    write_report(Path(opts.out), results, "\n".join(md))
+    print(json.dumps({m: {k: r[k] for k in ("mean_context_positions", "mean_seconds", "speedup_vs_raw")}
+                      for m, r in result["modes"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
