@@ -1,0 +1,297 @@
+"""The app's state: documents, a FAISS index, a slot store, one compressor; persisted under a data dir.
+
+Layout of the data directory::
+
+    files/<id><ext>          uploaded files, under generated names
+    icae_rag_slots/          SlotStore: soft prompts precomputed at upload
+    index/CURRENT.json       {"version": "v-..."}: the one index version in use, switched atomically
+    index/v-<uuid>/          LlamaIndex persist dir (FAISS, docstore) + documents.json
+
+Concurrency: embedding calls hold `_embed_lock` (tokenizers are not thread-safe); every use of the
+compressor holds its per-compressor lock from the LlamaIndex integration (shared with
+`SoftPromptIngestion`); reading or changing the index holds `_index_lock`. An upload does its slow
+work (parsing, compressing, embedding) outside `_index_lock`, so questions keep being answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import Document
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
+from llama_index.postprocessor.icae_rag import (
+    SlotStore,
+    SoftPromptIngestion,
+    build_faiss_index,
+    default_embed_model,
+    load_faiss_index,
+)
+
+# The per-compressor lock and the threaded token stream live here; reused so the app, the
+# ingestion step and any LlamaIndex component share one lock per compressor object.
+from llama_index.postprocessor.icae_rag._shared import SlotCache, TokenStream, node_text
+
+from icae_rag.errors import CorruptFileError, InvalidInputError
+from icae_rag.generation import build_prompt
+from icae_rag.io import atomic_path, read_json, write_json
+
+from .documents import UploadError, extract_text, file_kind, safe_display_name
+
+logger = logging.getLogger(__name__)
+
+MODES = ("compressed", "raw")
+CURRENT = "CURRENT.json"
+SNIPPET_CHARS = 300
+# Nodes compressed / embedded per hold of the compressor / embedding lock, so questions interleave with uploads.
+INGEST_BATCH = 4
+EMBED_BATCH = 16
+
+
+class DuplicateDocumentError(UploadError):
+    """The same text is already indexed."""
+
+    status = 409
+
+
+@dataclass
+class Settings:
+    """Everything configurable about the app (CLI flags map one to one)."""
+
+    data_dir: Path = Path("qa_app_data")
+    compressor: str = "icae"
+    checkpoint: Path | None = None
+    device: str = "auto"
+    max_upload_bytes: int = 10 * 1024 * 1024
+    top_k: int = 3
+    chunk_tokens: int = 256
+    chunk_overlap: int = 32
+    max_new_tokens: int = 64
+    max_question_chars: int = 2000
+
+
+@dataclass
+class PreparedAnswer:
+    """A question ready to stream: its sources, decoder positions and the token pieces as they come."""
+
+    mode: str
+    sources: list[dict[str, Any]]
+    positions: int
+    context_positions: int
+    pieces: Iterator[str] = field(repr=False)
+
+
+class QAService:
+    """Documents in, streamed answers out; see the module docstring for layout and locking."""
+
+    def __init__(self, settings: Settings, *, compressor: Any = None, embed_model: Any = None) -> None:
+        """Load (or create) the data directory's index; `compressor`/`embed_model` override the defaults."""
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir).expanduser().resolve()
+        self.files_dir = self.data_dir / "files"
+        self.index_root = self.data_dir / "index"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.index_root.mkdir(parents=True, exist_ok=True)
+        self.compressor = compressor if compressor is not None else load_app_compressor(settings)
+        self.embed_model = embed_model if embed_model is not None else default_embed_model()
+        self.store = SlotStore.in_persist_dir(self.data_dir)
+        self.slots = SlotCache(self.compressor, self.store)
+        self.splitter = SentenceSplitter(chunk_size=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
+        self.ingestion = SoftPromptIngestion(self.compressor, self.store)
+        self._index_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._index, self._documents = self._load_current()
+        self._remove_stale_files()
+
+    # --- state on disk ----------------------------------------------------------------------
+    def _load_current(self) -> tuple[Any, list[dict[str, Any]]]:
+        """The persisted index version and its documents, or an empty index if none exists yet."""
+        pointer = self.index_root / CURRENT
+        if not pointer.exists():
+            index = build_faiss_index([], embed_model=self.embed_model,
+                                      transformations=[self.splitter, self.ingestion])
+            return index, []
+        version = read_json(pointer).get("version", "")
+        target = self.index_root / version
+        if not version or "/" in version or not (target / "documents.json").is_file():
+            raise CorruptFileError(f"{pointer} names a missing index version {version!r}: restore the data "
+                                   "directory from a backup or delete its index/ directory to start empty")
+        index = load_faiss_index(target, embed_model=self.embed_model,
+                                 transformations=[self.splitter, self.ingestion])
+        return index, list(read_json(target / "documents.json")["documents"])
+
+    def _persist(self, documents: list[dict[str, Any]]) -> None:
+        """Write the index and the document list to a new version dir, then switch CURRENT to it."""
+        version = f"v-{uuid.uuid4().hex}"
+        target = self.index_root / version
+        try:
+            self._index.storage_context.persist(persist_dir=target)
+            write_json(target / "documents.json", {"documents": documents})
+            write_json(self.index_root / CURRENT, {"version": version})  # the atomic switch
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        for old in self.index_root.iterdir():
+            if old.is_dir() and old.name != version:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _remove_stale_files(self) -> None:
+        """At startup: drop index versions and uploaded files left by an interrupted upload."""
+        pointer = self.index_root / CURRENT
+        current = read_json(pointer)["version"] if pointer.exists() else None
+        for entry in self.index_root.iterdir():
+            if entry.is_dir() and entry.name != current:
+                shutil.rmtree(entry, ignore_errors=True)
+        kept = {d["stored_as"] for d in self._documents}
+        for entry in self.files_dir.iterdir():
+            if entry.name not in kept:
+                entry.unlink(missing_ok=True)
+
+    # --- documents --------------------------------------------------------------------------
+    def documents(self) -> list[dict[str, Any]]:
+        """The indexed documents, oldest first (public fields only)."""
+        with self._index_lock:
+            return [public(d) for d in self._documents]
+
+    def add_document(self, filename: str | None, data: bytes) -> dict[str, Any]:
+        """Validate, store, compress and index one uploaded file; the index on disk changes atomically.
+
+        Raises UploadError (with its HTTP status) for bad input; on any failure nothing already
+        indexed is lost and the uploaded file is not kept.
+        """
+        name = safe_display_name(filename)
+        ext, kind = file_kind(name)
+        text = extract_text(name, data)
+        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        with self._index_lock:
+            self._check_duplicate(sha)  # early, to skip compressing; checked again before inserting
+        record = {"id": uuid.uuid4().hex, "name": name, "kind": kind, "bytes": len(data), "chars": len(text),
+                  "sha256": sha, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record["stored_as"] = record["id"] + ext  # generated: the user's name never reaches the filesystem
+        stored = self.files_dir / record["stored_as"]
+        with atomic_path(stored) as tmp:
+            tmp.write_bytes(data)
+        try:
+            nodes = self._prepare_nodes(record, text)
+            record["chunks"] = len(nodes)
+            with self._index_lock:
+                self._check_duplicate(sha)
+                try:
+                    self._index.insert_nodes(nodes)
+                    self._persist([*self._documents, record])
+                except BaseException:
+                    # FAISS cannot delete vectors: go back to the last persisted version instead.
+                    self._index, self._documents = self._load_current()
+                    raise
+                self._documents.append(record)
+        except BaseException:
+            stored.unlink(missing_ok=True)
+            raise
+        logger.info("indexed %s as %s: %d chunks", name, record["stored_as"], len(nodes))
+        return public(record)
+
+    def _check_duplicate(self, sha: str) -> None:
+        """DuplicateDocumentError if this text is indexed already; the caller holds `_index_lock`."""
+        for d in self._documents:
+            if d["sha256"] == sha:
+                raise DuplicateDocumentError(f"this text is already indexed as {d['name']!r}")
+
+    def _prepare_nodes(self, record: dict[str, Any], text: str) -> list[BaseNode]:
+        """Chunks of the text with their soft prompts precomputed into the slot store and their embeddings."""
+        doc = Document(text=text, id_=record["id"], metadata={"file_name": record["name"], "doc_id": record["id"]},
+                       excluded_llm_metadata_keys=["doc_id"], excluded_embed_metadata_keys=["doc_id"])
+        nodes = list(self.splitter([doc]))
+        for start in range(0, len(nodes), INGEST_BATCH):
+            self.ingestion(nodes[start:start + INGEST_BATCH])
+        for start in range(0, len(nodes), EMBED_BATCH):
+            batch = nodes[start:start + EMBED_BATCH]
+            contents = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch]
+            with self._embed_lock:
+                embeddings = self.embed_model.get_text_embedding_batch(contents)
+            for node, embedding in zip(batch, embeddings, strict=True):
+                node.embedding = embedding
+        return nodes
+
+    # --- questions --------------------------------------------------------------------------
+    def prepare_answer(self, question: Any, mode: Any) -> PreparedAnswer:
+        """Retrieve the passages for a question and start decoding; raises InvalidInputError on bad input."""
+        question = self.check_question(question)
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        with self._embed_lock:
+            embedding = self.embed_model.get_query_embedding(question)
+        with self._index_lock:
+            if not self._documents:
+                raise InvalidInputError("no documents are indexed yet: upload one first")
+            retriever = self._index.as_retriever(similarity_top_k=self.settings.top_k)
+            hits = retriever.retrieve(QueryBundle(query_str=question, embedding=embedding))
+        pairs = [(h, text) for h in hits if (text := node_text(h.node, quiet=True)) is not None]
+        hits, texts = [h for h, _ in pairs], [t for _, t in pairs]
+        # The same retrieved nodes either way: their soft prompts from the slot store, or their text.
+        contexts = self.slots.resolve(texts).prompts if mode == "compressed" else texts
+        with self.slots.lock:
+            prompt = build_prompt(self.compressor, contexts, question=question)
+        compressor, max_new = self.compressor, self.settings.max_new_tokens
+        stream = TokenStream(lambda: compressor.stream(question, contexts, max_new_tokens=max_new), self.slots.lock)
+        sources = [{"file": h.node.metadata.get("file_name", "?"), "doc_id": h.node.metadata.get("doc_id"),
+                    "score": None if h.score is None else round(float(h.score), 4),
+                    "snippet": _snippet(h.node.get_content(metadata_mode=MetadataMode.NONE))} for h in hits]
+        return PreparedAnswer(mode, sources, int(prompt.embeddings.shape[0]), prompt.soft_tokens, stream.tokens())
+
+    def check_question(self, question: Any) -> str:
+        """The stripped question, or InvalidInputError if it is missing, empty or too long."""
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError("the question is empty: type a question")
+        question = question.strip()
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidInputError(f"the question is longer than {self.settings.max_question_chars} characters")
+        return question
+
+    def info(self) -> dict[str, Any]:
+        """What the page shows about the configuration."""
+        c = self.compressor
+        return {"compressor": c.kind, "trained": bool(c.trained), "version": c.version, "decoder": c.decoder.name,
+                "top_k": self.settings.top_k, "max_new_tokens": self.settings.max_new_tokens,
+                "max_upload_bytes": self.settings.max_upload_bytes, "modes": list(MODES)}
+
+    def index_size(self) -> tuple[int, int]:
+        """(vectors in FAISS, nodes in the docstore): equal when the index is consistent."""
+        with self._index_lock:
+            vectors = self._index.vector_store.client.ntotal
+            return int(vectors), len(self._index.docstore.docs)
+
+    def close(self) -> None:
+        """Close the slot store."""
+        self.store.close()
+
+
+def load_app_compressor(settings: Settings) -> Any:
+    """The compressor the settings name: a checkpoint directory if given (of the right kind), else the kind."""
+    from icae_rag import load_compressor
+
+    if settings.checkpoint is None:
+        return load_compressor(settings.compressor, device=settings.device)
+    compressor = load_compressor(settings.checkpoint, device=settings.device)
+    if compressor.kind != settings.compressor:
+        raise InvalidInputError(f"{settings.checkpoint} is a {compressor.kind} checkpoint, but --compressor is "
+                                f"{settings.compressor}: pass --compressor {compressor.kind}")
+    return compressor
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A document record without its internal fields."""
+    return {k: v for k, v in record.items() if k not in ("sha256", "stored_as")}
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rstrip() + "…"

@@ -1,0 +1,421 @@
+"""The document QA web app (examples/qa_app) on tiny random models: API, bad input, restarts, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from qa_app_helpers import HashEmbedding, answer_text, events, serve
+
+from examples.qa_app import Settings, create_app
+from examples.qa_app import service as service_module
+from examples.qa_app.app import parse_args
+from examples.qa_app.documents import (
+    UploadError,
+    UploadTooLargeError,
+    extract_text,
+    read_limited,
+    safe_display_name,
+)
+
+APOLLO = ("The Apollo program was the third United States human spaceflight program. Apollo 11 landed the first "
+          "humans on the Moon in July 1969. Neil Armstrong and Buzz Aldrin walked on the lunar surface while "
+          "Michael Collins stayed in orbit.")
+RHINE = ("The Rhine rises in the Swiss Alps and flows north through Germany and the Netherlands to the North "
+         "Sea. Barges carry coal and grain along the river between Basel and Rotterdam.")
+PHOTO = ("Photosynthesis converts light energy into chemical energy stored in glucose. Plants release oxygen "
+         "as a by-product of splitting water inside their chloroplasts.")
+
+
+@pytest.fixture(scope="module")
+def compressor(_icae_proto):
+    """One tiny untrained ICAE for the module (copied: the app's lock and caches are per object)."""
+    return copy.deepcopy(_icae_proto)
+
+
+def make_app(data_dir: Path, compressor, embed_model=None, **settings):
+    """The app on tiny models over `data_dir`."""
+    return create_app(Settings(data_dir=data_dir, **settings), compressor=compressor,
+                      embed_model=embed_model or HashEmbedding())
+
+
+def upload(client, name: str, data: bytes | str):
+    """POST a file's bytes to /api/documents."""
+    body = data.encode() if isinstance(data, str) else data
+    return client.post("/api/documents", params={"filename": name}, content=body)
+
+
+def ask(client, question, mode="compressed") -> tuple[int, list[dict] | dict]:
+    """(status, events) for a streamed answer, or (status, error body)."""
+    r = client.post("/api/ask", json={"question": question, "mode": mode})
+    return r.status_code, (events(r.text) if r.status_code == 200 else r.json())
+
+
+def spy_compress(compressor, monkeypatch) -> list[int]:
+    """Record the number of texts of every compress_many call."""
+    calls: list[int] = []
+    original = compressor.compress_many
+
+    def counting(texts, **kwargs):
+        calls.append(len(texts))
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(compressor, "compress_many", counting)
+    return calls
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF whose content stream shows `text` (offsets computed, so pypdf reads it cleanly)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+# --- documents: text extraction and names ---------------------------------------------------------
+
+def test_extract_text_per_kind():
+    assert extract_text("a.txt", "\ufeffhello world\n".encode()) == "hello world"
+    assert extract_text("a.md", b"# Title\n\nbody") == "# Title\n\nbody"
+    page = (b"<html><head><title>Guide</title><style>p{color:red}</style><script>alert('x')</script></head>"
+            b"<body><p>First&nbsp;para</p><div>Second <b>bold</b></div><noscript>enable js</noscript></body></html>")
+    text = extract_text("a.html", page)
+    assert "Guide" in text and "First para" in text and "Second bold" in text
+    assert "alert" not in text and "color" not in text and "enable js" not in text
+    assert "Apollo landed" in extract_text("a.pdf", minimal_pdf("Apollo landed in 1969"))
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("empty.txt", b"", "is empty"),
+    ("blank.txt", b"   \n\t ", "contains no text"),
+    ("nul.txt", b"abc\x00\x01\x02def", "binary"),
+    ("latin1.txt", "caf\xe9".encode("latin-1"), "not UTF-8"),
+    ("bad.pdf", b"%PDF-1.4\n1 0 obj garbage", "malformed PDF"),
+    ("text.pdf", b"just some text, not a pdf", "not a PDF"),
+    ("plain.html", b"no tags in here at all", "not HTML"),
+    ("scripts.html", b"<script>var a = 1;</script><style>p {}</style>", "contains no text"),
+    ("binary.html", b"<p>\x00\xff\xfe</p>", "binary"),
+])
+def test_extract_text_rejects_bad_files(name, data, message):
+    with pytest.raises(UploadError, match=message):
+        extract_text(name, data)
+
+
+@pytest.mark.parametrize("raw,expected", [("notes.txt", "notes.txt"), ("sub/dir/notes.md", "notes.md"),
+                                          ("C-drive report.pdf", "C-drive report.pdf"), ("a..b.txt", "a..b.txt")])
+def test_safe_display_name_keeps_the_basename(raw, expected):
+    assert safe_display_name(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "   ", None, "../evil.txt", "a/../../evil.txt", "..\\evil.txt", "/etc/x.txt",
+                                 "\\\\server\\share\\x.txt", "C:\\x.txt", "c:x.txt", "dir/", ".", "a\x00.txt",
+                                 "x" * 300 + ".txt"])
+def test_safe_display_name_rejects_paths(raw):
+    with pytest.raises(UploadError):
+        safe_display_name(raw)
+
+
+def test_read_limited_stops_reading_at_the_limit():
+    consumed = []
+
+    async def long_body():
+        for _ in range(100):
+            consumed.append(1)
+            yield b"x" * 1000
+
+    with pytest.raises(UploadTooLargeError, match="limit of 4.88 KB"):
+        asyncio.run(read_limited(long_body(), 5000))
+    assert len(consumed) == 6
+    assert asyncio.run(read_limited(_chunks([b"ab", b"cd"]), 4)) == b"abcd"
+
+
+async def _chunks(items):
+    for item in items:
+        yield item
+
+
+# --- the API ----------------------------------------------------------------------------------------
+
+def test_page_and_static_files_are_served(tmp_path, compressor):
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/static/app.js" in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+        assert client.get("/static/app.js").status_code == 200
+        assert client.get("/static/app.css").status_code == 200
+        missing = client.get("/static/service.py")
+        assert missing.status_code == 404 and "error" in missing.json()
+        info = client.get("/api/info").json()
+        assert info["compressor"] == "icae" and info["trained"] is False and info["max_upload_bytes"] == 10 << 20
+
+
+def test_upload_then_ask_streams_an_answer_with_sources(tmp_path, compressor, monkeypatch):
+    with TestClient(make_app(tmp_path, compressor, top_k=1)) as client:
+        for name, text in (("apollo.txt", APOLLO), ("rhine.md", RHINE), ("photo.html", f"<p>{PHOTO}</p>")):
+            r = upload(client, name, text)
+            assert r.status_code == 201, r.text
+            assert r.json()["document"]["name"] == name and r.json()["document"]["chunks"] >= 1
+        assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == [
+            "apollo.txt", "rhine.md", "photo.html"]
+
+        calls = spy_compress(compressor, monkeypatch)
+        results = {}
+        for mode in ("compressed", "raw"):
+            status, evs = ask(client, "Which river flows from the Swiss Alps to the North Sea?", mode)
+            assert status == 200
+            assert evs[0]["type"] == "sources" and evs[-1]["type"] == "done"
+            assert all(e["type"] == "token" for e in evs[1:-1])
+            assert [s["file"] for s in evs[0]["sources"]] == ["rhine.md"]
+            assert "Swiss Alps" in evs[0]["sources"][0]["snippet"]
+            done = evs[-1]
+            assert done["mode"] == mode and done["pieces"] == len(evs) - 2
+            assert done["positions"] > done["context_positions"] > 0
+            if done["pieces"]:
+                assert 0 < done["ttft"] <= done["seconds"]
+            results[mode] = done
+        # Soft prompts were made at upload: answering compressed compresses nothing.
+        assert calls == []
+        # Same passage: its soft prompt takes fewer decoder positions than its text (ratio 4).
+        assert results["compressed"]["context_positions"] < results["raw"]["context_positions"]
+
+
+def test_compressed_and_raw_modes_read_the_same_passages_differently(tmp_path, compressor):
+    with TestClient(make_app(tmp_path, compressor, top_k=2)) as client:
+        upload(client, "apollo.txt", APOLLO)
+        upload(client, "rhine.txt", RHINE)
+        service = client.app.state.service
+        raw_tokens = sum(len(compressor.tokenize(t)) for t in service_texts(service))
+        _, compressed = ask(client, "Who walked on the Moon?", "compressed")
+        _, raw = ask(client, "Who walked on the Moon?", "raw")
+        assert compressed[0]["sources"] == raw[0]["sources"]
+        assert raw[-1]["context_positions"] >= raw_tokens  # the passages' text, plus blank-line separators
+        assert compressed[-1]["context_positions"] < raw_tokens
+
+
+def service_texts(service) -> list[str]:
+    """What the decoder reads for every indexed node in raw mode."""
+    from llama_index.postprocessor.icae_rag._shared import node_text
+
+    return [node_text(n) for n in service._index.docstore.docs.values()]
+
+
+def test_bad_uploads_and_questions_are_refused_and_lose_nothing(tmp_path, compressor):
+    with TestClient(make_app(tmp_path, compressor, max_upload_bytes=2000)) as client:
+        assert ask(client, "Anything?") == (400, {"error": "no documents are indexed yet: upload one first"})
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        service = client.app.state.service
+        before = (client.get("/api/documents").json(), service.index_size(), sorted(service.files_dir.iterdir()))
+
+        bad = [("empty.txt", b"", 400, "empty"), ("nul.txt", b"\x00\x01binary", 400, "binary"),
+               ("x.txt", b"\xff\xfe\xfa", 400, "UTF-8"), ("run.exe", b"MZ...", 415, "unsupported file type"),
+               ("noext", b"text", 415, "unsupported"), ("bad.pdf", b"%PDF-1.7\n%%garbage", 400, "PDF"),
+               ("page.html", b"<script>x()</script>", 400, "no text"), ("big.txt", b"a" * 2001, 413, "limit"),
+               ("apollo copy.txt", APOLLO.encode(), 409, "already indexed")]
+        for name, data, status, message in bad:
+            r = upload(client, name, data)
+            assert r.status_code == status, (name, r.text)
+            assert message in r.json()["error"], (name, r.json())
+
+        # No Content-Length (chunked): the limit is enforced while reading.
+        def chunks():
+            for _ in range(10):
+                yield b"b" * 500
+
+        r = client.post("/api/documents", params={"filename": "stream.txt"}, content=chunks())
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+
+        for body, message in ((json.dumps({"question": "  "}), "empty"), (json.dumps({"mode": "raw"}), "empty"),
+                              (json.dumps({"question": "Q?", "mode": "zip"}), "mode"), ("not json", "JSON"),
+                              (json.dumps(["Q?"]), "JSON object"), (json.dumps({"question": "x" * 2001}), "longer"),
+                              (json.dumps({"question": 3}), "empty")):
+            r = client.post("/api/ask", content=body)
+            assert r.status_code == 400 and message in r.json()["error"], (body, r.text)
+
+        after = (client.get("/api/documents").json(), service.index_size(), sorted(service.files_dir.iterdir()))
+        assert after == before
+        assert ask(client, "When did Apollo 11 land?")[0] == 200
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "../../evil.txt", "/tmp/evil.txt", "..\\evil.txt", "", " ",
+                                  "C:\\evil.txt", "a/../evil.txt"])
+def test_upload_names_never_write_outside_the_data_dir(tmp_path, compressor, name):
+    data_dir = tmp_path / "deep" / "data"
+    with TestClient(make_app(data_dir, compressor)) as client:
+        r = upload(client, name, "Evil text that must not be written anywhere.")
+        assert r.status_code == 400 and r.json()["error"]
+        assert client.get("/api/documents").json()["documents"] == []
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "icae_rag_slots" not in p.parts]
+    assert not [p for p in written if "evil" in p.name]
+    assert list((data_dir / "files").iterdir()) == []
+
+
+def test_uploads_are_stored_under_generated_names(tmp_path, compressor):
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        r = upload(client, "reports/2024/q1 notes.txt", APOLLO)
+        assert r.status_code == 201 and r.json()["document"]["name"] == "q1 notes.txt"
+        files = [p.name for p in (tmp_path / "files").iterdir()]
+        assert len(files) == 1 and re.fullmatch(r"[0-9a-f]{32}\.txt", files[0])
+        assert (tmp_path / "files" / files[0]).read_text() == APOLLO
+        assert "stored_as" not in r.json()["document"] and "sha256" not in r.json()["document"]
+
+
+def test_restart_reloads_documents_index_and_soft_prompts(tmp_path, compressor, monkeypatch):
+    pdf = minimal_pdf("The Eiffel Tower was completed in 1889 in Paris.")
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        upload(client, "apollo.txt", APOLLO)
+        upload(client, "tower.pdf", pdf)
+        docs = client.get("/api/documents").json()
+        size = client.app.state.service.index_size()
+        _, first = ask(client, "When was the Eiffel Tower completed?")
+
+    calls = spy_compress(compressor, monkeypatch)
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert client.get("/api/documents").json() == docs
+        assert client.app.state.service.index_size() == size
+        status, again = ask(client, "When was the Eiffel Tower completed?")
+        assert status == 200 and again[0]["sources"] == first[0]["sources"]
+        assert again[0]["sources"][0]["file"] == "tower.pdf"
+        assert answer_text(again) == answer_text(first)  # greedy decoding of the same soft prompts
+        assert calls == []  # soft prompts came from the persisted slot store
+        assert upload(client, "rhine.txt", RHINE).status_code == 201
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == [
+            "apollo.txt", "tower.pdf", "rhine.txt"]
+    versions = [p.name for p in (tmp_path / "index").iterdir() if p.is_dir()]
+    assert len(versions) == 1  # old index versions are cleaned up
+
+
+def test_a_failed_persist_keeps_the_previous_index(tmp_path, compressor, monkeypatch):
+    with TestClient(make_app(tmp_path, compressor), raise_server_exceptions=False) as client:
+        upload(client, "apollo.txt", APOLLO)
+        service = client.app.state.service
+        before = (client.get("/api/documents").json(), service.index_size(), sorted(service.files_dir.iterdir()))
+        original = service_module.write_json
+
+        def failing(path, data):
+            if Path(path).name == service_module.CURRENT:
+                raise OSError("No space left on device")
+            return original(path, data)
+
+        monkeypatch.setattr(service_module, "write_json", failing)
+        r = upload(client, "rhine.txt", RHINE)
+        assert r.status_code == 500 and "error" in r.json()
+        monkeypatch.setattr(service_module, "write_json", original)
+
+        assert (client.get("/api/documents").json(), service.index_size(),
+                sorted(service.files_dir.iterdir())) == before
+        assert [p.name for p in (tmp_path / "index").iterdir() if p.is_dir()] == [
+            json.loads((tmp_path / "index" / "CURRENT.json").read_text())["version"]]
+        status, evs = ask(client, "Where does the Rhine rise?")
+        assert status == 200 and {s["file"] for s in evs[0]["sources"]} == {"apollo.txt"}
+        assert upload(client, "rhine.txt", RHINE).status_code == 201  # and it can be uploaded again
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == ["apollo.txt", "rhine.txt"]
+
+
+# --- a real server ----------------------------------------------------------------------------------
+
+def test_answers_are_streamed_as_they_are_decoded(tmp_path, compressor, monkeypatch):
+    app = make_app(tmp_path, compressor)
+    original = compressor.stream
+
+    def slow_stream(*args, **kwargs):
+        for piece in original(*args, **kwargs):
+            time.sleep(0.05)
+            yield piece
+
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        monkeypatch.setattr(compressor, "stream", slow_stream)
+        arrivals = []
+        with client.stream("POST", "/api/ask", json={"question": "Who walked on the Moon?"}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+            for line in r.iter_lines():
+                if line.strip():
+                    arrivals.append((time.perf_counter(), json.loads(line)))
+    kinds = [e["type"] for _, e in arrivals]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and kinds.count("token") >= 5
+    first_token = next(t for t, e in arrivals if e["type"] == "token")
+    # Tokens reach the client while decoding goes on, not in one piece at the end.
+    assert arrivals[-1][0] - first_token > 0.05 * (kinds.count("token") - 1) * 0.5
+
+
+def test_questions_are_answered_while_a_document_uploads(tmp_path, compressor):
+    embed = HashEmbedding()
+    app = make_app(tmp_path, compressor, embed_model=embed, chunk_tokens=32, chunk_overlap=0)
+    big = " ".join(f"Paragraph {i} is about canal locks, barges and river number {i}." for i in range(120))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        embed.delay = 0.05  # the next upload embeds for several seconds, in batches
+        finished: dict[str, float] = {}
+        results: dict[str, int] = {}
+
+        def do_upload(name, text):
+            results[name] = upload(client, name, text).status_code
+            finished[name] = time.perf_counter()
+
+        def do_ask(i):
+            status, evs = ask(client, f"Who walked on the Moon? ({i})", "raw" if i % 2 else "compressed")
+            results[f"q{i}"] = status if evs[-1]["type"] == "done" else -1
+            finished[f"q{i}"] = time.perf_counter()
+
+        uploader = threading.Thread(target=do_upload, args=("canals.txt", big))
+        uploader.start()
+        time.sleep(0.5)  # the upload is embedding now
+        askers = [threading.Thread(target=do_ask, args=(i,)) for i in range(3)]
+        for t in askers:
+            t.start()
+        for t in [*askers, uploader]:
+            t.join(timeout=120)
+        assert results == {"canals.txt": 201, "q0": 200, "q1": 200, "q2": 200}
+        assert all(finished[f"q{i}"] < finished["canals.txt"] for i in range(3))
+
+        # Concurrent uploads: all indexed, the index stays consistent.
+        embed.delay = 0.0
+        threads = [threading.Thread(target=do_upload, args=(f"doc{i}.txt", f"{text} ({i})"))
+                   for i, text in enumerate((RHINE, PHOTO, APOLLO))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert [results[f"doc{i}.txt"] for i in range(3)] == [201, 201, 201]
+        vectors, nodes = app.state.service.index_size()
+        docs = client.get("/api/documents").json()["documents"]
+        assert len(docs) == 5 and vectors == nodes == sum(d["chunks"] for d in docs)
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert len(client.get("/api/documents").json()["documents"]) == 5
+        assert client.app.state.service.index_size() == (vectors, nodes)
+
+
+def test_command_line_defaults_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("QA_APP_DATA_DIR", raising=False)
+    settings, host, port = parse_args([])
+    assert (host, port, settings.compressor, settings.checkpoint) == ("127.0.0.1", 8000, "icae", None)
+    assert settings.data_dir == Path("qa_app_data") and settings.max_upload_bytes == 10 << 20
+    monkeypatch.setenv("QA_APP_DATA_DIR", str(tmp_path))
+    settings, _, _ = parse_args(["--compressor", "e2llm", "--max-upload-mb", "1", "--port", "9000"])
+    assert settings.data_dir == tmp_path and settings.compressor == "e2llm" and settings.max_upload_bytes == 1 << 20
+    with pytest.raises(SystemExit):
+        parse_args(["--compressor", "raw"])
+    with pytest.raises(SystemExit):
+        parse_args(["--top-k", "0"])
