@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import TEXT, TINY_ICAE
+from conftest import TEXT, TINY_E2LLM, TINY_ICAE
 from icae_rag import load_compressor, new_compressor
 from icae_rag.compressors.base import CONFIG_NAME, WEIGHTS_NAME
 from icae_rag.errors import (
@@ -154,6 +154,18 @@ def test_unknown_compressor_device_dtype_and_config():
         new_compressor("icae", device="cpu", decoder="tiny-llama", span_tokenz=4)
     with pytest.raises(ConfigError, match="divisible"):
         new_compressor("icae", device="cpu", decoder="tiny-llama", span_tokens=30, ratio=4)
+
+
+@pytest.mark.parametrize("kind,config", [("icae", TINY_ICAE), ("e2llm", TINY_E2LLM)])
+def test_untrained_init_depends_on_config_seed_only(kind, config):
+    torch.manual_seed(123)
+    first = new_compressor(kind, device="cpu", **config).trainable_state_dict()
+    torch.manual_seed(456)
+    state = torch.get_rng_state()
+    second = new_compressor(kind, device="cpu", **config).trainable_state_dict()
+    assert torch.equal(torch.get_rng_state(), state), "building a compressor must not consume the caller's RNG"
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_untrained_default_warns(monkeypatch):

@@ -81,18 +81,19 @@ class E2llmCompressor(Compressor):
         super().__init__(config, decoder)
         self.encoder = encoder
         dev, dt = decoder.device, decoder.dtype
-        if config.encoder_lora_r:
-            transformer = encoder.model[0].auto_model
-            encoder.model[0].auto_model = get_peft_model(transformer, LoraConfig(
-                r=config.encoder_lora_r, lora_alpha=int(config.encoder_lora_r * config.lora_alpha_ratio),
-                target_modules=["query", "key", "value", "dense"]))
-        self.decoder_lm = None
-        if config.decoder_lora_r:
-            self.decoder_lm = get_peft_model(decoder.model, LoraConfig(
-                r=config.decoder_lora_r, lora_alpha=int(config.decoder_lora_r * config.lora_alpha_ratio),
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-        with torch.random.fork_rng():
+        # Seeded without touching the caller's RNG (see IcaeCompressor).
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
+            if config.encoder_lora_r:
+                transformer = encoder.model[0].auto_model
+                encoder.model[0].auto_model = get_peft_model(transformer, LoraConfig(
+                    r=config.encoder_lora_r, lora_alpha=int(config.encoder_lora_r * config.lora_alpha_ratio),
+                    target_modules=["query", "key", "value", "dense"]))
+            self.decoder_lm = None
+            if config.decoder_lora_r:
+                self.decoder_lm = get_peft_model(decoder.model, LoraConfig(
+                    r=config.decoder_lora_r, lora_alpha=int(config.decoder_lora_r * config.lora_alpha_ratio),
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
             d, m = decoder.hidden_size, config.soft_tokens_per_chunk
             if config.adapter == "mlp":
                 self.adapter = nn.Sequential(

@@ -73,9 +73,17 @@ class IcaeCompressor(Compressor):
     """ICAE compressor: LoRA encoder + k memory embeddings per span; frozen decoder reads slots."""
 
     def __init__(self, config: IcaeConfig, decoder: DecoderBackbone) -> None:
+        super().__init__(config, decoder)
+        # Seeded without touching the caller's RNG: an untrained compressor is the same on every
+        # build, and building one does not shift a training run's data order.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self._init_trainable(config, decoder)
+        self.lm.eval()
+
+    def _init_trainable(self, config: IcaeConfig, decoder: DecoderBackbone) -> None:
         from peft import LoraConfig, get_peft_model
 
-        super().__init__(config, decoder)
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.lora_target_modules), bias="none")
         # peft injects LoRA layers into decoder.model in place; `decoding()` switches them off.
@@ -99,7 +107,6 @@ class IcaeCompressor(Compressor):
                 # memory_tokens: identity (slots are the states); span_anchors: zero (start at the anchors).
                 self.slot_proj.weight.copy_(torch.eye(d) if config.slot_source == "memory_tokens" else torch.zeros(d, d))
                 self.slot_proj.bias.zero_()
-        self.lm.eval()
 
     def decoding(self):
         """The frozen decoder reads slots with the LoRA adapter switched off."""

@@ -1,4 +1,4 @@
-"""PNG plots of bench results (matplotlib, headless backend)."""
+"""PNG plots of bench results (matplotlib Figure objects, no pyplot state)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any):
+    # A bare Figure renders without pyplot, so the caller's backend (a notebook's inline one) is untouched.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | None, path: Path) -> Path:
     """Left: QA answer-contained accuracy vs compression ratio; right: reconstruction BLEU-4 vs ratio."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = _figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     ax = axes[0]
     for dataset, block in (qa or {}).items():
         for mode, r in block["results"].items():
@@ -47,15 +45,14 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
     """Time to first token vs context length: solid = compression + prefill, dashed = prefill only
     (what a query pays when the soft prompts were precomputed at indexing time)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = _figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     modes = sorted({r["mode"] for r in efficiency["rows"]})
     for mode in modes:
         rows = sorted((r for r in efficiency["rows"] if r["mode"] == mode), key=lambda r: r["context_tokens"])
@@ -72,5 +69,4 @@ def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
