@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ..compressors.base import Compressor
 from .record import PeakRss
 
@@ -29,7 +31,7 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
     any_comp = next(iter(modes.values()))
     ids = any_comp.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]
     rows = []
-    for length in lengths:
+    for length in tqdm(lengths, desc="efficiency: context lengths", leave=False):
         if length > len(ids):
             raise ValueError(f"the efficiency text has {len(ids)} tokens, fewer than the {length} asked for")
         context = any_comp.decoder.tokenizer.decode(ids[:length])

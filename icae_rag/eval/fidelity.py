@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ..compressors.base import Compressor
 from ..generation import reconstruct_token_ids
 from .metrics import bleu4, bootstrap_ci, token_accuracy
@@ -35,7 +37,7 @@ def run_fidelity(compressors: list[Compressor], texts: list[str], spans: list[in
             windows = held_out_windows(texts, comp.decoder.tokenizer, span, limit)
             scores: dict[str, list[float]] = {"bleu4": [], "exact_match": [], "token_accuracy": []}
             ratios, seconds = [], 0.0
-            for i, window in enumerate(windows):
+            for i, window in enumerate(tqdm(windows, desc=f"fidelity {comp.kind} span {span}", leave=False)):
                 reference = comp.tokenize(window)
                 start = time.perf_counter()
                 prompt = comp.compress(window)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ..chunking import sentence_chunks
 from ..compressors.base import Compressor
 from ..errors import DataError
@@ -102,10 +104,10 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
     for name, make_contexts in modes.items():
         comp = reader[name]
         start = time.perf_counter()
-        contexts = [make_contexts(it) for it in items]
+        contexts = [make_contexts(it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
         prepare = time.perf_counter() - start
         predictions, soft, source, answer_seconds = [], 0, 0, 0.0
-        for b in range(0, len(items), batch_size):
+        for b in tqdm(range(0, len(items), batch_size), desc=f"qa {name}: answers", unit="batch", leave=False):
             batch = items[b : b + batch_size]
             answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size],
                                        max_new_tokens=max_new_tokens)
