@@ -76,6 +76,7 @@ def model_card(name: str, meta: dict[str, Any], results: list[dict[str, Any]], c
               f"{train.get('tokens_per_second')} tokens/s, peak RSS {train.get('peak_rss_mb')} MB "
               f"({cfg.get('threads')} torch thread(s); see the bench environment below for the CPU)",
               f"- final validation loss: {_val(train)}",
+              *([f"- after training: {train['inference_note']}"] if train.get("inference_note") else []),
               "", "Reproduce:", "", "```bash", command or f"icae-rag train {kind} --stage {train.get('stage')} --config ...",
               "```", ""]
     if train.get("previous"):
