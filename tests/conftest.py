@@ -57,3 +57,16 @@ def tiny_raw(_raw_proto):
 def tiny_compressor(request):
     """Each compressor kind in turn, on tiny backbones."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+def spy_compress(compressor, monkeypatch) -> list[int]:
+    """Record the number of texts of every compress_many call on this compressor object."""
+    calls: list[int] = []
+    original = compressor.compress_many
+
+    def counting(texts, **kwargs):
+        calls.append(len(texts))
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(compressor, "compress_many", counting)
+    return calls

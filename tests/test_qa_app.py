@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from qa_app_helpers import HashEmbedding, answer_text, events, serve
 
+from conftest import spy_compress
 from examples.qa_app import Settings, create_app
 from examples.qa_app import service as service_module
 from examples.qa_app.app import parse_args
@@ -57,19 +58,6 @@ def ask(client, question, mode="compressed") -> tuple[int, list[dict] | dict]:
     """(status, events) for a streamed answer, or (status, error body)."""
     r = client.post("/api/ask", json={"question": question, "mode": mode})
     return r.status_code, (events(r.text) if r.status_code == 200 else r.json())
-
-
-def spy_compress(compressor, monkeypatch) -> list[int]:
-    """Record the number of texts of every compress_many call."""
-    calls: list[int] = []
-    original = compressor.compress_many
-
-    def counting(texts, **kwargs):
-        calls.append(len(texts))
-        return original(texts, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress_many", counting)
-    return calls
 
 
 def minimal_pdf(text: str) -> bytes:

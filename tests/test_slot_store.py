@@ -15,7 +15,7 @@ import pytest
 import torch
 from slot_worker import FakeCompressor, expected, texts
 
-from conftest import TEXT
+from conftest import TEXT, spy_compress
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.slot_store import DB_NAME, PERSIST_SUBDIR, SlotKey, SlotStore
 
@@ -28,18 +28,6 @@ def _worker(mode: str, path: Path, n: int, rows: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(WORKER), mode, str(path), str(n), str(rows)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _count_calls(compressor, monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = compressor.compress_many
-
-    def counting(texts, **kwargs):
-        calls.append(len(texts))
-        return original(texts, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress_many", counting)
-    return calls
 
 
 def test_round_trip_is_bit_identical(tiny_compressor, tmp_path):
@@ -58,7 +46,7 @@ def test_round_trip_is_bit_identical(tiny_compressor, tmp_path):
 
 
 def test_second_get_or_compress_compresses_nothing(tiny_icae, tmp_path, monkeypatch):
-    calls = _count_calls(tiny_icae, monkeypatch)
+    calls = spy_compress(tiny_icae, monkeypatch)
     store = SlotStore(tmp_path)
     first = store.get_or_compress([TEXT, OTHER, TEXT], tiny_icae, batch_size=2)
     assert calls == [2], "a text repeated in one call is compressed once"

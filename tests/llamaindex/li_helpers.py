@@ -5,7 +5,7 @@ from __future__ import annotations
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 from llama_index.postprocessor.icae_rag.bench import EventCollector
 
-from conftest import TEXT
+from conftest import TEXT, spy_compress
 
 __all__ = ["TEXTS", "EventCollector", "make_nodes", "spy_compress"]
 
@@ -27,18 +27,5 @@ def make_nodes() -> list[NodeWithScore]:
             relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=f"doc{i}")}), score=score)
         for i, (text, score) in enumerate(zip(TEXTS, SCORES, strict=True))
     ]
-
-
-def spy_compress(compressor, monkeypatch) -> list[int]:
-    """Record the number of texts of every compress_many call on this compressor object."""
-    calls: list[int] = []
-    original = compressor.compress_many
-
-    def counting(texts, **kwargs):
-        calls.append(len(texts))
-        return original(texts, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress_many", counting)
-    return calls
 
 
