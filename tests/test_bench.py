@@ -108,3 +108,17 @@ def test_bad_input_fails_before_models_load(checkpoints, tmp_path, capsys):
         validate(BenchOptions(suite="qa", compressors=checkpoints, data=str(bad)))
     assert main(["bench", "qa", "--limit", "0", "--json", "--checkpoint", checkpoints[1]]) == 2
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
+
+
+def test_text_compression_ratio_is_measured_against_the_passages(tiny_raw):
+    from icae_rag.eval.qa import QAItem, run_qa
+
+    passage = " ".join(f"word{i}" for i in range(40))
+    items = [QAItem("a", "Which word?", ("word3",), [passage])]
+    half = tiny_raw.decoder.tokenizer.decode(tiny_raw.tokenize(passage)[:len(tiny_raw.tokenize(passage)) // 2])
+    modes = {"raw": lambda it: list(it.passages), "pruned": lambda it: [half], "none": lambda it: []}
+    readers = dict.fromkeys(modes, tiny_raw)
+    res = run_qa(items, modes, readers, max_new_tokens=2, batch_size=1, seed=0)
+    assert res["raw"]["compression_ratio"] == 1
+    assert 1.8 < res["pruned"]["compression_ratio"] < 2.2, "a text compressor's ratio is not 1.0x"
+    assert res["none"]["compression_ratio"] is None

@@ -216,3 +216,21 @@ def test_icae_span_anchors_start_at_the_anchor_tokens(tmp_path):
     assert not torch.equal(moved.embeddings, expected)
     loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
     assert torch.equal(loaded.compress(TEXT).embeddings, moved.embeddings)
+
+
+def test_e2llm_with_encoder_and_decoder_lora_round_trip(tmp_path):
+    from conftest import TINY_E2LLM
+
+    comp = new_compressor("e2llm", device="cpu", **(TINY_E2LLM | {"adapter": "attention", "encoder_lora_r": 2,
+                                                                  "decoder_lora_r": 2}))
+    plain = new_compressor("e2llm", device="cpu", **(TINY_E2LLM | {"adapter": "attention"}))
+    assert any(k.startswith("encoder_lora.") for k in comp.trainable_state_dict())
+    assert any(k.startswith("decoder_lora.") for k in comp.trainable_state_dict())
+    _randomise(comp)
+    prompt = comp.compress(TEXT)
+    answer = comp.answer("When?", [prompt], max_new_tokens=4)
+    loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
+    assert torch.equal(loaded.compress(TEXT).embeddings, prompt.embeddings)
+    assert loaded.answer("When?", [prompt], max_new_tokens=4).token_ids == answer.token_ids
+    # The decoder LoRA is the compressor's own: another compressor's decoder is untouched.
+    assert not any("lora" in n for n, _ in plain.decoder.model.named_parameters())

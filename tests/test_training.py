@@ -116,6 +116,34 @@ def test_finetune_on_user_qa_jsonl(qa, corpus, tmp_path):
     assert info["stage"] == "finetune" and info["previous"]["stage"] == "pretrain"
 
 
+def test_keep_unanswerable_subsamples_unanswerable_questions_only(tmp_path):
+    from icae_rag.backbones import load_decoder
+    from icae_rag.training.data import build_samples
+
+    path = tmp_path / "qa.jsonl"
+    with path.open("w") as f:
+        for i in range(200):
+            f.write(json.dumps({"context": f"Room {i} is blue.", "question": f"Colour of room {i}?",
+                                "answer": [] if i % 2 else "blue"}) + "\n")
+    tok = load_decoder("tiny-llama", device="cpu").tokenizer
+
+    def split(keep: float):
+        cfg = config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
+            {"name": "jsonl-qa", "path": str(path), "keep_unanswerable": keep}]))
+        return build_samples(cfg, tok)
+
+    full, some = split(1.0), split(0.2)
+    assert full.record["sources"][0]["unanswerable"] == 100
+    kept = some.record["sources"][0]["unanswerable"]
+    assert 5 < kept < 40, kept
+    answered = [s.id for s in some.train + some.val if s.target != "unanswerable"]
+    assert len(answered) == 100, "every answerable question is kept"
+    assert split(0.2).record == some.record, "the choice is a function of the seed"
+    with pytest.raises(ConfigError, match="keep_unanswerable"):
+        config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
+            {"name": "jsonl-qa", "path": str(path), "keep_unanswerable": 1.5}]))
+
+
 def test_bad_configs_fail_before_training(corpus, tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'stepz'") as err:
         config_from_dict(tiny_config(corpus, tmp_path, stepz=3, lrr=2))

@@ -99,14 +99,20 @@ def score_predictions(predictions: list[str], items: list[QAItem], seed: int) ->
 
 def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], reader: dict[str, Compressor],
            *, max_new_tokens: int, batch_size: int, seed: int) -> dict[str, Any]:
-    """Answer every item in every mode; `modes[name](item)` gives the contexts, `reader[name]` answers."""
+    """Answer every item in every mode; `modes[name](item)` gives the contexts, `reader[name]` answers.
+
+    A mode's compression ratio is the tokens of the item's passages per decoder position its context
+    took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
+    """
     results: dict[str, Any] = {}
+    tokenize = next(iter(reader.values())).tokenize
+    source = sum(len(tokenize(p)) for it in items for p in it.passages)
     for name, make_contexts in modes.items():
         comp = reader[name]
         start = time.perf_counter()
         contexts = [make_contexts(it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
         prepare = time.perf_counter() - start
-        predictions, soft, source, answer_seconds = [], 0, 0, 0.0
+        predictions, soft, answer_seconds = [], 0, 0.0
         for b in tqdm(range(0, len(items), batch_size), desc=f"qa {name}: answers", unit="batch", leave=False):
             batch = items[b : b + batch_size]
             answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size],
@@ -114,7 +120,6 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             answer_seconds += answers[0].seconds
             predictions += [a.text for a in answers]
             soft += sum(a.soft_tokens for a in answers)
-            source += sum(a.source_tokens for a in answers)
         results[name] = score_predictions(predictions, items, seed) | {
             "mean_context_positions": soft / max(1, len(items)),
             "compression_ratio": source / soft if soft else None,

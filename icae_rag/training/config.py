@@ -24,6 +24,9 @@ class DataSource:
     path: str | None = None  # for jsonl-text / jsonl-qa
     squad_version: str = "v2.0"  # squad-train: v2.0 adds unanswerable questions
     max_items: int | None = None  # cap documents/questions taken from this source
+    # QA sources: share of unanswerable questions kept (by a seeded hash). SQuAD v2.0 is half
+    # unanswerable; at small budgets that prior wins and a model replies "unanswerable" to everything.
+    keep_unanswerable: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in TEXT_SOURCES + QA_SOURCES:
@@ -32,6 +35,8 @@ class DataSource:
             raise ConfigError(f"data source {self.name!r} needs a 'path' to a JSONL file")
         if self.squad_version not in ("v1.1", "v2.0"):
             raise ConfigError(f"squad_version must be 'v1.1' or 'v2.0', got {self.squad_version!r}")
+        if not 0.0 <= self.keep_unanswerable <= 1.0:
+            raise ConfigError(f"keep_unanswerable must be in [0, 1], got {self.keep_unanswerable}")
 
     @property
     def is_qa(self) -> bool:

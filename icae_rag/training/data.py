@@ -68,13 +68,16 @@ def build_samples(cfg: TrainConfig, tokenizer) -> SampleSplit:
     per_source = []
     for src in cfg.data:
         if src.is_qa:
-            items = _qa_examples(src, root)[: src.max_items]
+            items = [ex for ex in _qa_examples(src, root)[: src.max_items]
+                     if ex.answers or _unit(cfg.seed, "unanswerable:" + ex.id) < src.keep_unanswerable]
             samples = [_qa_sample(ex, cfg) for ex in items]
+            unanswerable = sum(not ex.answers for ex in items)
             # Split by paragraph, so no validation question shares a context with training.
             held = [_unit(cfg.seed, "val:" + s.context) < cfg.eval_fraction for s in samples]
         else:
             docs = _text_documents(src, root)[: src.max_items]
             samples = _windows(src.name, docs, tokenizer, cfg)
+            unanswerable = 0
             held = [_unit(cfg.seed, "val:" + s.id) < cfg.eval_fraction for s in samples]
         if not samples:
             raise DataError(f"data source {src.name!r} gave no samples: check the file or lower sample_tokens")
@@ -82,7 +85,8 @@ def build_samples(cfg: TrainConfig, tokenizer) -> SampleSplit:
         src_val = [s for s, h in zip(samples, held, strict=True) if h]
         train += src_train
         val += src_val
-        per_source.append({"name": src.name, "path": src.path, "train": len(src_train), "val": len(src_val)})
+        per_source.append({"name": src.name, "path": src.path, "train": len(src_train), "val": len(src_val),
+                           "unanswerable": unanswerable})
     if not train:
         raise DataError("the training split is empty: add data or lower eval_fraction")
     record = {

@@ -66,7 +66,9 @@ def model_card(name: str, meta: dict[str, Any], results: list[dict[str, Any]], c
     for role, b in meta["backbones"].items():
         lines.append(f"- {role}: `{b['name']}` (fingerprint `{b['fingerprint'][:16]}`)")
     data = train.get("data", {})
-    sources = ", ".join(f"{s['name']} ({s['train']} train / {s['val']} val samples)" for s in data.get("sources", []))
+    sources = ", ".join(f"{s['name']} ({s['train']} train / {s['val']} val samples"
+                        + (f", {s['unanswerable']} of them unanswerable" if s.get("unanswerable") else "") + ")"
+                        for s in data.get("sources", []))
     lines += ["", "## Training", "",
               f"- stage: {train.get('stage')}; steps: {train.get('steps')}; micro-batch {cfg.get('micro_batch')} x "
               f"grad-accum {cfg.get('grad_accum')}; lr {cfg.get('lr')} ({cfg.get('schedule')}, warm-up "
@@ -108,7 +110,7 @@ def _bench_section(res: dict[str, Any], kind: str) -> list[str]:
     for block in res.get("qa", {}).values():
         rec = block["record"]
         lines += [f"QA, {rec['split']}, n = {rec['n']}:", "",
-                  "| mode | context positions | contained (95% CI) | F1 | EM |", "|---|---:|---|---:|---:|"]
+                  "| mode | context positions | ratio | contained (95% CI) | F1 | EM |", "|---|---:|---:|---|---:|---:|"]
         for mode, r in block["results"].items():
             if mode not in (kind, "raw", "none", "longllmlingua"):
                 continue
@@ -116,7 +118,8 @@ def _bench_section(res: dict[str, Any], kind: str) -> list[str]:
             cell = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
             f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
             em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
-            lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {cell} | {f1} | {em} |")
+            ratio = f"{r['compression_ratio']:.1f}x" if r.get("compression_ratio") else "-"
+            lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {cell} | {f1} | {em} |")
         lines.append("")
     rows = [r for r in res.get("fidelity", {}).get("rows", []) if r["compressor"] == kind]
     if rows:
