@@ -18,14 +18,18 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
     fig = _figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     ax = axes[0]
-    for dataset, block in (qa or {}).items():
+    # One colour per mode and one marker per dataset, so a mode reads the same across datasets.
+    colours = {mode: f"C{i}" for i, mode in enumerate(dict.fromkeys(
+        m for block in (qa or {}).values() for m in block["results"]))}
+    for d, (dataset, block) in enumerate((qa or {}).items()):
         for mode, r in block["results"].items():
             if "contained" not in r:
                 continue
             ratio = r["compression_ratio"] or 0.0
             x = max(ratio, 1.0) if mode != "none" else 1e3
             m, (lo, hi) = r["contained"]["mean"], r["contained"]["ci95"]
-            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=3, label=f"{dataset}: {mode}")
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="osD^v<>"[d % 7], color=colours[mode], capsize=3,
+                        label=f"{dataset}: {mode}")
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (context tokens per decoder position; 'none' drawn at 1000x)")
     ax.set_ylabel("answer-contained accuracy")

@@ -82,8 +82,10 @@ def model_card(name: str, meta: dict[str, Any], results: list[dict[str, Any]], c
               "", "Reproduce:", "", "```bash", command or f"icae-rag train {kind} --stage {train.get('stage')} --config ...",
               "```", ""]
     if train.get("previous"):
-        lines += [f"Started from an earlier `{train['previous'].get('stage')}` run of "
-                  f"{train['previous'].get('steps')} steps.", ""]
+        prev = train["previous"]
+        lines += [f"Started from an earlier `{prev.get('stage')}` run of {prev.get('steps')} steps "
+                  f"({prev.get('wall_seconds', 0) / 60:.1f} min, {prev.get('tokens_per_second')} tokens/s; "
+                  f"final validation loss {_val(prev)}).", ""]
     lines += ["## Measured", ""]
     if not results:
         lines += ["No benchmark has been run on this checkpoint yet.", ""]

@@ -28,6 +28,7 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
         assert r["same_nodes_as_raw"] == 1.0
         assert r["n_answerable"] == 2 and r["n_unanswerable"] == 1
         assert r["mean_seconds"] > 0 and r["mean_context_positions"] > 0
+        assert 0 <= r["mean_answer_tokens"] <= opts.max_new_tokens + 1
         if name != "raw":
             assert r["compressed_at_query"] == 0  # precomputed at index time
             assert r["index_time_compression"]["nodes"] == result["nodes"]
