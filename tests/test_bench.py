@@ -122,3 +122,17 @@ def test_text_compression_ratio_is_measured_against_the_passages(tiny_raw):
     assert res["raw"]["compression_ratio"] == 1
     assert 1.8 < res["pruned"]["compression_ratio"] < 2.2, "a text compressor's ratio is not 1.0x"
     assert res["none"]["compression_ratio"] is None
+
+
+def test_fidelity_rows_of_one_kind_at_several_ratios_form_one_curve():
+    from icae_rag.eval.plots import fidelity_curves
+
+    def row(kind, span, ratio):
+        return {"compressor": kind, "span_tokens": span, "compression_ratio": ratio,
+                "bleu4": {"mean": 1 / ratio, "ci95": [0.0, 1.0]}}
+
+    rows = [row("icae", 128, 8.0), row("icae", 128, 2.0), row("icae", 512, 4.0), row("icae", 128, 4.0),
+            row("e2llm", 128, 16.0), {"compressor": "icae", "span_tokens": 128, "compression_ratio": 3.0}]
+    curves = fidelity_curves({"rows": rows})
+    assert set(curves) == {("icae", 128), ("icae", 512), ("e2llm", 128)}
+    assert [r["compression_ratio"] for r in curves[("icae", 128)]] == [2.0, 4.0, 8.0]

@@ -208,3 +208,20 @@ def test_two_processes_match_one_with_doubled_accumulation(corpus, tmp_path):
     two = load_compressor(tmp_path / "two" / "final", device="cpu").trainable_state_dict()
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-3, atol=1e-5)
+
+
+def test_model_card_qa_rows_read_raw_none_compressor_then_baseline():
+    from icae_rag.training.ship import model_card
+
+    meta = {"compressor_type": "icae", "config": {"ratio": 4},
+            "backbones": {"decoder": {"name": "dec", "fingerprint": "f" * 64}}}
+    row = {"mean_context_positions": 10.0, "compression_ratio": 4.0,
+           "contained": {"mean": 0.5, "ci95": [0.4, 0.6]}}
+    res = {"suite": "qa", "options": {"limit": 2, "seed": 0},
+           "environment": {"git_commit": "abc", "hardware": {"processor": "cpu", "cpu_count": 2},
+                           "versions": {"torch": "2"}},
+           "qa": {"squad": {"record": {"split": "held out", "n": 2},
+                            "results": {m: row for m in ("e2llm", "icae", "longllmlingua", "none", "raw")}}}}
+    card = model_card("tiny", meta, [res], "cmd")
+    modes = [line.split("|")[1].strip() for line in card.splitlines() if line.startswith("| ") and "0.500" in line]
+    assert modes == ["raw", "none", "icae", "longllmlingua"]

@@ -13,6 +13,16 @@ def _figure(**kwargs: Any):
     return Figure(**kwargs)
 
 
+def fidelity_curves(fidelity: dict[str, Any] | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Fidelity rows with BLEU-4 grouped by (compressor kind, span), each sorted by compression ratio:
+    checkpoints of one kind at several ratios (2x, 4x, 8x) form one curve per span length."""
+    curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in (fidelity or {}).get("rows", []):
+        if "bleu4" in r:
+            curves.setdefault((r["compressor"], r["span_tokens"]), []).append(r)
+    return {key: sorted(rows, key=lambda r: r["compression_ratio"]) for key, rows in curves.items()}
+
+
 def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | None, path: Path) -> Path:
     """Left: QA answer-contained accuracy vs compression ratio; right: reconstruction BLEU-4 vs ratio."""
     fig = _figure(figsize=(11, 4.2))
@@ -36,11 +46,10 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
     ax.set_title("QA quality vs compression")
     ax.legend(fontsize=7)
     ax = axes[1]
-    for r in (fidelity or {}).get("rows", []):
-        if "bleu4" in r:
-            m, (lo, hi) = r["bleu4"]["mean"], r["bleu4"]["ci95"]
-            ax.errorbar([r["compression_ratio"]], [m], yerr=[[m - lo], [hi - m]], fmt="s", capsize=3,
-                        label=f"{r['compressor']} span {r['span_tokens']}")
+    for (kind, span), rows in fidelity_curves(fidelity).items():
+        m = [r["bleu4"]["mean"] for r in rows]
+        err = [[r["bleu4"]["mean"] - r["bleu4"]["ci95"][0] for r in rows], [r["bleu4"]["ci95"][1] - r["bleu4"]["mean"] for r in rows]]
+        ax.errorbar([r["compression_ratio"] for r in rows], m, yerr=err, fmt="s-", capsize=3, label=f"{kind} span {span}")
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio")
     ax.set_ylabel("reconstruction BLEU-4")

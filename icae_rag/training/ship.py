@@ -113,9 +113,10 @@ def _bench_section(res: dict[str, Any], kind: str) -> list[str]:
         rec = block["record"]
         lines += [f"QA, {rec['split']}, n = {rec['n']}:", "",
                   "| mode | context positions | ratio | contained (95% CI) | F1 | EM |", "|---|---:|---:|---|---:|---:|"]
-        for mode, r in block["results"].items():
-            if mode not in (kind, "raw", "none", "longllmlingua"):
+        for mode in ("raw", "none", kind, "longllmlingua"):
+            if mode not in block["results"]:
                 continue
+            r = block["results"][mode]
             c = r.get("contained")
             cell = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
             f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
