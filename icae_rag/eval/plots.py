@@ -24,10 +24,21 @@ def fidelity_curves(fidelity: dict[str, Any] | None) -> dict[tuple[str, int], li
 
 
 def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | None, path: Path) -> Path:
-    """Left: QA answer-contained accuracy vs compression ratio; right: reconstruction BLEU-4 vs ratio."""
-    fig = _figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
-    ax = axes[0]
+    """QA answer-contained accuracy and/or reconstruction BLEU-4 vs compression ratio: a panel per suite run."""
+    panels = [name for name, block in (("qa", qa), ("fidelity", fidelity)) if block]
+    fig = _figure(figsize=(5.5 * len(panels), 4.2))
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0], strict=True))
+    if "qa" in axes:
+        _plot_qa(axes["qa"], qa)
+    if "fidelity" in axes:
+        _plot_fidelity(axes["fidelity"], fidelity)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_qa(ax, qa: dict[str, Any]) -> None:
     # One colour per mode and one marker per dataset, so a mode reads the same across datasets.
     colours = {mode: f"C{i}" for i, mode in enumerate(dict.fromkeys(
         m for block in (qa or {}).values() for m in block["results"]))}
@@ -45,7 +56,9 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
     ax.set_ylabel("answer-contained accuracy")
     ax.set_title("QA quality vs compression")
     ax.legend(fontsize=7)
-    ax = axes[1]
+
+
+def _plot_fidelity(ax, fidelity: dict[str, Any]) -> None:
     for (kind, span), rows in fidelity_curves(fidelity).items():
         m = [r["bleu4"]["mean"] for r in rows]
         err = [[r["bleu4"]["mean"] - r["bleu4"]["ci95"][0] for r in rows], [r["bleu4"]["ci95"][1] - r["bleu4"]["mean"] for r in rows]]
@@ -55,10 +68,6 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
     ax.set_ylabel("reconstruction BLEU-4")
     ax.set_title("Fidelity vs compression")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
