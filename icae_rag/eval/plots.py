@@ -41,8 +41,8 @@ def plot_quality_vs_ratio(qa: dict[str, Any] | None, fidelity: dict[str, Any] | 
 def _plot_qa(ax, qa: dict[str, Any]) -> None:
     # One colour per mode and one marker per dataset, so a mode reads the same across datasets.
     colours = {mode: f"C{i}" for i, mode in enumerate(dict.fromkeys(
-        m for block in (qa or {}).values() for m in block["results"]))}
-    for d, (dataset, block) in enumerate((qa or {}).items()):
+        m for block in qa.values() for m in block["results"]))}
+    for d, (dataset, block) in enumerate(qa.items()):
         for mode, r in block["results"].items():
             if "contained" not in r:
                 continue
@@ -61,7 +61,8 @@ def _plot_qa(ax, qa: dict[str, Any]) -> None:
 def _plot_fidelity(ax, fidelity: dict[str, Any]) -> None:
     for (kind, span), rows in fidelity_curves(fidelity).items():
         m = [r["bleu4"]["mean"] for r in rows]
-        err = [[r["bleu4"]["mean"] - r["bleu4"]["ci95"][0] for r in rows], [r["bleu4"]["ci95"][1] - r["bleu4"]["mean"] for r in rows]]
+        low, high = zip(*(r["bleu4"]["ci95"] for r in rows), strict=True)
+        err = [[v - lo for v, lo in zip(m, low, strict=True)], [hi - v for v, hi in zip(m, high, strict=True)]]
         ax.errorbar([r["compression_ratio"] for r in rows], m, yerr=err, fmt="s-", capsize=3, label=f"{kind} span {span}")
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio")
