@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import kv_attention
 from .errors import InvalidInputError, MissingFileError, ModelNotFoundError
 from .runtime import resolve_device, resolve_dtype
 
@@ -244,6 +245,7 @@ def load_decoder(name: str = DEFAULT_DECODER, *, device: str = "auto", dtype: st
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, local_files_only=local)
     tokenizer = _load_tokenizer(Path(source)) if local else _load_hub_tokenizer(source)
     model.to(dev).eval().requires_grad_(False)
+    kv_attention.enable(model)  # rotary decoders can then read and make kvzip memories
     return DecoderBackbone(model=model, tokenizer=tokenizer, name=name, fingerprint=weights_fingerprint(model))
 
 

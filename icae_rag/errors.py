@@ -45,3 +45,7 @@ class ConfigError(InvalidInputError):
 
 class DataError(InvalidInputError):
     """A dataset is missing, empty or does not have the expected schema."""
+
+
+class UnsupportedModelError(InvalidInputError):
+    """The decoder lacks what an operation needs (e.g. rotary positions for kvzip memories)."""

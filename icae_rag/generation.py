@@ -1,7 +1,10 @@
-"""Answer from soft prompts: build `inputs_embeds` (chat prefix, contexts, question) and decode.
+"""Answer from memories: the prompt's pieces extend the decoder's cache in order, then decode.
 
-Every answer, raw or compressed, goes through `build_prompt` and `_decode_steps`, so the raw-text
-baseline and the compressed modes differ only in what stands in the context block.
+A prompt is a chat prefix, the contexts (separated by blank lines), a mode marker and the question.
+Text and input-level soft prompts are prefilled; KV memories (kvzip) are appended to the cache
+directly, their keys re-rotated to where they stand. Every answer, raw or compressed, goes through
+`build_prompt` and `_decode_steps`, so the raw-text baseline and the compressed modes differ only in
+what stands in the context block.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import kv_attention
 from .compressors.base import Compressor, check_text
-from .errors import InvalidInputError
+from .errors import BackboneMismatchError, InvalidInputError
+from .kv_attention import KvView
+from .kv_memory import KvMemory, token_ids_sha256
+from .memory import Memory
 from .soft_prompt import SoftPrompt
 
 _PLACEHOLDER = "<<icae_rag:context>>"
@@ -22,9 +29,13 @@ INSTRUCTIONS = {
     "autoencode": "Repeat the context word for word.",
     "continue": "Continue the text of the context.",
 }
-Context = SoftPrompt | str
-# Training passes soft rows as tensors (with grad); users pass SoftPrompts or raw strings.
-TrainingContext = SoftPrompt | str | torch.Tensor
+# "repeat" keeps the answer prompt's prefix and asks for the context after it: KV memories are
+# computed under that prefix, so they are scored and reconstructed in this layout.
+REPEAT_REQUEST = "Repeat the context word for word."
+MODES = (*INSTRUCTIONS, "repeat")
+Context = Memory | str
+# Training passes soft rows as tensors (with grad); users pass memories or raw strings.
+TrainingContext = Memory | str | torch.Tensor
 
 
 @dataclass
@@ -67,11 +78,49 @@ class Answer:
 
 @dataclass
 class Prompt:
-    """Decoder inputs for one question: (T, d) embeddings and what the contexts cost."""
+    """Decoder inputs for one question, in order: the prefix's embeddings, then embeddings (T, d) and
+    KV memories; plus what the contexts cost."""
 
-    embeddings: torch.Tensor
+    segments: list[torch.Tensor | KvMemory]
     soft_tokens: int
     source_tokens: int
+
+    @property
+    def positions(self) -> int:
+        """Decoder positions the prompt takes (a KV memory counts its kept entries' token-equivalents)."""
+        return sum(s.num_soft_tokens if isinstance(s, KvMemory) else s.shape[0] for s in self.segments)
+
+    @property
+    def has_memories(self) -> bool:
+        """Whether any context is a KV memory (then the prompt cannot be one embedding tensor)."""
+        return any(isinstance(s, KvMemory) for s in self.segments)
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The whole prompt as one (T, d) embedding tensor (not for prompts with KV memories)."""
+        if self.has_memories:
+            raise InvalidInputError("a prompt with KV memories has no input-embedding form: decode it "
+                                    "with generate_from_prompts")
+        return torch.cat(self.segments)
+
+
+def prompt_texts(tokenizer, mode: str, question: str | None = None) -> tuple[str, str]:
+    """The chat text (before, after) the context block in `mode`."""
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown mode {mode!r}: use one of {list(MODES)}")
+    instruction = INSTRUCTIONS["answer" if mode == "repeat" else mode]
+    user = f"{instruction}\n\nContext:\n{_PLACEHOLDER}"
+    if mode == "answer":
+        user += f"\n\nQuestion: {question}"
+    elif mode == "repeat":
+        user += f"\n\n{REPEAT_REQUEST}"
+    before, after = _render_chat(tokenizer, user).split(_PLACEHOLDER)
+    return before, after
+
+
+def context_prefix_ids(tokenizer) -> list[int]:
+    """Token ids of the text before the context in answer (and repeat) prompts: what KV memories follow."""
+    return tokenizer(prompt_texts(tokenizer, "repeat")[0], add_special_tokens=False)["input_ids"]
 
 
 def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *, mode: str = "answer",
@@ -80,43 +129,65 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
 
     Training and inference share this layout, so a compressor is trained on exactly what it reads.
     """
-    if mode not in INSTRUCTIONS:
-        raise InvalidInputError(f"unknown mode {mode!r}: use one of {sorted(INSTRUCTIONS)}")
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown mode {mode!r}: use one of {list(MODES)}")
     if mode == "answer":
         check_text(question)
         if _PLACEHOLDER in question:
             raise InvalidInputError(f"the question may not contain {_PLACEHOLDER!r}")
-    if isinstance(contexts, (str, SoftPrompt)):
-        raise InvalidInputError("contexts must be a list of SoftPrompt or str, not a single item")
+    if isinstance(contexts, (str, Memory)):
+        raise InvalidInputError("contexts must be a list of memories (SoftPrompt, KvMemory) or str, not a single item")
     dec = compressor.decoder
-    user = f"{INSTRUCTIONS[mode]}\n\nContext:\n{_PLACEHOLDER}"
-    if mode == "answer":
-        user += f"\n\nQuestion: {question}"
-    before, after = _render_chat(dec.tokenizer, user).split(_PLACEHOLDER)
-    parts, soft, source = [dec.embed_text(before)], 0, 0
+    before, after = prompt_texts(dec.tokenizer, mode, question)
+    prefix_sha = None
+    segments, soft, source = [dec.embed_text(before)], 0, 0
     separator = dec.embed_text("\n\n")
     for i, ctx in enumerate(contexts):
         if i:
-            parts.append(separator)
-        if isinstance(ctx, SoftPrompt):
+            segments.append(separator)
+        if isinstance(ctx, KvMemory):
             compressor.check_soft_prompt(ctx)
-            parts.append(ctx.embeddings.to(dec.device, dec.dtype))
-            soft += ctx.num_soft_tokens
-            source += ctx.source_tokens
+            prefix_sha = prefix_sha or token_ids_sha256(dec.tokenizer(before, add_special_tokens=False)["input_ids"])
+            if ctx.prefix_sha256 != prefix_sha:
+                raise BackboneMismatchError(
+                    f"this KV memory was computed after another prompt prefix than the {mode!r} prompt's: "
+                    "KV memories are read in 'answer' and 'repeat' prompts of the icae-rag version that made them; "
+                    "compress the text again")
+            segments.append(ctx)
+        elif isinstance(ctx, SoftPrompt):
+            compressor.check_soft_prompt(ctx)
+            segments.append(ctx.embeddings.to(dec.device, dec.dtype))
         elif isinstance(ctx, torch.Tensor):
-            parts.append(ctx.to(dec.dtype))
+            segments.append(ctx.to(dec.dtype))
             soft += ctx.shape[0]
             source += ctx.shape[0]
+            continue
         elif isinstance(ctx, str):
             rows = dec.embed_text(check_text(ctx))
-            parts.append(rows)
+            segments.append(rows)
             soft += rows.shape[0]
             source += rows.shape[0]
+            continue
         else:
-            raise InvalidInputError(f"a context must be a SoftPrompt or a str, got {type(ctx).__name__}")
-    parts.append(compressor.mode_embedding(mode).to(dec.dtype))
-    parts.append(dec.embed_text(after))
-    return Prompt(torch.cat(parts), soft, source)
+            raise InvalidInputError(f"a context must be a SoftPrompt, KvMemory or str, got {type(ctx).__name__}")
+        soft += ctx.num_soft_tokens
+        source += ctx.source_tokens
+    segments.append(compressor.mode_embedding(mode).to(dec.dtype))
+    segments.append(dec.embed_text(after))
+    return Prompt(_merge_rows(segments), soft, source)
+
+
+def _merge_rows(segments: list) -> list:
+    """Join neighbouring embedding tensors after the prefix (the prefix stays apart: it is shared)."""
+    out = [segments[0]]
+    for seg in segments[1:]:
+        if isinstance(seg, torch.Tensor) and seg.shape[0] == 0:
+            continue
+        if isinstance(seg, torch.Tensor) and len(out) > 1 and isinstance(out[-1], torch.Tensor):
+            out[-1] = torch.cat([out[-1], seg])
+        else:
+            out.append(seg)
+    return out
 
 
 def _render_chat(tokenizer, user: str) -> str:
@@ -137,18 +208,12 @@ def stop_token_ids(tokenizer) -> set[int]:
 
 
 @torch.no_grad()
-def _decode_steps(compressor: Compressor, prompts: Sequence[torch.Tensor], cfg: GenerationConfig
+def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token ids (B,), finished mask (B,)) per step; KV cache, left-padded batch."""
     dec = compressor.decoder
     model = dec.model
-    b, t = len(prompts), max(p.shape[0] for p in prompts)
-    x = prompts[0].new_zeros(b, t, prompts[0].shape[-1])
-    mask = torch.zeros(b, t, dtype=torch.long, device=dec.device)
-    for i, p in enumerate(prompts):
-        x[i, t - p.shape[0]:] = p
-        mask[i, t - p.shape[0]:] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    b = len(prompts)
     stop_ids = torch.tensor(sorted(stop_token_ids(dec.tokenizer)), device=dec.device)
     generator = None
     if cfg.do_sample:
@@ -156,19 +221,121 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[torch.Tensor], cfg: 
         generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
     finished = torch.zeros(b, dtype=torch.bool, device=dec.device)
     with compressor.decoding():
-        out = model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        logits, cache, mask, positions, view = _prefill(compressor, prompts)
+        extra = {} if view is None else {"kv_view": view}
         for _ in range(cfg.max_new_tokens):
-            logits = out.logits[:, -1].float()
-            nxt = _pick(logits, cfg, generator)
+            nxt = _pick(logits.float(), cfg, generator)
             nxt = torch.where(finished, torch.full_like(nxt, int(stop_ids[0])), nxt)
             finished = finished | torch.isin(nxt, stop_ids)
             yield nxt, finished
             if bool(finished.all()):
                 return
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            positions = positions[:, -1:] + 1
             out = model(inputs_embeds=dec.embed_ids(nxt[:, None]), attention_mask=mask, position_ids=positions,
-                        past_key_values=out.past_key_values, use_cache=True)
+                        past_key_values=cache, use_cache=True, **extra)
+            logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+
+
+def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
+    """Run the prompts through the decoder: (last logits (B, V), cache, 2-D mask, next positions (B, 1),
+    KvView or None). Prompts of embeddings only go in one left-padded batch; prompts with KV memories
+    are built one by one on a shared prefix cache, then left-padded into one batch cache."""
+    dec = compressor.decoder
+    if not any(p.has_memories for p in prompts):
+        rows = [p.embeddings for p in prompts]
+        b, t = len(rows), max(r.shape[0] for r in rows)
+        x = rows[0].new_zeros(b, t, rows[0].shape[-1])
+        mask = torch.zeros(b, t, dtype=torch.long, device=dec.device)
+        for i, r in enumerate(rows):
+            x[i, t - r.shape[0]:] = r
+            mask[i, t - r.shape[0]:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = dec.model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values, mask, positions[:, -1:] + 1, None
+    kv_attention.require(dec.model)
+    prefix = prompts[0].segments[0]
+    shared = _extend(dec, _RowCache.empty(), prefix)[1]
+    rows = []
+    for p in prompts:
+        same = p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
+        row = shared if same else _extend(dec, _RowCache.empty(), p.segments[0])[1]
+        logits = None
+        for seg in p.segments[1:]:
+            logits, row = _extend(dec, row, seg)
+        rows.append((logits, row))
+    return _stack_rows(dec, rows)
+
+
+@dataclass
+class _RowCache:
+    """One prompt's cache while it is built: per layer keys/values (kv_heads, columns, head_dim),
+    which columns each head may read, and the next rotary position."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: list[torch.Tensor]
+    position: int
+
+    @classmethod
+    def empty(cls) -> _RowCache:
+        return cls([], [], [], 0)
+
+    @property
+    def columns(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+
+def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
+    """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled."""
+    from transformers import DynamicCache
+
+    model = dec.model
+    if isinstance(segment, KvMemory):
+        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(model),
+                                         dec.dtype, dec.device)
+        if row.keys:
+            k = [torch.cat([a, b], dim=1) for a, b in zip(row.keys, k, strict=True)]
+            v = [torch.cat([a, b], dim=1) for a, b in zip(row.values, v, strict=True)]
+            ok = [torch.cat([a, b], dim=1) for a, b in zip(row.valid, ok, strict=True)]
+        return None, _RowCache(list(k), list(v), list(ok), row.position + segment.source_tokens)
+    cache = DynamicCache(config=model.config)
+    for layer, (k, v) in enumerate(zip(row.keys, row.values, strict=True)):
+        cache.update(k[None], v[None], layer)
+    n = segment.shape[0]
+    positions = torch.arange(row.position, row.position + n, device=dec.device)[None]
+    view = KvView(valid=[m[None] for m in row.valid]) if row.valid else KvView()
+    out = model(inputs_embeds=segment[None], position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1, kv_view=view)
+    layers = out.past_key_values.layers
+    valid = [torch.cat([m, m.new_ones(m.shape[0], n)], dim=1) for m in row.valid] if row.valid else \
+        [torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device) for layer in layers]
+    return out.logits[0, -1], _RowCache([layer.keys[0] for layer in layers], [layer.values[0] for layer in layers],
+                                         valid, row.position + n)
+
+
+def _stack_rows(dec, rows: list[tuple[torch.Tensor, _RowCache]]):
+    """Left-pad per-prompt caches into one batch cache, with its 2-D mask, positions and KvView."""
+    from transformers import DynamicCache
+
+    width = max(r.columns for _, r in rows)
+    cache = DynamicCache(config=dec.model.config)
+    valid = []
+    for layer in range(len(rows[0][1].keys)):
+        keys = torch.stack([_left_pad(r.keys[layer], width) for _, r in rows])
+        values = torch.stack([_left_pad(r.values[layer], width) for _, r in rows])
+        valid.append(torch.stack([_left_pad(r.valid[layer], width) for _, r in rows]))
+        cache.update(keys, values, layer)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=dec.device)
+    for i, (_, r) in enumerate(rows):
+        mask[i, width - r.columns:] = 1
+    positions = torch.tensor([[r.position] for _, r in rows], device=dec.device)
+    return torch.stack([logits for logits, _ in rows]), cache, mask, positions, KvView(valid=valid)
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dim 1 on the left with zeros (False) to `width` columns."""
+    pad = width - t.shape[1]
+    return t if pad == 0 else torch.cat([t.new_zeros(t.shape[0], pad, *t.shape[2:]), t], dim=1)
 
 
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -206,7 +373,7 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
     ids: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     prefill = None
-    for nxt, finished in _decode_steps(compressor, [p.embeddings for p in prompts], cfg):
+    for nxt, finished in _decode_steps(compressor, prompts, cfg):
         if prefill is None:
             prefill = time.perf_counter() - start
         for i, tok in enumerate(nxt.tolist()):
@@ -215,7 +382,7 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
             done[i] = bool(finished[i])
     seconds = time.perf_counter() - start
     tok = compressor.decoder.tokenizer
-    return [Answer(_finish_text(tok, ids[i], cfg.stop), p.embeddings.shape[0], p.soft_tokens, p.source_tokens,
+    return [Answer(_finish_text(tok, ids[i], cfg.stop), p.positions, p.soft_tokens, p.source_tokens,
                    len(ids[i]), prefill or 0.0, seconds, ids[i]) for i, p in enumerate(prompts)]
 
 
@@ -248,7 +415,7 @@ def stream(compressor: Compressor, question: str, contexts: Sequence[Context], *
     stop_ids = stop_token_ids(tok)
     ids: list[int] = []
     sent = ""
-    for nxt, _ in _decode_steps(compressor, [prompt.embeddings], cfg):
+    for nxt, _ in _decode_steps(compressor, [prompt], cfg):
         token = int(nxt[0])
         if token in stop_ids:
             break
@@ -266,22 +433,28 @@ def stream(compressor: Compressor, question: str, contexts: Sequence[Context], *
         sent = text
 
 
-def reconstruct(compressor: Compressor, soft_prompt: SoftPrompt, *, max_new_tokens: int | None = None,
+def reconstruct(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: int | None = None,
                 batch_size: int = 8) -> str:
-    """Decode each piece of a memory in autoencoding mode; the text of all pieces in order."""
+    """Decode what a memory holds back to text: each soft-prompt piece in autoencoding mode, a KV
+    memory whole in the repeat prompt it was scored with."""
     ids = reconstruct_token_ids(compressor, soft_prompt, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return compressor.decoder.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def reconstruct_token_ids(compressor: Compressor, soft_prompt: SoftPrompt, *, max_new_tokens: int | None = None,
+def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: int | None = None,
                           batch_size: int = 8) -> list[int]:
     """Token ids reconstructed from each piece (batched), concatenated: pieces are consecutive
     token ranges of one source, so joining ids (not stripped texts) keeps the spacing."""
-    if not isinstance(soft_prompt, SoftPrompt):
-        raise InvalidInputError(f"reconstruct takes a SoftPrompt, got {type(soft_prompt).__name__}")
+    if not isinstance(soft_prompt, Memory):
+        raise InvalidInputError(f"reconstruct takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
     compressor.check_soft_prompt(soft_prompt)
-    pieces = list(soft_prompt.pieces)
     stops = stop_token_ids(compressor.decoder.tokenizer)
+    if isinstance(soft_prompt, KvMemory):
+        with torch.no_grad():
+            prompt = build_prompt(compressor, [soft_prompt], mode="repeat")
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens or soft_prompt.source_tokens + 16)
+        return [t for t in generate_from_prompts(compressor, [prompt], cfg)[0].token_ids if t not in stops]
+    pieces = list(soft_prompt.pieces)
     ids: list[int] = []
     for b in range(0, len(pieces), batch_size):
         batch = pieces[b : b + batch_size]

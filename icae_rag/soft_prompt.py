@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from .errors import BackboneMismatchError, CorruptFileError, InvalidInputError
-from .io import read_tensors, write_tensors
+from .io import write_tensors
+from .memory import Memory
 
 FORMAT_VERSION = 1
 
@@ -39,7 +40,7 @@ class Piece:
 
 
 @dataclass
-class SoftPrompt:
+class SoftPrompt(Memory):
     """Soft tokens ``embeddings`` (n, d_model) plus where each row came from.
 
     ``compressor`` is the kind ("icae", "e2llm", "raw"), ``compressor_version`` identifies the
@@ -53,6 +54,7 @@ class SoftPrompt:
     compressor_version: str
     backbone: str
     metadata: dict[str, str] = field(default_factory=dict)
+    format_name = "soft_prompt"
 
     def __post_init__(self) -> None:
         if not isinstance(self.embeddings, torch.Tensor) or self.embeddings.dim() != 2:
@@ -71,16 +73,6 @@ class SoftPrompt:
     def num_soft_tokens(self) -> int:
         """Number of soft tokens (decoder input positions this prompt takes)."""
         return self.embeddings.shape[0]
-
-    @property
-    def source_tokens(self) -> int:
-        """Number of decoder tokens of raw text this prompt replaces."""
-        return sum(p.source_tokens for p in self.pieces)
-
-    @property
-    def compression_ratio(self) -> float:
-        """Source tokens per soft token."""
-        return self.source_tokens / max(1, self.num_soft_tokens)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SoftPrompt:
         """A copy on another device and/or dtype (provenance unchanged)."""
@@ -115,6 +107,7 @@ class SoftPrompt:
     def save(self, path: str | os.PathLike) -> None:
         """Write as one safetensors file; provenance goes in its JSON header metadata."""
         header = {
+            "format": self.format_name,
             "format_version": FORMAT_VERSION,
             "compressor": self.compressor,
             "compressor_version": self.compressor_version,
@@ -125,17 +118,16 @@ class SoftPrompt:
         write_tensors(path, {"embeddings": self.embeddings}, {"icae_rag": json.dumps(header)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SoftPrompt:
-        """Read a file written by `save`; a truncated or foreign file raises CorruptFileError."""
-        tensors, meta = read_tensors(path)
+    def from_file(cls, tensors: dict[str, torch.Tensor], header: dict, path: Path,
+                  device: str | torch.device) -> SoftPrompt:
+        """Build a soft prompt from a file's tensors and header (see `Memory.load`)."""
         try:
-            header = json.loads(meta["icae_rag"])
             pieces = tuple(Piece(*row) for row in header["pieces"])
             prompt = cls(tensors["embeddings"].to(device), pieces, header["compressor"],
                          header["compressor_version"], header["backbone"], dict(header.get("metadata", {})))
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, ValueError, InvalidInputError) as e:
             raise CorruptFileError(
-                f"{Path(path)} is a safetensors file but not an icae_rag soft prompt ({e!r}): "
+                f"{path} is a safetensors file but not an icae_rag soft prompt ({e!r}): "
                 "create it with `icae-rag compress` or SoftPrompt.save"
             ) from e
         if header["format_version"] > FORMAT_VERSION:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, InvalidInputError, UnknownCompressorError
-from . import e2llm, icae, raw  # noqa: F401  (registers the built-in kinds)
+from . import e2llm, icae, kvzip, raw  # noqa: F401  (registers the built-in kinds)
 from .base import (
     Compressor,
     check_backbone,
@@ -21,6 +21,7 @@ from .base import (
 )
 from .e2llm import E2llmCompressor, E2llmConfig
 from .icae import IcaeCompressor, IcaeConfig
+from .kvzip import KvzipCompressor, KvzipConfig
 from .raw import RawConfig, RawTextCompressor
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ __all__ = [
     "E2llmConfig",
     "IcaeCompressor",
     "IcaeConfig",
+    "KvzipCompressor",
+    "KvzipConfig",
     "RawConfig",
     "RawTextCompressor",
     "compressor_kinds",

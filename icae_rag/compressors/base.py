@@ -24,6 +24,7 @@ from ..errors import (
     UnknownCompressorError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
+from ..memory import Memory
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,14 @@ class Compressor(nn.Module):
         """Identifies the trained weights; soft prompts of another version are not interchangeable."""
         return f"{self.kind}-{weights_fingerprint(_TensorBag(self.trainable_state_dict()))}"
 
-    def check_soft_prompt(self, prompt: SoftPrompt) -> None:
-        """Raise if a soft prompt was not made by this compressor for this backbone."""
+    def check_soft_prompt(self, prompt: Memory) -> None:
+        """Raise if a memory was not made for this backbone (soft prompts: by this compressor)."""
         if prompt.backbone != self.backbone_id:
             raise BackboneMismatchError(
                 f"soft prompt was made for backbone {prompt.backbone}, this compressor uses "
                 f"{self.backbone_id}: re-compress the text with this compressor")
+        if prompt.readable_by_any_compressor:
+            return
         if prompt.compressor != "raw" and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
             raise BackboneMismatchError(
                 f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "

@@ -1,0 +1,152 @@
+"""Attention over caches that hold kept KV entries: per-(layer, head) masks, scores, re-rotation.
+
+A kvzip memory keeps a different set of positions in every (layer, KV head). Laid into the decoder's
+cache, a memory takes as many columns as its fullest head, and each head masks the columns it did
+not keep. Hugging Face passes one attention mask to all layers, so the per-layer part travels as a
+keyword argument (`kv_view`) that the attention function registered here reads. The same function
+records, when asked, the largest attention each cached entry receives: that is how kvzip scores
+entries. Without `kv_view` it is exactly the model's SDPA attention.
+
+Supported decoders: rotary-position causal LMs whose rotary embedding is `rotate_half` style and
+shared by all layers, with full (not sliding-window) attention: the Llama, Qwen2/3, Mistral (no
+sliding window) and Gemma families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+ATTENTION_NAME = "icae_rag_kv"
+# Decoder types whose attention, rotary and cache layout this module was written against.
+ROTARY_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
+
+
+@dataclass
+class KvView:
+    """What the attention function needs beyond HF's mask: per-layer column validity, score recording.
+
+    `valid[l]` is (batch, kv_heads, columns) bool for the first `columns` cache columns of layer l;
+    columns after those (text appended later) are valid for every head. With `record`, `scores[l]`
+    becomes (batch, kv_heads, keys): the max attention weight each key got from any query and any
+    query head of its group.
+    """
+
+    valid: list[torch.Tensor] | None = None
+    record: bool = False
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why kvzip memories cannot be used with this decoder, or None if they can."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    if model_type not in ROTARY_MODEL_TYPES:
+        return (f"decoder type {model_type!r} is not a supported rotary-position decoder "
+                f"(supported: {', '.join(ROTARY_MODEL_TYPES)})")
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if base is None or not hasattr(base, "rotary_emb"):
+        return f"decoder type {model_type!r} has no shared rotary embedding"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return f"decoder type {model_type!r} uses sliding-window attention (sliding_window={config.sliding_window})"
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or ())):
+        return f"decoder type {model_type!r} mixes attention types per layer ({set(config.layer_types)})"
+    if getattr(config, "attn_logit_softcapping", None):
+        return f"decoder type {model_type!r} soft-caps attention logits"
+    return None
+
+
+def enable(model: nn.Module) -> bool:
+    """Route the decoder's attention through this module's function; False if unsupported."""
+    if unsupported_reason(model) is not None:
+        return False
+    _register()
+    model.config._attn_implementation = ATTENTION_NAME
+    return True
+
+
+def require(model: nn.Module) -> None:
+    """Raise UnsupportedModelError unless the decoder can read and make kvzip memories."""
+    reason = unsupported_reason(model)
+    if reason is None and model.config._attn_implementation != ATTENTION_NAME:
+        reason = "its attention was not routed through icae_rag (load it with icae_rag.load_decoder)"
+    if reason is not None:
+        raise UnsupportedModelError(f"kvzip memories need a rotary-position decoder with full attention: {reason}; "
+                                    "use the icae, e2llm or raw compressor with this decoder")
+
+
+def rotary(model: nn.Module) -> nn.Module:
+    """The decoder's shared rotary embedding module."""
+    return getattr(model, model.base_model_prefix).rotary_emb
+
+
+def rerotate(keys: torch.Tensor, delta: int, rotary_emb: nn.Module) -> torch.Tensor:
+    """Keys (..., T, head_dim) rotated by `delta` more positions: equal to computing them `delta` later.
+
+    RoPE rotations compose, so a post-RoPE key at position p rotated by delta is the key at p + delta.
+    """
+    if delta == 0:
+        return keys
+    pos = torch.tensor([[abs(delta)]], device=keys.device)
+    cos, sin = rotary_emb(keys.float(), pos)
+    scale = float(getattr(rotary_emb, "attention_scaling", 1.0))
+    cos, sin = cos[0, 0] / scale, sin[0, 0] / scale * (1 if delta > 0 else -1)
+    k = keys.float()
+    return (k * cos + _rotate_half(k) * sin).to(keys.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               kv_view: KvView | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kv_view is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    b, q_heads, q_len, head_dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = q_heads // kv_heads
+    allowed = _allowed(attention_mask, q_len, k_len, query.device)  # (b or 1, 1, q, k)
+    if kv_view.valid is not None:
+        valid = kv_view.valid[module.layer_idx]
+        valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], k_len - valid.shape[2])], dim=2)
+        allowed = allowed & valid.repeat_interleave(groups, dim=1)[:, :, None, :]
+    k = key.repeat_interleave(groups, dim=1)
+    v = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    logits = torch.matmul(query, k.transpose(-1, -2)).float() * scale
+    logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    weights = torch.softmax(logits, dim=-1)
+    if kv_view.record:
+        kv_view.scores[module.layer_idx] = weights.amax(dim=2).view(b, kv_heads, groups, k_len).amax(dim=2)
+    out = torch.matmul(weights.to(value.dtype), v)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """Boolean (b, 1, q, k) of what each query may read: HF's mask, or causal when HF skipped it."""
+    if mask is None:
+        cols = torch.arange(k_len, device=device)
+        rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+        return (cols <= rows)[None, None]
+    if mask.dtype != torch.bool:
+        mask = mask > torch.finfo(mask.dtype).min / 2
+    return mask[..., :k_len]
+
+
+def _register() -> None:
+    # HF keeps attention functions in a global registry; registering the same function is idempotent.
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, _attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)

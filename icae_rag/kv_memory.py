@@ -1,0 +1,224 @@
+"""`KvMemory`: the kept keys and values of a passage in every (layer, KV head): a deep soft prompt.
+
+Entries are stored flat, ordered by layer, then KV head, then position: `keys`/`values` are
+(entries, head_dim), `positions` (entries,) the token index inside the passage, `counts` (layers,
+kv_heads) how many entries each head kept. Keys carry their rotary rotation for position
+`prefix_tokens + position`, i.e. as computed right after the prompt prefix (`prefix_sha256`); a
+reader re-rotates them to wherever the passage stands in its prompt. Storage is float16 (default),
+float32, or int8 (keys per channel of each head, values per entry, absmax scales: KIVI's layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CorruptFileError, InvalidInputError
+from .io import write_tensors
+from .memory import Memory
+from .soft_prompt import Piece
+
+FORMAT_VERSION = 1
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8}
+
+
+@dataclass
+class KvMemory(Memory):
+    """Kept (layer, KV head, position) entries of one passage, with provenance and prefix."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    counts: torch.Tensor
+    pieces: tuple[Piece, ...]
+    prefix_tokens: int
+    prefix_sha256: str
+    compressor: str
+    compressor_version: str
+    backbone: str
+    key_scale: torch.Tensor | None = None
+    value_scale: torch.Tensor | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    format_name = "kv"
+    readable_by_any_compressor = True
+
+    def __post_init__(self) -> None:
+        self.pieces = tuple(self.pieces)
+        n = self.keys.shape[0]
+        problems = []
+        if self.counts.dim() != 2:
+            problems.append(f"counts must be (layers, kv_heads), got shape {tuple(self.counts.shape)}")
+        elif int(self.counts.sum()) != n:
+            problems.append(f"counts sum to {int(self.counts.sum())} but there are {n} keys")
+        if self.values.shape != self.keys.shape or self.positions.shape != (n,):
+            problems.append(f"keys {tuple(self.keys.shape)}, values {tuple(self.values.shape)} and "
+                            f"positions {tuple(self.positions.shape)} disagree")
+        if n and (int(self.positions.min()) < 0 or int(self.positions.max()) >= self.source_tokens):
+            problems.append(f"positions fall outside the passage's {self.source_tokens} tokens")
+        if (self.keys.dtype == torch.int8) != (self.key_scale is not None and self.value_scale is not None):
+            problems.append("int8 entries need key_scale and value_scale, other dtypes none")
+        if problems:
+            raise InvalidInputError("inconsistent KvMemory: " + "; ".join(problems))
+
+    # --- sizes ----------------------------------------------------------------------------------
+    @property
+    def layers(self) -> int:
+        """Decoder layers the entries span."""
+        return self.counts.shape[0]
+
+    @property
+    def kv_heads(self) -> int:
+        """KV heads per layer."""
+        return self.counts.shape[1]
+
+    @property
+    def kept_entries(self) -> int:
+        """Kept (layer, head, position) entries."""
+        return self.keys.shape[0]
+
+    @property
+    def num_soft_tokens(self) -> int:
+        """Kept entries in token-equivalents: entries / (layers * kv_heads), rounded up."""
+        return math.ceil(self.kept_entries / (self.layers * self.kv_heads))
+
+    @property
+    def compression_ratio(self) -> float:
+        """Passage entries (tokens x layers x heads) per kept entry."""
+        return self.source_tokens * self.layers * self.kv_heads / max(1, self.kept_entries)
+
+    @property
+    def storage(self) -> str:
+        """"float16", "float32" or "int8"."""
+        return next(k for k, v in STORAGE_DTYPES.items() if v == self.keys.dtype)
+
+    def nbytes(self) -> int:
+        """Bytes of every stored tensor (what a file holds, header aside)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    # --- building and reading -------------------------------------------------------------------
+    @classmethod
+    def from_entries(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                     counts: torch.Tensor, storage: str, **provenance: Any) -> KvMemory:
+        """Store float entries (ordered by layer, head, position) as `storage`."""
+        if storage not in STORAGE_DTYPES:
+            raise InvalidInputError(f"unknown KV storage {storage!r}: use one of {sorted(STORAGE_DTYPES)}")
+        keys, values = keys.float().cpu(), values.float().cpu()
+        positions, counts = positions.to(torch.int32).cpu(), counts.to(torch.int32).cpu()
+        if storage != "int8":
+            dtype = STORAGE_DTYPES[storage]
+            return cls(keys.to(dtype), values.to(dtype), positions, counts, **provenance)
+        owner = _owners(counts)
+        absmax = torch.zeros(counts.numel(), keys.shape[1]).index_reduce_(0, owner, keys.abs(), "amax")
+        key_scale = (absmax / 127).clamp(min=1e-8)
+        value_scale = (values.abs().amax(dim=1) / 127).clamp(min=1e-8)
+        qk = torch.round(keys / key_scale[owner]).clamp(-127, 127).to(torch.int8)
+        qv = torch.round(values / value_scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(qk, qv, positions, counts, key_scale=key_scale.view(*counts.shape, -1).half(),
+                   value_scale=value_scale.half(), **provenance)
+
+    def float_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) as float32, de-quantised if stored as int8."""
+        if self.key_scale is None:
+            return self.keys.float(), self.values.float()
+        owner = _owners(self.counts).to(self.keys.device)
+        keys = self.keys.float() * self.key_scale.float().reshape(-1, self.keys.shape[1])[owner]
+        return keys, self.values.float() * self.value_scale.float()[:, None]
+
+    def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, values, valid) of shape (layers, kv_heads, columns[, head_dim]), keys moved `delta` positions.
+
+        Every head's entries are packed into the first columns; `columns` is the fullest head's count
+        and `valid` marks which columns each head really kept.
+        """
+        from .kv_attention import rerotate
+
+        keys, values = self.float_entries()
+        owner = _owners(self.counts).to(keys.device)
+        flat = self.counts.reshape(-1).long().to(keys.device)
+        rank = torch.arange(self.kept_entries, device=keys.device) - (flat.cumsum(0) - flat)[owner]
+        width, dim = max(1, int(flat.max())), keys.shape[1]
+        k = keys.new_zeros(flat.numel(), width, dim)
+        v = keys.new_zeros(flat.numel(), width, dim)
+        valid = torch.zeros(flat.numel(), width, dtype=torch.bool, device=keys.device)
+        k[owner, rank], v[owner, rank], valid[owner, rank] = keys, values, True
+        shape = (self.layers, self.kv_heads, width)
+        k = rerotate(k.view(*shape, dim).to(device), delta, rotary_emb)
+        return k.to(dtype), v.view(*shape, dim).to(device, dtype), valid.view(shape).to(device)
+
+    # --- files ----------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {"keys": self.keys, "values": self.values, "positions": self.positions, "counts": self.counts}
+        if self.key_scale is not None:
+            out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as one safetensors file; provenance and a checksum of the tensors go in its header."""
+        tensors = {k: t.contiguous() for k, t in self._tensors().items()}
+        header = {
+            "format": self.format_name,
+            "format_version": FORMAT_VERSION,
+            "compressor": self.compressor,
+            "compressor_version": self.compressor_version,
+            "backbone": self.backbone,
+            "pieces": [list(vars(p).values()) for p in self.pieces],
+            "prefix_tokens": self.prefix_tokens,
+            "prefix_sha256": self.prefix_sha256,
+            "sha256": _checksum(tensors),
+            "metadata": self.metadata,
+        }
+        write_tensors(path, tensors, {"icae_rag": json.dumps(header)})
+
+    @classmethod
+    def from_file(cls, tensors: dict[str, torch.Tensor], header: dict[str, Any], path: Path,
+                  device: str | torch.device) -> KvMemory:
+        """Build a KV memory from a file's tensors and header; edits and inconsistencies raise."""
+        try:
+            if header["format_version"] > FORMAT_VERSION:
+                raise CorruptFileError(f"{path} was written by a newer icae_rag: upgrade icae-rag")
+            if _checksum(tensors) != header["sha256"]:
+                raise CorruptFileError(f"{path}: its tensors do not match the checksum in its header: "
+                                       "the file was edited or damaged; compress the text again")
+            memory = cls(tensors["keys"], tensors["values"], tensors["positions"], tensors["counts"],
+                         tuple(Piece(*row) for row in header["pieces"]), int(header["prefix_tokens"]),
+                         header["prefix_sha256"], header["compressor"], header["compressor_version"],
+                         header["backbone"], tensors.get("key_scale"), tensors.get("value_scale"),
+                         dict(header.get("metadata", {})))
+        except (KeyError, TypeError, ValueError) as e:  # InvalidInputError is a ValueError
+            raise CorruptFileError(f"{path} is not a readable icae_rag KV memory ({e}): compress the text again") from e
+        return memory if str(device) == "cpu" else memory.to(device)
+
+    def to(self, device: str | torch.device) -> KvMemory:
+        """A copy whose tensors live on `device` (storage dtype unchanged)."""
+        from dataclasses import replace
+
+        moved = {k: t.to(device) for k, t in self._tensors().items()}
+        return replace(self, **moved)
+
+
+def token_ids_sha256(ids: list[int]) -> str:
+    """Hex SHA-256 of a token id sequence: how a memory names the prompt prefix it follows."""
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+
+
+def _owners(counts: torch.Tensor) -> torch.Tensor:
+    """For each entry, the flat (layer * kv_heads + head) index it belongs to."""
+    flat = counts.reshape(-1).long().cpu()
+    return torch.repeat_interleave(torch.arange(flat.numel()), flat)
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
