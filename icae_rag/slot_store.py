@@ -4,7 +4,7 @@ A store is a directory::
 
     slots.sqlite3                     the index: one row per (text sha256, compressor kind,
                                       compressor version, backbone id)
-    blobs/<ab>/<key hash>.safetensors one SoftPrompt per row (`SoftPrompt.save`)
+    blobs/<ab>/<key hash>.safetensors one memory per row (`SoftPrompt.save` / `KvMemory.save`)
 
 Entries are tied to the compressor's trained weights (`compressor.version`) and to its decoder
 (`compressor.backbone_id`): an entry made by another version or for another backbone is never
@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BackboneMismatchError, CorruptFileError, InvalidInputError, MissingFileError
-from .soft_prompt import SoftPrompt, text_sha256
+from .memory import Memory
+from .soft_prompt import text_sha256
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
@@ -180,7 +181,7 @@ class SlotStore:
         return db
 
     # --- lookups --------------------------------------------------------------------------------
-    def get(self, text: str, compressor: Compressor) -> SoftPrompt | None:
+    def get(self, text: str, compressor: Compressor) -> Memory | None:
         """The cached soft prompt of `text` made by this compressor version, or None."""
         key = SlotKey.of(_check(text), compressor)
         prompt = self._load(key, compressor.decoder.device)
@@ -200,14 +201,14 @@ class SlotStore:
             return self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", key._row()).fetchone() is not None
 
     def get_or_compress(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                        progress: bool = False) -> list[SoftPrompt]:
+                        progress: bool = False) -> list[Memory]:
         """One soft prompt per text: cached ones loaded, the misses compressed in batches and stored."""
         if isinstance(texts, str):
             raise InvalidInputError("get_or_compress takes a list of texts; use get() for one")
         texts = [_check(t) for t in texts]
         identity = compressor_identity(compressor)
         keys = [SlotKey(text_sha256(t), *identity) for t in texts]
-        found: dict[SlotKey, SoftPrompt] = {}
+        found: dict[SlotKey, Memory] = {}
         missing: dict[SlotKey, str] = {}
         device = compressor.decoder.device
         for key, text in dict(zip(keys, texts, strict=True)).items():  # each distinct text once
@@ -228,11 +229,11 @@ class SlotStore:
         return [found[k] for k in keys]
 
     # --- writes ---------------------------------------------------------------------------------
-    def put(self, text: str, compressor: Compressor, soft_prompt: SoftPrompt) -> None:
+    def put(self, text: str, compressor: Compressor, soft_prompt: Memory) -> None:
         """Store `soft_prompt` as the compression of `text` by `compressor` (replaces an older entry)."""
         key = SlotKey.of(_check(text), compressor)
-        if not isinstance(soft_prompt, SoftPrompt):
-            raise InvalidInputError(f"put takes a SoftPrompt, got {type(soft_prompt).__name__}")
+        if not isinstance(soft_prompt, Memory):
+            raise InvalidInputError(f"put takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
         made_by = (soft_prompt.compressor, soft_prompt.compressor_version, soft_prompt.backbone)
         if made_by != key.identity:
             raise BackboneMismatchError(
@@ -242,20 +243,20 @@ class SlotStore:
             raise InvalidInputError("soft prompt was compressed from another text than the one given")
         self._write(key, soft_prompt)
 
-    def _write(self, key: SlotKey, prompt: SoftPrompt) -> None:
+    def _write(self, key: SlotKey, prompt: Memory) -> None:
         prompt.save(self.path / key.blob)  # atomic: temp file + rename, before the row exists
         row = (*key._row(), key.blob, prompt.num_soft_tokens, prompt.source_tokens, time.time())
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             self._stats.writes += 1
 
-    def _load(self, key: SlotKey, device) -> SoftPrompt | None:
+    def _load(self, key: SlotKey, device) -> Memory | None:
         with self._lock:
             row = self._db.execute(f"SELECT blob FROM slots WHERE {_PK}", key._row()).fetchone()
         if row is None:
             return None
         try:
-            prompt = SoftPrompt.load(self.path / row[0], device=device)
+            prompt = Memory.load(self.path / row[0], device=device)
             made_by = (prompt.compressor, prompt.compressor_version, prompt.backbone)
             if made_by != key.identity or any(p.source_sha256 != key.text_sha256 for p in prompt.pieces):
                 raise CorruptFileError(f"{row[0]} holds another soft prompt than its index row says")

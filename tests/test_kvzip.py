@@ -1,0 +1,244 @@
+"""kvzip: exact budgets, re-rotation, masked = pruned caches, nothing evicted = raw text, typed errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import TEXT
+from icae_rag import KvMemory, Memory, SlotStore, new_compressor
+from icae_rag.backbones import TINY_DECODER, _tiny_decoder_dir
+from icae_rag.errors import (
+    BackboneMismatchError,
+    ConfigError,
+    CorruptFileError,
+    UnsupportedModelError,
+)
+from icae_rag.generation import _extend, _RowCache, build_prompt
+from icae_rag.kv_attention import rerotate, rotary
+
+SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
+
+
+@pytest.fixture(scope="module")
+def kvzip():
+    return new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
+
+
+@pytest.fixture(scope="module")
+def kv_full():
+    return new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32")
+
+
+def _first_logits(compressor, contexts, question="Who stayed in orbit?"):
+    prompt = build_prompt(compressor, contexts, question=question)
+    row = _RowCache.empty()
+    logits = None
+    with torch.no_grad():
+        for seg in prompt.segments:
+            logits, row = _extend(compressor.decoder, row, seg)
+    return logits
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 8, 16])
+def test_keep_budget_is_exact(ratio):
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=ratio)
+    for text in (TEXT, SECOND):
+        m = comp.compress(text)
+        n, layers, heads = m.source_tokens, m.layers, m.kv_heads
+        assert m.kept_entries == max(1, round(n * layers * heads / ratio))
+        assert int(m.counts.sum()) == m.kept_entries
+        assert m.compression_ratio == pytest.approx(n * layers * heads / m.kept_entries)
+
+
+def test_long_passages_are_scored_in_windows_with_the_same_share():
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, window_tokens=16, lead_tokens=8)
+    m = comp.compress(TEXT)
+    windows = [min(16, m.source_tokens - s) for s in range(0, m.source_tokens, 16)]
+    assert m.kept_entries == sum(max(1, round(w * m.layers * m.kv_heads / 4)) for w in windows)
+    assert int(m.positions.max()) < m.source_tokens
+
+
+def test_rerotated_keys_equal_keys_computed_at_the_shifted_position(kvzip):
+    model = kvzip.decoder.model
+    ids = torch.tensor([kvzip.tokenize(TEXT)])
+    shift = 7
+    n = ids.shape[1]
+    with torch.no_grad():
+        at_0 = model(input_ids=ids, position_ids=torch.arange(n)[None], use_cache=True).past_key_values
+        at_s = model(input_ids=ids, position_ids=torch.arange(shift, shift + n)[None], use_cache=True).past_key_values
+    for a, b in zip(at_0.layers, at_s.layers, strict=True):
+        torch.testing.assert_close(rerotate(a.keys, shift, rotary(model)), b.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rerotate(b.keys, -shift, rotary(model)), a.keys, atol=1e-5, rtol=1e-5)
+
+
+def test_nothing_evicted_reads_like_the_raw_text(kv_full):
+    memory = kv_full.compress(TEXT)
+    assert memory.kept_entries == memory.source_tokens * memory.layers * memory.kv_heads
+    torch.testing.assert_close(_first_logits(kv_full, [memory]), _first_logits(kv_full, [TEXT]), atol=1e-4, rtol=1e-4)
+    as_text = kv_full.answer("Who stayed in orbit?", [TEXT], max_new_tokens=8)
+    as_memory = kv_full.answer("Who stayed in orbit?", [memory], max_new_tokens=8)
+    assert as_memory.token_ids == as_text.token_ids
+    # After other text a memory differs from joint text (encoded apart), but it is read, not ignored.
+    after = _first_logits(kv_full, [SECOND, memory])
+    assert not torch.allclose(after, _first_logits(kv_full, [SECOND]), atol=1e-3)
+
+
+def test_masked_full_cache_equals_the_pruned_cache(kv_full):
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, storage="float32")
+    pruned, full = kvzip.compress(TEXT), kv_full.compress(TEXT)
+    dec = kvzip.decoder
+    prefix = build_prompt(kvzip, [pruned], question="Who?").segments
+    # Full cache, with each head masked to the entries the pruned memory kept.
+    _, row = _extend(dec, _RowCache.empty(), prefix[0])
+    k, v, _ = full.cache_tensors(0, rotary(dec.model), dec.dtype, dec.device)
+    kept = torch.zeros(full.layers, full.kv_heads, full.source_tokens, dtype=torch.bool)
+    owner = torch.repeat_interleave(torch.arange(pruned.counts.numel()), pruned.counts.reshape(-1).long())
+    kept.view(-1, full.source_tokens)[owner, pruned.positions.long()] = True
+    masked = _RowCache([torch.cat([a, b], 1) for a, b in zip(row.keys, k, strict=True)],
+                       [torch.cat([a, b], 1) for a, b in zip(row.values, v, strict=True)],
+                       [torch.cat([a, b], 1) for a, b in zip(row.valid, kept, strict=True)],
+                       row.position + full.source_tokens)
+    _, packed = _extend(dec, row, pruned)
+    for seg in prefix[2:]:
+        masked_logits, masked = _extend(dec, masked, seg)
+        packed_logits, packed = _extend(dec, packed, seg)
+    assert packed.columns < masked.columns
+    torch.testing.assert_close(masked_logits, packed_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_of_memories_equals_one_by_one(kvzip):
+    a, b = kvzip.compress(TEXT), kvzip.compress(SECOND)
+    questions = ["Who stayed in orbit?", "Which rocket?", "When?"]
+    contexts = [[a], [b, "A short raw note."], [a, b]]
+    batch = kvzip.answer_many(questions, contexts, max_new_tokens=6)
+    alone = [kvzip.answer(q, c, max_new_tokens=6) for q, c in zip(questions, contexts, strict=True)]
+    assert [x.token_ids for x in batch] == [x.token_ids for x in alone]
+    assert list(kvzip.stream(questions[0], contexts[0], max_new_tokens=6))  # streaming shares the path
+
+
+def test_positions_count_kept_entries(kvzip):
+    m = kvzip.compress(TEXT)
+    ans = kvzip.answer("Who?", [m, SECOND], max_new_tokens=2)
+    assert ans.soft_tokens == m.num_soft_tokens + len(kvzip.tokenize(SECOND))
+    assert ans.source_tokens == m.source_tokens + len(kvzip.tokenize(SECOND))
+    assert 3.5 < m.compression_ratio < 4.5
+
+
+def test_soft_prompts_and_kv_memories_mix_in_one_prompt(tiny_icae, kvzip):
+    memory = kvzip.compress(SECOND)
+    ans = tiny_icae.answer("Who?", [tiny_icae.compress(TEXT), memory, "raw words"], max_new_tokens=3)
+    assert ans.source_tokens > memory.source_tokens
+
+
+def test_reconstruct_repeats_from_the_memory(kv_full):
+    text = kv_full.reconstruct(kv_full.compress(SECOND), max_new_tokens=5)
+    assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("storage", ["float16", "float32", "int8"])
+def test_save_load_round_trip(tmp_path, storage):
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, storage=storage)
+    m = comp.compress(TEXT)
+    m.save(tmp_path / "m.safetensors")
+    back = Memory.load(tmp_path / "m.safetensors")
+    assert isinstance(back, KvMemory) and back.storage == storage
+    for name in ("keys", "values", "positions", "counts"):
+        assert torch.equal(getattr(back, name), getattr(m, name))
+    assert comp.answer("Who?", [back], max_new_tokens=3).token_ids == comp.answer("Who?", [m], max_new_tokens=3).token_ids
+
+
+def test_int8_stays_close_to_float(kvzip):
+    exact = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, storage="float32").compress(TEXT)
+    q8 = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, storage="int8").compress(TEXT)
+    (k, v), (k8, v8) = exact.float_entries(), q8.float_entries()
+    assert torch.equal(exact.positions, q8.positions)
+    assert (k - k8).abs().max() <= k.abs().max() / 127 and (v - v8).abs().max() <= v.abs().max() / 127
+    assert q8.nbytes() < 0.6 * new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).compress(TEXT).nbytes()
+
+
+def test_truncated_or_edited_file_is_refused(tmp_path, kvzip):
+    path = tmp_path / "m.safetensors"
+    kvzip.compress(TEXT).save(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CorruptFileError):
+        Memory.load(tmp_path / "cut.safetensors")
+    edited = bytearray(data)
+    edited[-3] ^= 0x55
+    (tmp_path / "edited.safetensors").write_bytes(bytes(edited))
+    with pytest.raises(CorruptFileError, match="checksum"):
+        Memory.load(tmp_path / "edited.safetensors")
+
+
+def test_memory_of_another_decoder_or_prefix_is_refused(kvzip):
+    m = kvzip.compress(TEXT)
+    with pytest.raises(BackboneMismatchError):
+        kvzip.answer("Who?", [dataclasses.replace(m, backbone="other@0123")])
+    with pytest.raises(BackboneMismatchError, match="prefix"):
+        kvzip.answer("Who?", [dataclasses.replace(m, prefix_sha256="0" * 64)])
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=1), dict(ratio=0.5), dict(ratio="4"), dict(ratio=float("nan")),
+                                 dict(keep_fraction=0), dict(keep_fraction=1.5), dict(storage="int4")])
+def test_bad_config_is_a_typed_error(bad):
+    with pytest.raises(ConfigError):
+        new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **bad)
+
+
+def test_slot_store_keeps_kv_memories(tmp_path, kvzip):
+    store = SlotStore(tmp_path / "store")
+    first = store.get_or_compress([TEXT, SECOND], kvzip)
+    again = store.get_or_compress([TEXT, SECOND], kvzip)
+    assert store.stats.writes == 2 and all(isinstance(m, KvMemory) for m in again)
+    assert all(torch.equal(a.keys, b.keys) for a, b in zip(first, again, strict=True))
+
+
+def _tiny_dir(tmp_path_factory, name, config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp(name)
+    tokenizer = AutoTokenizer.from_pretrained(str(_tiny_decoder_dir()))
+    config.vocab_size = len(tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+ARCHS = {
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "gemma": ("GemmaConfig", {"head_dim": 16}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def other_family(request, tmp_path_factory):
+    """A kvzip compressor (nothing evicted, float32) on a tiny random decoder of another rotary family."""
+    import transformers
+
+    cls, extra = ARCHS[request.param]
+    config = getattr(transformers, cls)(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, **extra)
+    path = _tiny_dir(tmp_path_factory, request.param, config)
+    return new_compressor("kvzip", device="cpu", decoder=path, keep_fraction=1.0, storage="float32")
+
+
+def test_other_rotary_families_read_memories_like_text(other_family):
+    memory = other_family.compress(TEXT)
+    torch.testing.assert_close(_first_logits(other_family, [memory]), _first_logits(other_family, [TEXT]),
+                               atol=1e-4, rtol=1e-4)
+    test_rerotated_keys_equal_keys_computed_at_the_shifted_position(other_family)
+
+
+def test_non_rotary_decoder_is_refused(tmp_path_factory):
+    from transformers import GPT2Config
+
+    path = _tiny_dir(tmp_path_factory, "gpt2", GPT2Config(n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        new_compressor("kvzip", device="cpu", decoder=path)
