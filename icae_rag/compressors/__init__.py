@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -44,6 +45,7 @@ __all__ = [
     "compressor_kinds",
     "load_compressor",
     "new_compressor",
+    "parse_spec",
     "register_compressor",
     "shipped_checkpoint",
 ]
@@ -66,13 +68,39 @@ def new_compressor(kind: str, config: Any = None, *, device: str = "auto", dtype
     return cls.build(config, device=device, dtype=dtype)
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]] | None:
+    """("kvzip", {"ratio": 8}) for "kvzip:ratio=8"; None if `spec` does not start with a kind and a colon."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in compressor_kinds():
+        return None
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InvalidInputError(f"compressor spec {spec!r}: write KIND:key=value[,key=value], e.g. kvzip:ratio=8")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return kind, overrides
+
+
 def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: str = "auto", dtype: str = "auto") -> Compressor:
-    """Load a compressor: a checkpoint directory, or a kind ("icae", "e2llm", "raw"); default ICAE.
+    """Load a compressor: a checkpoint directory, a kind ("kvzip", "icae", "e2llm", "raw"), or a kind
+    with config values ("kvzip:ratio=8,storage=int8"); default ICAE.
 
     A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
-    returned with a warning (its soft prompts carry no usable information).
+    returned with a warning (its soft prompts carry no usable information). Config values are for
+    kinds without a shipped checkpoint (a trained checkpoint fixes its own config).
     """
     target = "icae" if path_or_kind is None else path_or_kind
+    spec = parse_spec(target) if isinstance(target, str) else None
+    if spec is not None:
+        kind, overrides = spec
+        if shipped_checkpoint(kind) is not None:
+            raise InvalidInputError(f"{kind}'s shipped checkpoint fixes its config; to change {sorted(overrides)} "
+                                    f"train one (`icae-rag train {kind}`) and pass its directory")
+        return new_compressor(kind, device=device, dtype=dtype, **overrides)
     if isinstance(target, str) and target in compressor_kinds():
         shipped = shipped_checkpoint(target)
         if shipped is not None:

@@ -156,6 +156,11 @@ class Compressor(nn.Module):
         return f"{self.decoder.name}@{self.decoder.fingerprint}"
 
     @property
+    def label(self) -> str:
+        """Short name of this compressor in reports and benchmark tables (the kind by default)."""
+        return self.kind
+
+    @property
     def version(self) -> str:
         """Identifies the trained weights; soft prompts of another version are not interchangeable."""
         return f"{self.kind}-{weights_fingerprint(_TensorBag(self.trainable_state_dict()))}"

@@ -86,6 +86,13 @@ class KvzipCompressor(Compressor):
         return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
 
     @property
+    def label(self) -> str:
+        """The spec that rebuilds this compressor: "kvzip", or "kvzip:ratio=8,storage=int8"."""
+        default = KvzipConfig()
+        changed = [f"{k}={v}" for k, v in asdict(self.config).items() if k != "decoder" and v != getattr(default, k)]
+        return "kvzip" + (":" + ",".join(changed) if changed else "")
+
+    @property
     def version(self) -> str:
         """Scoring settings + prompt prefix: memories of another version hold other entries."""
         settings = {k: v for k, v in asdict(self.config).items() if k != "decoder"}

@@ -48,14 +48,16 @@ class BenchOptions:
 
 def _checkpoint_decoder(spec: str) -> str:
     """The decoder a compressor spec will load, read from JSON only (no model)."""
-    from ..compressors import compressor_kinds, shipped_checkpoint
+    from ..backbones import DEFAULT_DECODER
+    from ..compressors import compressor_kinds, parse_spec, shipped_checkpoint
     from ..compressors.base import read_checkpoint
 
+    parsed = parse_spec(spec)
+    if parsed is not None and shipped_checkpoint(parsed[0]) is None:
+        return parsed[1].get("decoder", DEFAULT_DECODER)
     if spec in compressor_kinds():
         shipped = shipped_checkpoint(spec)
         if shipped is None:
-            from ..backbones import DEFAULT_DECODER
-
             return DEFAULT_DECODER
         spec = str(shipped)
     path = Path(spec)
@@ -155,7 +157,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             md += [qa_markdown(name, record, results["qa"][name]["results"]), ""]
 
     if data["run"]["efficiency"]:
-        modes = {"raw": raw} | {c.kind: c for c in compressors}
+        modes = {"raw": raw} | {c.label: c for c in compressors}
         results["efficiency"] = run_efficiency(modes, data["efficiency_text"], opts.lengths, new_tokens=16)
         md += ["## Efficiency", "", f"Question: {results['efficiency']['question']!r}, 16 new tokens; text: "
                "WikiText-2 test.", "", efficiency_markdown(results["efficiency"])]
@@ -184,8 +186,8 @@ def _qa_modes(items, compressors, raw, lingua):
             if first:
                 budget[it.id] = sum(p.num_soft_tokens for p in prompts)
             return prompts
-        modes[comp.kind] = make
-        readers[comp.kind] = comp
+        modes[comp.label] = make
+        readers[comp.label] = comp
     if lingua is not None and compressors:
         def compress_text(it):
             text, _ = lingua.compress(list(it.passages), it.question, max(1, budget[it.id]))

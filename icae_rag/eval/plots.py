@@ -51,11 +51,25 @@ def _plot_qa(ax, qa: dict[str, Any]) -> None:
             m, (lo, hi) = r["contained"]["mean"], r["contained"]["ci95"]
             ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="osD^v<>"[d % 7], color=colours[mode], capsize=3,
                         label=f"{dataset}: {mode}")
+        _join_ratio_curves(ax, block["results"], colours)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (context tokens per decoder position; 'none' drawn at 1000x)")
     ax.set_ylabel("answer-contained accuracy")
     ax.set_title("QA quality vs compression")
     ax.legend(fontsize=7)
+
+
+def _join_ratio_curves(ax, results: dict[str, Any], colours: dict[str, str]) -> None:
+    """A line through one kind's modes at several ratios ("kvzip", "kvzip:ratio=8", ...), storage variants aside."""
+    kinds: dict[str, list[tuple[float, float]]] = {}
+    for mode, r in results.items():
+        if ":" in mode and "ratio=" not in mode or "contained" not in r or not r.get("compression_ratio"):
+            continue
+        kinds.setdefault(mode.split(":")[0], []).append((r["compression_ratio"], r["contained"]["mean"]))
+    for kind, points in kinds.items():
+        if len(points) > 1:
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, "-", color=colours.get(kind, "grey"), alpha=0.6)
 
 
 def _plot_fidelity(ax, fidelity: dict[str, Any]) -> None:
