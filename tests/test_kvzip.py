@@ -61,6 +61,24 @@ def test_long_passages_are_scored_in_windows_with_the_same_share():
     assert int(m.positions.max()) < m.source_tokens
 
 
+def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
+    memory = kv_full.compress_many([TEXT], leads=[SECOND])[0]
+    assert memory.metadata["lead_sha256"] and memory.source_tokens == len(kv_full.tokenize(TEXT))
+    model, dec = kv_full.decoder.model, kv_full.decoder
+    prefix = build_prompt(kv_full, [memory], question="Q?").segments[0]
+    lead, text = kv_full.tokenize(SECOND), kv_full.tokenize(TEXT)
+    ids = torch.tensor([lead + text])
+    with torch.no_grad():
+        cache = model(inputs_embeds=torch.cat([prefix, dec.embed_ids(ids[0])])[None], use_cache=True).past_key_values
+    p = prefix.shape[0] + len(lead)
+    keys, _, valid = memory.cache_tensors(0, rotary(model), dec.dtype, dec.device)
+    assert bool(valid.all())
+    for layer, got in zip(cache.layers, keys, strict=True):
+        expected = rerotate(layer.keys[0, :, p:p + len(text)], -len(lead), rotary(model))
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(keys, kv_full.compress(TEXT).cache_tensors(0, rotary(model), dec.dtype, dec.device)[0])
+
+
 def test_rerotated_keys_equal_keys_computed_at_the_shifted_position(kvzip):
     model = kvzip.decoder.model
     ids = torch.tensor([kvzip.tokenize(TEXT)])

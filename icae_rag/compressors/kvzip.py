@@ -10,7 +10,8 @@ KVzip (arXiv 2505.23416), as measured for this project in shared/research/kv-dee
 
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
 Passages longer than `window_tokens` are scored window by window, each window encoded after up to
-`lead_tokens` of the text before it and given the same share of its own entries, so peak memory
+`lead_tokens` of the text before it (for the first window: the caller's `leads`, e.g. the document
+text before a RAG node) and given the same share of its own entries, so peak memory
 depends on the window, not on the passage: the cache of prefix + lead + 2 x window tokens plus one
 layer's attention weights (query heads x (window + repeat request) x those tokens, float32).
 """
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..errors import ConfigError, InvalidInputError
-from ..kv_attention import KvView
+from ..kv_attention import KvView, rerotate
 from ..kv_memory import STORAGE_DTYPES, KvMemory, token_ids_sha256
 from ..soft_prompt import Piece, text_sha256
 from .base import Compressor, check_text, register_compressor
@@ -105,8 +106,10 @@ class KvzipCompressor(Compressor):
         return context_prefix_ids(self.decoder.tokenizer)
 
     @torch.no_grad()
-    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[KvMemory]:
-        """One KvMemory per text (texts are scored one at a time; `batch_size` is accepted for the interface)."""
+    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+                      leads: Sequence[str | None] | None = None) -> list[KvMemory]:
+        """One KvMemory per text, each encoded after the last `lead_tokens` of its lead (the text before
+        it in its document), if given. Texts are scored one at a time (`batch_size` is unused)."""
         from transformers import DynamicCache
 
         from ..generation import prompt_texts
@@ -114,6 +117,9 @@ class KvzipCompressor(Compressor):
         if isinstance(texts, str):
             raise InvalidInputError("compress_many takes a list of texts; use compress() for one")
         texts = [check_text(t) for t in texts]
+        leads = [None] * len(texts) if leads is None else list(leads)
+        if len(leads) != len(texts):
+            raise InvalidInputError(f"{len(texts)} texts but {len(leads)} leads: pass one lead (or None) per text")
         tok, model = self.decoder.tokenizer, self.decoder.model
         prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
@@ -122,39 +128,46 @@ class KvzipCompressor(Compressor):
         provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
                           compressor_version=self.version, backbone=self.backbone_id)
         memories = []
-        for text in tqdm(texts, desc="kvzip: scoring passages", unit="passage", disable=not progress):
+        step, lead_tokens = self.config.window_tokens, self.config.lead_tokens
+        for text, lead in tqdm(list(zip(texts, leads, strict=True)), desc="kvzip: scoring passages", unit="passage",
+                               disable=not progress):
             ids, sha = self.tokenize(text), text_sha256(text)
-            step = self.config.window_tokens
+            before = self.tokenize(lead) if lead else []
             parts = []
             for start in range(0, len(ids), step):
                 cache = DynamicCache(config=model.config)
                 for i, (k, v) in enumerate(prefix):
                     cache.update(k, v, i)
-                parts.append(self._score_window(ids, start, min(len(ids), start + step), cache, repeat_ids))
-            memories.append(_join_windows(parts, len(ids), sha, self.config.storage, provenance))
+                context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
+                parts.append(self._score_window(context, ids[start:start + step], start, cache, repeat_ids))
+            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance)
+            if lead:
+                memory.metadata["lead_sha256"] = text_sha256(lead)
+            memories.append(memory)
         return memories
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
 
-    def _score_window(self, ids: list[int], start: int, end: int, cache, repeat_ids: list[int]):
-        """(keys, values, positions, counts) of the kept entries of tokens [start, end) of `ids`."""
+    def _score_window(self, lead: list[int], window: list[int], start: int, cache, repeat_ids: list[int]):
+        """(keys, values, positions, counts) of the kept entries of `window`, the passage's tokens from
+        `start`, encoded right after the prefix cache and `lead` (the text before it)."""
         model = self.decoder.model
         prefix_len = cache.get_seq_length()
-        lead = ids[max(0, start - self.config.lead_tokens):start]
-        window = ids[start:end]
-        first = prefix_len + start - len(lead)  # rotary position of the lead's first token
         seq = lead + window
-        positions = torch.arange(first, first + len(seq), device=self.decoder.device)[None]
+        positions = torch.arange(prefix_len, prefix_len + len(seq), device=self.decoder.device)[None]
         out = model(input_ids=self._ids(seq), position_ids=positions, past_key_values=cache, use_cache=True,
                     logits_to_keep=1)
         col = prefix_len + len(lead)
         layers = out.past_key_values.layers
         keys = torch.stack([layer.keys[0, :, col:col + len(window)] for layer in layers])  # (L, H, w, d)
+        # Stored keys are rotated as if the passage started right after the prefix.
+        keys = rerotate(keys, start - len(lead), kv_attention.rotary(model))
         values = torch.stack([layer.values[0, :, col:col + len(window)] for layer in layers])
         repeat = repeat_ids + window
         view = KvView(record=True)
-        positions = torch.arange(prefix_len + end, prefix_len + end + len(repeat), device=self.decoder.device)[None]
+        end = prefix_len + len(seq)
+        positions = torch.arange(end, end + len(repeat), device=self.decoder.device)[None]
         model(input_ids=self._ids(repeat), position_ids=positions, past_key_values=out.past_key_values,
               use_cache=True, logits_to_keep=1, kv_view=view)
         scores = torch.stack([view.scores[i][0, :, col:col + len(window)] for i in range(len(layers))])
