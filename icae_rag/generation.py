@@ -230,16 +230,18 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: Genera
             yield nxt, finished
             if bool(finished.all()):
                 return
-            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             out = model(inputs_embeds=dec.embed_ids(nxt[:, None]), attention_mask=mask, position_ids=positions,
                         past_key_values=cache, use_cache=True, **extra)
             logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
 
 
 def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
-    """Run the prompts through the decoder: (last logits (B, V), cache, 2-D mask, next positions (B, 1),
-    KvView or None). Prompts of embeddings only go in one left-padded batch; prompts with KV memories
-    are built one by one on a shared prefix cache, then left-padded into one batch cache."""
+    """Run the prompts through the decoder: (last logits (B, V), cache, 2-D mask or None, next positions
+    (B, 1), KvView or None). Prompts of embeddings only go in one left-padded batch; prompts with KV
+    memories are built one by one on a shared prefix cache, then left-padded into one batch cache
+    whose padding the KvView masks (layers may differ in width, so no 2-D mask fits them all)."""
     dec = compressor.decoder
     if not any(p.has_memories for p in prompts):
         rows = [p.embeddings for p in prompts]
@@ -269,7 +271,8 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
 @dataclass
 class _RowCache:
     """One prompt's cache while it is built: per layer keys/values (kv_heads, columns, head_dim),
-    which columns each head may read, and the next rotary position."""
+    which columns each head may read, and the next rotary position. A KV memory is padded to its
+    fullest head per layer, so layers differ in width."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -281,8 +284,9 @@ class _RowCache:
         return cls([], [], [], 0)
 
     @property
-    def columns(self) -> int:
-        return self.keys[0].shape[1] if self.keys else 0
+    def columns(self) -> list[int]:
+        """Cache columns of each layer."""
+        return [k.shape[1] for k in self.keys]
 
 
 def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
@@ -297,7 +301,7 @@ def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torc
             k = [torch.cat([a, b], dim=1) for a, b in zip(row.keys, k, strict=True)]
             v = [torch.cat([a, b], dim=1) for a, b in zip(row.values, v, strict=True)]
             ok = [torch.cat([a, b], dim=1) for a, b in zip(row.valid, ok, strict=True)]
-        return None, _RowCache(list(k), list(v), list(ok), row.position + segment.source_tokens)
+        return None, _RowCache(k, v, ok, row.position + segment.source_tokens)
     cache = DynamicCache(config=model.config)
     for layer, (k, v) in enumerate(zip(row.keys, row.values, strict=True)):
         cache.update(k[None], v[None], layer)
@@ -317,19 +321,16 @@ def _stack_rows(dec, rows: list[tuple[torch.Tensor, _RowCache]]):
     """Left-pad per-prompt caches into one batch cache, with its 2-D mask, positions and KvView."""
     from transformers import DynamicCache
 
-    width = max(r.columns for _, r in rows)
     cache = DynamicCache(config=dec.model.config)
     valid = []
     for layer in range(len(rows[0][1].keys)):
+        width = max(r.keys[layer].shape[1] for _, r in rows)
         keys = torch.stack([_left_pad(r.keys[layer], width) for _, r in rows])
         values = torch.stack([_left_pad(r.values[layer], width) for _, r in rows])
         valid.append(torch.stack([_left_pad(r.valid[layer], width) for _, r in rows]))
         cache.update(keys, values, layer)
-    mask = torch.zeros(len(rows), width, dtype=torch.long, device=dec.device)
-    for i, (_, r) in enumerate(rows):
-        mask[i, width - r.columns:] = 1
     positions = torch.tensor([[r.position] for _, r in rows], device=dec.device)
-    return torch.stack([logits for logits, _ in rows]), cache, mask, positions, KvView(valid=valid)
+    return torch.stack([logits for logits, _ in rows]), cache, None, positions, KvView(valid=valid)
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

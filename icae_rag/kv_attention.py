@@ -30,8 +30,9 @@ ROTARY_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
 class KvView:
     """What the attention function needs beyond HF's mask: per-layer column validity, score recording.
 
-    `valid[l]` is (batch, kv_heads, columns) bool for the first `columns` cache columns of layer l;
-    columns after those (text appended later) are valid for every head. With `record`, `scores[l]`
+    `valid[l]` is (batch, kv_heads, columns) bool for the first `columns` cache columns of layer l
+    (left padding included, as False): it replaces HF's mask, because layers differ in width. Columns
+    after those (text appended later) are read causally by every head. With `record`, `scores[l]`
     becomes (batch, kv_heads, keys): the max attention weight each key got from any query and any
     query head of its group.
     """
@@ -115,11 +116,13 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     b, q_heads, q_len, head_dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     groups = q_heads // kv_heads
-    allowed = _allowed(attention_mask, q_len, k_len, query.device)  # (b or 1, 1, q, k)
-    if kv_view.valid is not None:
+    if kv_view.valid is None:
+        allowed = _allowed(attention_mask, q_len, k_len, query.device)  # (b or 1, 1, q, k)
+    else:
         valid = kv_view.valid[module.layer_idx]
-        valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], k_len - valid.shape[2])], dim=2)
-        allowed = allowed & valid.repeat_interleave(groups, dim=1)[:, :, None, :]
+        allowed = _allowed(None, q_len, k_len, query.device) & torch.cat(
+            [valid, valid.new_ones(*valid.shape[:2], k_len - valid.shape[2])], dim=2)[:, :, None, :]
+        allowed = allowed.repeat_interleave(groups, dim=1)
     k = key.repeat_interleave(groups, dim=1)
     v = value.repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else head_dim ** -0.5

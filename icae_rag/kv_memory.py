@@ -131,27 +131,36 @@ class KvMemory(Memory):
         keys = self.keys.float() * self.key_scale.float().reshape(-1, self.keys.shape[1])[owner]
         return keys, self.values.float() * self.value_scale.float()[:, None]
 
-    def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys, values, valid) of shape (layers, kv_heads, columns[, head_dim]), keys moved `delta` positions.
+    def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype, device: torch.device
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer: keys, values (kv_heads, columns, head_dim) and valid (kv_heads, columns), keys
+        moved `delta` positions.
 
-        Every head's entries are packed into the first columns; `columns` is the fullest head's count
-        and `valid` marks which columns each head really kept.
+        Each head's entries fill its first columns; a layer is as wide as its fullest head and
+        `valid` marks which columns each head really kept.
         """
         from .kv_attention import rerotate
 
         keys, values = self.float_entries()
-        owner = _owners(self.counts).to(keys.device)
-        flat = self.counts.reshape(-1).long().to(keys.device)
-        rank = torch.arange(self.kept_entries, device=keys.device) - (flat.cumsum(0) - flat)[owner]
-        width, dim = max(1, int(flat.max())), keys.shape[1]
-        k = keys.new_zeros(flat.numel(), width, dim)
-        v = keys.new_zeros(flat.numel(), width, dim)
-        valid = torch.zeros(flat.numel(), width, dtype=torch.bool, device=keys.device)
-        k[owner, rank], v[owner, rank], valid[owner, rank] = keys, values, True
-        shape = (self.layers, self.kv_heads, width)
-        k = rerotate(k.view(*shape, dim).to(device), delta, rotary_emb)
-        return k.to(dtype), v.view(*shape, dim).to(device, dtype), valid.view(shape).to(device)
+        keys = rerotate(keys.to(device), delta, rotary_emb).to(dtype)
+        values = values.to(device, dtype)
+        flat = self.counts.reshape(-1).long().to(device)
+        owner = _owners(self.counts).to(device)
+        rank = torch.arange(self.kept_entries, device=device) - (flat.cumsum(0) - flat)[owner]
+        dim, out_k, out_v, out_ok = keys.shape[1], [], [], []
+        bounds = [0, *self.counts.sum(1).long().cumsum(0).tolist()]
+        for layer in range(self.layers):
+            lo, hi = bounds[layer], bounds[layer + 1]
+            head = owner[lo:hi] - layer * self.kv_heads
+            width = int(self.counts[layer].max())
+            k = keys.new_zeros(self.kv_heads, width, dim)
+            v = values.new_zeros(self.kv_heads, width, dim)
+            ok = torch.zeros(self.kv_heads, width, dtype=torch.bool, device=device)
+            k[head, rank[lo:hi]], v[head, rank[lo:hi]], ok[head, rank[lo:hi]] = keys[lo:hi], values[lo:hi], True
+            out_k.append(k)
+            out_v.append(v)
+            out_ok.append(ok)
+        return out_k, out_v, out_ok
 
     # --- files ----------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:

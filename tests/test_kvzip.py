@@ -72,11 +72,12 @@ def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
         cache = model(inputs_embeds=torch.cat([prefix, dec.embed_ids(ids[0])])[None], use_cache=True).past_key_values
     p = prefix.shape[0] + len(lead)
     keys, _, valid = memory.cache_tensors(0, rotary(model), dec.dtype, dec.device)
-    assert bool(valid.all())
+    assert all(bool(v.all()) for v in valid)
     for layer, got in zip(cache.layers, keys, strict=True):
         expected = rerotate(layer.keys[0, :, p:p + len(text)], -len(lead), rotary(model))
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(keys, kv_full.compress(TEXT).cache_tensors(0, rotary(model), dec.dtype, dec.device)[0])
+    apart = kv_full.compress(TEXT).cache_tensors(0, rotary(model), dec.dtype, dec.device)[0]
+    assert not torch.allclose(keys[-1], apart[-1])
 
 
 def test_rerotated_keys_equal_keys_computed_at_the_shifted_position(kvzip):
@@ -120,10 +121,10 @@ def test_masked_full_cache_equals_the_pruned_cache(kv_full):
                        [torch.cat([a, b], 1) for a, b in zip(row.valid, kept, strict=True)],
                        row.position + full.source_tokens)
     _, packed = _extend(dec, row, pruned)
+    assert sum(packed.columns) < sum(masked.columns)
     for seg in prefix[2:]:
         masked_logits, masked = _extend(dec, masked, seg)
         packed_logits, packed = _extend(dec, packed, seg)
-    assert packed.columns < masked.columns
     torch.testing.assert_close(masked_logits, packed_logits, atol=1e-5, rtol=1e-5)
 
 
