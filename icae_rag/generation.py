@@ -138,6 +138,7 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
     if isinstance(contexts, (str, Memory)):
         raise InvalidInputError("contexts must be a list of memories (SoftPrompt, KvMemory) or str, not a single item")
     dec = compressor.decoder
+    contexts = compressor.budget_contexts(contexts)
     before, after = prompt_texts(dec.tokenizer, mode, question)
     prefix_sha = None
     segments, soft, source = [dec.embed_text(before)], 0, 0

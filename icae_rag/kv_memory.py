@@ -46,6 +46,7 @@ class KvMemory(Memory):
     key_scale: torch.Tensor | None = None
     value_scale: torch.Tensor | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    scores: torch.Tensor | None = None  # (entries,) float16: how much the decoder needed each entry
     format_name = "kv"
     readable_by_any_compressor = True
 
@@ -62,6 +63,8 @@ class KvMemory(Memory):
                             f"positions {tuple(self.positions.shape)} disagree")
         if n and (int(self.positions.min()) < 0 or int(self.positions.max()) >= self.source_tokens):
             problems.append(f"positions fall outside the passage's {self.source_tokens} tokens")
+        if self.scores is not None and self.scores.shape != (n,):
+            problems.append(f"scores {tuple(self.scores.shape)} do not match {n} entries")
         if (self.keys.dtype == torch.int8) != (self.key_scale is not None and self.value_scale is not None):
             problems.append("int8 entries need key_scale and value_scale, other dtypes none")
         if problems:
@@ -109,6 +112,8 @@ class KvMemory(Memory):
         """Store float entries (ordered by layer, head, position) as `storage`."""
         if storage not in STORAGE_DTYPES:
             raise InvalidInputError(f"unknown KV storage {storage!r}: use one of {sorted(STORAGE_DTYPES)}")
+        if provenance.get("scores") is not None:
+            provenance["scores"] = provenance["scores"].detach().to("cpu", torch.float16)
         keys, values = keys.float().cpu(), values.float().cpu()
         positions, counts = positions.to(torch.int32).cpu(), counts.to(torch.int32).cpu()
         if storage != "int8":
@@ -162,11 +167,32 @@ class KvMemory(Memory):
             out_ok.append(ok)
         return out_k, out_v, out_ok
 
+    def pruned(self, entries: int) -> KvMemory:
+        """A copy keeping the `entries` highest-scored entries (needs the scores kvzip stores)."""
+        if self.scores is None:
+            raise InvalidInputError("this KV memory has no scores to prune by: compress the text again")
+        if not 0 <= entries <= self.kept_entries:
+            raise InvalidInputError(f"can keep 0 to {self.kept_entries} entries of this memory, not {entries}")
+        return self.select(self.scores.float().topk(entries).indices.sort().values)
+
+    def select(self, kept: torch.Tensor) -> KvMemory:
+        """A copy with the entries at the sorted indices `kept` (order by layer, head, position is kept)."""
+        from dataclasses import replace
+
+        if kept.numel() == self.kept_entries:
+            return self
+        counts = torch.bincount(_owners(self.counts)[kept], minlength=self.counts.numel()).view(self.counts.shape)
+        return replace(self, keys=self.keys[kept], values=self.values[kept], positions=self.positions[kept],
+                       counts=counts.to(torch.int32), scores=None if self.scores is None else self.scores[kept],
+                       value_scale=None if self.value_scale is None else self.value_scale[kept])
+
     # --- files ----------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {"keys": self.keys, "values": self.values, "positions": self.positions, "counts": self.counts}
         if self.key_scale is not None:
             out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
+        if self.scores is not None:
+            out["scores"] = self.scores
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -200,7 +226,7 @@ class KvMemory(Memory):
                          tuple(Piece(*row) for row in header["pieces"]), int(header["prefix_tokens"]),
                          header["prefix_sha256"], header["compressor"], header["compressor_version"],
                          header["backbone"], tensors.get("key_scale"), tensors.get("value_scale"),
-                         dict(header.get("metadata", {})))
+                         dict(header.get("metadata", {})), tensors.get("scores"))
         except (KeyError, TypeError, ValueError) as e:  # InvalidInputError is a ValueError
             raise CorruptFileError(f"{path} is not a readable icae_rag KV memory ({e}): compress the text again") from e
         return memory if str(device) == "cpu" else memory.to(device)
@@ -211,6 +237,22 @@ class KvMemory(Memory):
 
         moved = {k: t.to(device) for k, t in self._tensors().items()}
         return replace(self, **moved)
+
+
+def prune_jointly(memories: list[KvMemory], entries: int, weights: list[float] | None = None) -> list[KvMemory]:
+    """Keep `entries` entries over all `memories` together: the highest (weighted) scores win, so the
+    memory the decoder needs most keeps most (one budget over several passages)."""
+    weights = weights or [1.0] * len(memories)
+    if any(m.scores is None for m in memories):
+        raise InvalidInputError("joint pruning needs KV memories with scores: compress the texts again")
+    total = sum(m.kept_entries for m in memories)
+    if entries >= total:
+        return list(memories)
+    flat = torch.cat([m.scores.float() * w for m, w in zip(memories, weights, strict=True)])
+    chosen = flat.topk(max(0, entries)).indices.sort().values
+    bounds = [0, *torch.tensor([m.kept_entries for m in memories]).cumsum(0).tolist()]
+    return [m.select(chosen[(chosen >= lo) & (chosen < hi)] - lo)
+            for m, lo, hi in zip(memories, bounds, bounds[1:], strict=False)]
 
 
 def token_ids_sha256(ids: list[int]) -> str:

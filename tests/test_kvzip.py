@@ -261,3 +261,19 @@ def test_non_rotary_decoder_is_refused(tmp_path_factory):
     path = _tiny_dir(tmp_path_factory, "gpt2", GPT2Config(n_embd=32, n_layer=1, n_head=2))
     with pytest.raises(UnsupportedModelError, match="gpt2"):
         new_compressor("kvzip", device="cpu", decoder=path)
+
+
+def test_one_budget_over_several_memories():
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=2)
+    a, b = comp.compress_many([TEXT, SECOND])
+    full = [m.source_tokens * m.layers * m.kv_heads for m in (a, b)]
+    assert [m.kept_entries for m in (a, b)] == [round(n / 2) for n in full]
+    pa, pb = comp.budget_contexts([a, "raw text", b])[::2]
+    assert pa.kept_entries + pb.kept_entries == round(sum(full) / 4)
+    assert set(pa.scores.tolist()) <= set(a.scores.tolist())
+    low = min(float(pa.scores.min()), float(pb.scores.min()))
+    dropped = [s for m, p in ((a, pa), (b, pb)) for s in m.scores.tolist() if s not in set(p.scores.tolist())]
+    assert max(dropped) <= low  # the kept entries are the highest scores over both memories
+    assert comp.answer("Who?", [a, b], max_new_tokens=2).soft_tokens == pa.num_soft_tokens + pb.num_soft_tokens
+    with pytest.raises(ConfigError):
+        new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=8)

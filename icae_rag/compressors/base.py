@@ -121,6 +121,10 @@ class Compressor(nn.Module):
         """Context manager in which the decoder reads soft prompts (ICAE disables its LoRA)."""
         return nullcontext()
 
+    def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
+        """The contexts as this compressor reads them (kvzip may prune memories to one shared budget)."""
+        return list(contexts)
+
     def mode_embedding(self, mode: str) -> torch.Tensor:
         """Learned embedding that marks a mode ("autoencode", "continue", "answer"); may be empty."""
         return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))

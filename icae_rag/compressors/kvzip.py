@@ -32,7 +32,7 @@ from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..errors import ConfigError, InvalidInputError
 from ..kv_attention import KvView, rerotate
-from ..kv_memory import STORAGE_DTYPES, KvMemory, token_ids_sha256
+from ..kv_memory import STORAGE_DTYPES, KvMemory, prune_jointly, token_ids_sha256
 from ..soft_prompt import Piece, text_sha256
 from .base import Compressor, check_text, register_compressor
 
@@ -45,13 +45,16 @@ class KvzipConfig:
     ratio: float = 4.0  # keep 1/ratio of the passage's (layer, head, position) entries
     keep_fraction: float | None = None  # instead of ratio: the share kept (1.0 keeps everything)
     storage: str = "float16"  # "float16", "float32" or "int8"
+    # Store each passage at this ratio (<= ratio) and, when memories are read together, prune them to
+    # `ratio` overall with one budget: the passage the decoder needs most keeps most.
+    stored_ratio: float | None = None
     window_tokens: int = 1024
     lead_tokens: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "keep_fraction", "window_tokens", "lead_tokens"):
+        for name in ("ratio", "keep_fraction", "stored_ratio", "window_tokens", "lead_tokens"):
             value = getattr(self, name)
-            if value is None and name == "keep_fraction":
+            if value is None and name in ("keep_fraction", "stored_ratio"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"kvzip {name} must be a number, got {value!r}")
@@ -60,6 +63,9 @@ class KvzipConfig:
                               "to keep everything set keep_fraction=1.0")
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise ConfigError(f"kvzip keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if self.stored_ratio is not None and not 1 <= self.stored_ratio <= 1 / self.keep:
+            raise ConfigError(f"kvzip stored_ratio must be between 1 and the read ratio {1 / self.keep:g}, "
+                              f"got {self.stored_ratio}")
         if self.storage not in STORAGE_DTYPES:
             raise ConfigError(f"kvzip storage must be one of {sorted(STORAGE_DTYPES)}, got {self.storage!r}")
         if self.window_tokens < 16 or self.lead_tokens < 0:
@@ -67,8 +73,13 @@ class KvzipConfig:
 
     @property
     def keep(self) -> float:
-        """Share of each window's entries that is kept."""
+        """Share of the passages' entries the decoder reads."""
         return self.keep_fraction if self.keep_fraction is not None else 1 / self.ratio
+
+    @property
+    def stored_keep(self) -> float:
+        """Share of each window's entries that a memory stores."""
+        return self.keep if self.stored_ratio is None else 1 / self.stored_ratio
 
 
 class KvzipCompressor(Compressor):
@@ -146,6 +157,15 @@ class KvzipCompressor(Compressor):
             memories.append(memory)
         return memories
 
+    def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
+        """With `stored_ratio`, the KV memories among `contexts` pruned to `ratio` with one budget."""
+        if self.config.stored_ratio is None:
+            return list(contexts)
+        memories = [c for c in contexts if isinstance(c, KvMemory)]
+        entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) * self.config.keep)
+        pruned = iter(prune_jointly(memories, entries))
+        return [next(pruned) if isinstance(c, KvMemory) else c for c in contexts]
+
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
 
@@ -172,10 +192,11 @@ class KvzipCompressor(Compressor):
               use_cache=True, logits_to_keep=1, kv_view=view)
         scores = torch.stack([view.scores[i][0, :, col:col + len(window)] for i in range(len(layers))])
         n_layers, n_heads, w, dim = keys.shape
-        budget = max(1, round(w * n_layers * n_heads * self.config.keep))
+        budget = max(1, round(w * n_layers * n_heads * self.config.stored_keep))
         kept = scores.reshape(-1).topk(budget).indices.sort().values  # flat (layer, head, position) order
         counts = torch.bincount(kept // w, minlength=n_layers * n_heads).view(n_layers, n_heads)
-        return (keys.reshape(-1, dim)[kept], values.reshape(-1, dim)[kept], start + kept % w, counts)
+        return (keys.reshape(-1, dim)[kept], values.reshape(-1, dim)[kept], start + kept % w, counts,
+                scores.reshape(-1)[kept])
 
 
 def _join_windows(parts: list, n_tokens: int, sha: str, storage: str, provenance: dict) -> KvMemory:
@@ -183,12 +204,13 @@ def _join_windows(parts: list, n_tokens: int, sha: str, storage: str, provenance
     keys = torch.cat([p[0] for p in parts])
     values = torch.cat([p[1] for p in parts])
     positions = torch.cat([p[2] for p in parts]).cpu()
+    scores = torch.cat([p[4] for p in parts]).cpu()
     counts = torch.stack([p[3] for p in parts]).sum(0).cpu()
     owners = torch.cat([torch.repeat_interleave(torch.arange(p[3].numel()), p[3].reshape(-1).cpu()) for p in parts])
     order = torch.argsort(owners * n_tokens + positions, stable=True)
     pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
     return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],
-                                 counts, storage, pieces=pieces, **provenance)
+                                 counts, storage, pieces=pieces, scores=scores[order], **provenance)
 
 
 register_compressor("kvzip", KvzipConfig, KvzipCompressor)
