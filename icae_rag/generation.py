@@ -9,12 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from .compressors.base import Compressor, check_text
 from .errors import InvalidInputError
 from .soft_prompt import SoftPrompt
+from .text import check_text
+
+if TYPE_CHECKING:
+    from .compressors.base import Compressor
 
 _PLACEHOLDER = "<<icae_rag:context>>"
 INSTRUCTIONS = {

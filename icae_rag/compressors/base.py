@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
+from ..text import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -226,15 +227,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-def check_text(text: object) -> str:
-    """Validate one input text: a non-empty, non-whitespace str."""
-    if not isinstance(text, str):
-        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidInputError("text is empty or only whitespace: pass the document's text")
-    return text
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
 from ..chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
-from .base import Compressor, Encoded, check_text, register_compressor
+from ..text import check_text
+from .base import Compressor, Encoded, register_compressor
 
 
 @dataclass
