@@ -33,7 +33,7 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     compressor = _load(args)
     t1 = time.perf_counter()
-    contexts = texts if compressor.kind == "raw" else compressor.compress_many(texts)
+    contexts = texts if compressor.reads_text else compressor.compress_many(texts)
     t2 = time.perf_counter()
     ans = compressor.answer(args.question, contexts, max_new_tokens=args.max_new_tokens)
     return {
@@ -146,6 +146,8 @@ def _print_human(result: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
+    from .compressors import compressor_kinds
+
     parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
     parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, compressor: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if compressor:
-            p.add_argument("--compressor", default="icae", choices=["icae", "e2llm", "raw"])
+            p.add_argument("--compressor", default="icae", choices=compressor_kinds())
             p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_reconstruct)
 
     tr = sub.add_parser("train", help="train a compressor from a YAML config (resumable)")
-    tr.add_argument("kind", choices=["icae", "e2llm"])
+    tr.add_argument("kind", choices=compressor_kinds(trainable=True))
     tr.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
     tr.add_argument("--config", required=True, help="YAML training config (see icae_rag/configs/)")
     tr.add_argument("--resume", help="output directory of an interrupted run")
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark fidelity, QA quality and efficiency")
     bench.add_argument("suite", choices=["fidelity", "qa", "efficiency", "all"])
-    bench.add_argument("--compressor", action="append", choices=["icae", "e2llm"], help="repeatable; default both")
+    bench.add_argument("--compressor", action="append", choices=compressor_kinds(reads_text=False),
+                       help="repeatable; default: the kinds that ship a trained checkpoint")
     bench.add_argument("--checkpoint", action="append", help="checkpoint directory (repeatable; replaces --compressor)")
     bench.add_argument("--data", help="fidelity: a .txt or {text} JSONL file; qa: a {context,question,answer} JSONL")
     bench.add_argument("--dataset", action="append", choices=["squad", "nq", "covid"], help="qa datasets (repeatable)")

@@ -43,7 +43,13 @@ __all__ = [
     "new_compressor",
     "register_compressor",
     "shipped_checkpoint",
+    "shipped_kinds",
 ]
+
+
+def shipped_kinds() -> list[str]:
+    """The kinds that ship a trained checkpoint: what benchmarks compare by default, in report order."""
+    return list(SHIPPED)
 
 
 def shipped_checkpoint(kind: str) -> Path | None:
@@ -64,7 +70,7 @@ def new_compressor(kind: str, config: Any = None, *, device: str = "auto", dtype
 
 
 def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: str = "auto", dtype: str = "auto") -> Compressor:
-    """Load a compressor: a checkpoint directory, or a kind ("icae", "e2llm", "raw"); default ICAE.
+    """Load a compressor: a checkpoint directory, or a registered kind (`compressor_kinds()`); default ICAE.
 
     A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
     returned with a warning (its soft prompts carry no usable information).

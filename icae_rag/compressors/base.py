@@ -44,9 +44,10 @@ def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compre
     compressor_cls.kind = kind
 
 
-def compressor_kinds() -> list[str]:
-    """Names of the registered compressors."""
-    return sorted(_REGISTRY)
+def compressor_kinds(*, reads_text: bool | None = None, trainable: bool | None = None) -> list[str]:
+    """Names of the registered compressors, read now; optionally only those with these class traits."""
+    return sorted(kind for kind, (_, cls) in _REGISTRY.items()
+                  if reads_text in (None, cls.reads_text) and trainable in (None, cls.trainable))
 
 
 def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
@@ -73,11 +74,17 @@ def config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) ->
 class Compressor(nn.Module):
     """Turns text into a `SoftPrompt` for one decoder, and answers from soft prompts.
 
-    Subclasses set `kind` (by registration), implement `compress_many`, and may override
+    Subclasses set `kind` (by registration), implement `encode`, and may override
     `decoding()` (the context in which the decoder reads) and `mode_embedding`.
     """
 
     kind: ClassVar[str] = ""
+    # True for a baseline whose "soft prompt" is the text's own token embeddings: callers hand it
+    # the text, it is what compressed modes are measured against, and its soft prompts depend
+    # only on the backbone.
+    reads_text: ClassVar[bool] = False
+    # True when `icae-rag train` can train the kind (it has tensors in `trainable_state_dict`).
+    trainable: ClassVar[bool] = False
 
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()
@@ -166,7 +173,9 @@ class Compressor(nn.Module):
             raise BackboneMismatchError(
                 f"soft prompt was made for backbone {prompt.backbone}, this compressor uses "
                 f"{self.backbone_id}: re-compress the text with this compressor")
-        if prompt.compressor != "raw" and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
+        made_by = _REGISTRY.get(prompt.compressor)
+        reads_text = made_by is not None and made_by[1].reads_text
+        if not reads_text and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
             raise BackboneMismatchError(
                 f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")

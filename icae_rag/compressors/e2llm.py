@@ -76,6 +76,8 @@ class AttentionPooling(nn.Module):
 class E2llmCompressor(Compressor):
     """E2LLM compressor: sentence encoder + adapter, `m` soft tokens per chunk."""
 
+    trainable = True
+
     def __init__(self, config: E2llmConfig, decoder: DecoderBackbone, encoder: EncoderBackbone) -> None:
         from peft import LoraConfig, get_peft_model
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compressors import shipped_kinds
 from ..errors import BackboneMismatchError, CheckpointError, InvalidInputError, MissingFileError
 from .record import environment, write_report
 
@@ -26,11 +27,11 @@ SIZES = {
 
 @dataclass
 class BenchOptions:
-    """What to run; `compressors` are kinds ("icae", "e2llm") or checkpoint directories."""
+    """What to run; `compressors` are kinds or checkpoint directories (default: the shipped kinds)."""
 
     suite: str
     out: str = "bench-out"
-    compressors: list[str] = field(default_factory=lambda: ["icae", "e2llm"])
+    compressors: list[str] = field(default_factory=shipped_kinds)
     data: str | None = None
     data_root: str | None = None
     limit: int | None = None

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..compressors import compressor_kinds
 from ..errors import ConfigError, MissingFileError
 
 # wikitext2-test is the held-out fidelity set: it is never a training source.
@@ -82,8 +83,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         errors = []
-        if self.compressor not in ("icae", "e2llm"):
-            errors.append(f"compressor must be 'icae' or 'e2llm', got {self.compressor!r}")
+        trainable = compressor_kinds(trainable=True)
+        if self.compressor not in trainable:
+            errors.append(f"compressor must be one of the trainable kinds {trainable}, got {self.compressor!r}")
         if self.stage not in ("pretrain", "finetune"):
             errors.append(f"stage must be 'pretrain' or 'finetune', got {self.stage!r}")
         if self.schedule not in ("cosine", "linear", "constant"):

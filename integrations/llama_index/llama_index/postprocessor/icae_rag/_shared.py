@@ -79,7 +79,7 @@ def mark(node: BaseNode, value: str) -> BaseNode:
 
 def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
     """(compressor, name to serialise): an instance as is, else a kind or checkpoint dir loaded on `device`."""
-    from icae_rag.compressors import Compressor, load_compressor
+    from icae_rag.compressors import Compressor, compressor_kinds, load_compressor
 
     if isinstance(compressor, Compressor):
         return compressor, compressor.kind
@@ -87,7 +87,7 @@ def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
         compressor = "icae"
     if not isinstance(compressor, (str, os.PathLike)):
         raise InvalidInputError(
-            f"compressor must be an icae_rag Compressor, a kind ('icae', 'e2llm', 'raw') or a checkpoint "
+            f"compressor must be an icae_rag Compressor, a kind {compressor_kinds()} or a checkpoint "
             f"directory, got {type(compressor).__name__}")
     return load_compressor(compressor, device=device), os.fspath(compressor)
 

@@ -32,6 +32,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
 from pydantic import Field
 
+from icae_rag.compressors import shipped_kinds
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, score_predictions
@@ -52,7 +53,7 @@ class RagBenchOptions:
     dataset: str = "squad"
     limit: int = 40
     documents: int = 3
-    compressors: list[str] = field(default_factory=lambda: ["icae", "e2llm"])
+    compressors: list[str] = field(default_factory=shipped_kinds)
     top_k: int = 5
     node_tokens: int = 512
     max_new_tokens: int = 32
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=40, help="questions")
     p.add_argument("--documents", type=int, default=3, help="long documents indexed (questions come from them)")
     p.add_argument("--compressor", action="append", dest="compressors",
-                   help="kind or checkpoint dir (repeatable; default icae and e2llm)")
+                   help="kind or checkpoint dir (repeatable; default: the kinds that ship a checkpoint)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--node-tokens", type=int, default=512)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-rag")
     a = p.parse_args(argv)
     opts = RagBenchOptions(dataset=a.dataset, limit=a.limit, documents=a.documents,
-                           compressors=a.compressors or ["icae", "e2llm"], top_k=a.top_k, node_tokens=a.node_tokens,
+                           compressors=a.compressors or shipped_kinds(), top_k=a.top_k, node_tokens=a.node_tokens,
                            max_new_tokens=a.max_new_tokens, seed=a.seed, data_root=a.data_root, out=a.out,
                            longllmlingua=not a.no_longllmlingua, device=a.device)
     try:
