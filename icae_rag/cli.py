@@ -16,7 +16,7 @@ from .errors import IcaeRagError, InvalidInputError
 
 
 def _read_text(path: str) -> str:
-    from .data import read_text_file
+    from .datasets import read_text_file
 
     return read_text_file(Path(path))
 

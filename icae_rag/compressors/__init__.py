@@ -13,8 +13,8 @@ from . import e2llm, icae, raw  # noqa: F401  (registers the built-in kinds)
 from .base import (
     Compressor,
     check_backbone,
+    compressor_config_from_dict,
     compressor_kinds,
-    config_from_dict,
     get_compressor_class,
     read_checkpoint,
     register_compressor,
@@ -63,7 +63,7 @@ def new_compressor(kind: str, config: Any = None, *, device: str = "auto", dtype
     """A freshly initialised (untrained) compressor of `kind`, for training or tests."""
     config_cls, cls = get_compressor_class(kind)
     if config is None:
-        config = config_from_dict(config_cls, overrides, strict=True)
+        config = compressor_config_from_dict(config_cls, overrides, strict=True)
     elif overrides:
         raise InvalidInputError("pass either a config object or keyword overrides, not both")
     return cls.build(config, device=device, dtype=dtype)
@@ -99,7 +99,7 @@ def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: st
 def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:
     meta, state = read_checkpoint(path)
     config_cls, cls = get_compressor_class(meta["compressor_type"])
-    config = config_from_dict(config_cls, meta["config"], strict=False)
+    config = compressor_config_from_dict(config_cls, meta["config"], strict=False)
     compressor = cls.build(config, device=device, dtype=dtype)
     for role, info in meta["backbones"].items():
         loaded = getattr(compressor, role)

@@ -57,7 +57,7 @@ def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
     return _REGISTRY[kind]
 
 
-def config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
+def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
     """Build a config dataclass; unknown keys raise (strict) or are dropped with a warning."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data) - names)

@@ -96,7 +96,7 @@ def validate(opts: BenchOptions) -> dict[str, Any]:
             limit = opts.limit or SIZES["qa_limit"].get(name, 100)
             data["qa"][name] = load_items(name, opts.data if name == "custom" else None, limit, opts.seed, root)
     if run["efficiency"]:
-        from .. import data as readers
+        from .. import datasets as readers
 
         data["efficiency_text"] = "\n".join(readers.load_text("wikitext2-test", root=root))
     data["run"] = run

@@ -37,7 +37,7 @@ class QAItem:
 
 def load_items(dataset: str, data: str | None, limit: int, seed: int, root: Path | None) -> tuple[list[QAItem], dict]:
     """Sample `limit` questions (seeded) from a named set or a user's QA JSONL; no model needed."""
-    from .. import data as readers
+    from .. import datasets as readers
 
     if data is not None:
         examples = readers.load_jsonl_qa(Path(data))

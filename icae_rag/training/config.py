@@ -114,7 +114,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+def train_config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     """Build a TrainConfig, reporting every unknown or missing key at once."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
@@ -151,4 +151,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    return config_from_dict(raw | (overrides or {}), where=str(path))
+    return train_config_from_dict(raw | (overrides or {}), where=str(path))

@@ -88,7 +88,7 @@ class EventCollector(BaseEventHandler):
 
 def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], dict[str, Any]]:
     """Seeded documents and questions over them; SQuAD uses only the 13 held-out articles."""
-    from icae_rag import data as readers
+    from icae_rag import datasets as readers
 
     if opts.dataset not in DATASETS:
         raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {DATASETS}")
