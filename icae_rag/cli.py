@@ -147,6 +147,7 @@ def _print_human(result: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
     from .compressors import compressor_kinds
+    from .datasets import dataset_names
 
     parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
     parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="repeatable; default: the kinds that ship a trained checkpoint")
     bench.add_argument("--checkpoint", action="append", help="checkpoint directory (repeatable; replaces --compressor)")
     bench.add_argument("--data", help="fidelity: a .txt or {text} JSONL file; qa: a {context,question,answer} JSONL")
-    bench.add_argument("--dataset", action="append", choices=["squad", "nq", "covid"], help="qa datasets (repeatable)")
+    bench.add_argument("--dataset", action="append", choices=dataset_names(use="bench-qa"),
+                       help="qa datasets (repeatable; default: " + ", ".join(dataset_names(use="bench-qa-default")) + ")")
     bench.add_argument("--limit", type=int, help="examples per dataset (default: sized for 30 minutes on 2 cores)")
     bench.add_argument("--lengths", help="efficiency context lengths, comma separated (default 512..8192)")
     bench.add_argument("--out", default="bench-out")

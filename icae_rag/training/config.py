@@ -10,16 +10,13 @@ from typing import Any
 import yaml
 
 from ..compressors import compressor_kinds
+from ..datasets import dataset_names, get_dataset, load_dataset
 from ..errors import ConfigError, MissingFileError
-
-# wikitext2-test is the held-out fidelity set: it is never a training source.
-TEXT_SOURCES = ("gutenberg", "wikitext2-valid", "tinyshakespeare", "jsonl-text")
-QA_SOURCES = ("squad-train", "jsonl-qa", "nq-open-oracle", "qed-nq-dev", "boolq-dev", "pubmedqa", "clapnq-dev")
 
 
 @dataclass
 class DataSource:
-    """One training data source: a named set from ../shared/data or a user's JSONL file."""
+    """One training data source: a data set registered for training (`dataset_names(use="train")`)."""
 
     name: str
     path: str | None = None  # for jsonl-text / jsonl-qa
@@ -30,9 +27,10 @@ class DataSource:
     keep_unanswerable: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in TEXT_SOURCES + QA_SOURCES:
-            raise ConfigError(f"unknown data source {self.name!r}: use one of {sorted(TEXT_SOURCES + QA_SOURCES)}")
-        if self.name.startswith("jsonl") and not self.path:
+        sources = dataset_names(use="train")
+        if self.name not in sources:
+            raise ConfigError(f"unknown data source {self.name!r}: use one of {sorted(sources)}")
+        if "path" in get_dataset(self.name).params and not self.path:
             raise ConfigError(f"data source {self.name!r} needs a 'path' to a JSONL file")
         if self.squad_version not in ("v1.1", "v2.0"):
             raise ConfigError(f"squad_version must be 'v1.1' or 'v2.0', got {self.squad_version!r}")
@@ -42,7 +40,11 @@ class DataSource:
     @property
     def is_qa(self) -> bool:
         """True for question-answer sources (fine-tuning), False for plain text (pretraining)."""
-        return self.name in QA_SOURCES
+        return get_dataset(self.name).records == "qa"
+
+    def load(self, root: Path | None) -> list:
+        """The source's documents or QA examples."""
+        return load_dataset(self.name, root, **{p: getattr(self, p) for p in get_dataset(self.name).params})
 
 
 @dataclass

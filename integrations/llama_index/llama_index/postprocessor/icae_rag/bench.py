@@ -33,6 +33,7 @@ from llama_index.core.schema import MetadataMode
 from pydantic import Field
 
 from icae_rag.compressors import shipped_kinds
+from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, score_predictions
@@ -42,8 +43,6 @@ from icae_rag.slot_store import SlotStore
 from .engine import build_faiss_index, build_query_engine
 from .ingestion import SoftPromptIngestion
 from .postprocessor import SoftPromptCompressEndEvent
-
-DATASETS = ("squad", "covid")
 
 
 @dataclass
@@ -88,25 +87,20 @@ class EventCollector(BaseEventHandler):
 
 def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], dict[str, Any]]:
     """Seeded documents and questions over them; SQuAD uses only the 13 held-out articles."""
-    from icae_rag import datasets as readers
-
-    if opts.dataset not in DATASETS:
-        raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {DATASETS}")
+    if opts.dataset not in dataset_names(use="rag"):
+        raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {dataset_names(use='rag')}")
     if opts.limit <= 0 or opts.documents <= 0:
         raise InvalidInputError("--limit and --documents must be positive")
     rng = random.Random(opts.seed)
-    if opts.dataset == "squad":
-        by_doc: dict[str, list] = defaultdict(list)
-        for ex in readers.load_squad("heldout", root=opts.data_root):
-            by_doc[ex.title].append(ex)
-        texts = {t: "\n\n".join(dict.fromkeys(ex.context for ex in exs)) for t, exs in by_doc.items()}
-        split = "SQuAD v1.1 dev, held-out articles (never trained on), each article one document"
-    else:
-        by_doc = defaultdict(list)
-        for ex in readers.load_covid_qa(root=opts.data_root):
-            by_doc[ex.doc_id].append(ex)
-        texts = {d: exs[0].document for d, exs in by_doc.items()}
-        split = "COVID-QA (evaluation only), whole papers"
+    dataset = get_dataset(opts.dataset)
+    by_doc: dict[str, list] = defaultdict(list)
+    for ex in dataset.load(opts.data_root):
+        by_doc[ex.doc_id if isinstance(ex, LongDocQA) else ex.title].append(ex)
+    # A long-document set's question carries its whole document; a paragraph set's article is its
+    # paragraphs joined.
+    texts = {d: exs[0].document if isinstance(exs[0], LongDocQA) else "\n\n".join(dict.fromkeys(ex.context for ex in exs))
+             for d, exs in by_doc.items()}
+    split = f"{dataset.description}, " + ("whole documents" if dataset.records == "longqa" else "each article one document")
     chosen = rng.sample(sorted(by_doc), min(opts.documents, len(by_doc)))
     questions = [ex for d in chosen for ex in by_doc[d]]
     questions = rng.sample(questions, min(opts.limit, len(questions)))
@@ -230,7 +224,7 @@ def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchO
 def main(argv: list[str] | None = None) -> int:
     """Command line: load data (checked before any model), models, run, write results.json / results.md."""
     p = argparse.ArgumentParser(prog="python -m llama_index.postprocessor.icae_rag.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=DATASETS, default="squad")
+    p.add_argument("--dataset", choices=dataset_names(use="rag"), default="squad")
     p.add_argument("--limit", type=int, default=40, help="questions")
     p.add_argument("--documents", type=int, default=3, help="long documents indexed (questions come from them)")
     p.add_argument("--compressor", action="append", dest="compressors",
