@@ -163,6 +163,19 @@ def test_bad_configs_fail_before_training(corpus, tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_compressor_config_is_checked_by_the_kinds_config_class(corpus, tmp_path):
+    bad = {"ratoi": 4, "spam": 1, "span_tokens": 30}
+    with pytest.raises(ConfigError, match="compressor_config") as err:
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config=bad, lr=-1.0, steps=0))
+    message = str(err.value)
+    assert "'ratoi'" in message and "'spam'" in message and "valid keys" in message, "every unknown key at once"
+    assert "steps must be positive" in message, "with the rest of the config's errors"
+    with pytest.raises(ConfigError, match="divisible"):
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config={"span_tokens": 30, "ratio": 4}))
+    with pytest.raises(ConfigError, match="mapping"):
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config=[4]))
+
+
 def test_resume_refuses_a_changed_config(corpus, tmp_path):
     train(train_config_from_dict(tiny_config(corpus, tmp_path / "r")), stop_after_steps=1, progress=False)
     with pytest.raises(ConfigError, match="config changed"):

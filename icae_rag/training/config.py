@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..compressors import compressor_kinds
+from ..compressors.base import compressor_config_from_dict, get_compressor_class
 from ..datasets import dataset_names, get_dataset, load_dataset
 from ..errors import ConfigError, MissingFileError
 
@@ -88,6 +89,8 @@ class TrainConfig:
         trainable = compressor_kinds(trainable=True)
         if self.compressor not in trainable:
             errors.append(f"compressor must be one of the trainable kinds {trainable}, got {self.compressor!r}")
+        else:
+            errors += _compressor_config_errors(self.compressor, self.compressor_config)
         if self.stage not in ("pretrain", "finetune"):
             errors.append(f"stage must be 'pretrain' or 'finetune', got {self.stage!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -114,6 +117,17 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON next to checkpoints)."""
         return dataclasses.asdict(self)
+
+
+def _compressor_config_errors(kind: str, values: Any) -> list[str]:
+    """What is wrong with `compressor_config` for `kind`, checked by the kind's config dataclass."""
+    if not isinstance(values, dict):
+        return [f"compressor_config must be a mapping of {kind} config keys, got {type(values).__name__}"]
+    try:
+        compressor_config_from_dict(get_compressor_class(kind)[0], values, strict=True)
+    except (ConfigError, TypeError) as e:
+        return [f"compressor_config: {e}"]
+    return []
 
 
 def train_config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
