@@ -8,7 +8,7 @@ to the first compressor's budget, scored by the same local decoder). Per mode: d
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
 resident-memory rise, answer-contained / F1 / EM with bootstrap intervals. All in one run.
 
-    python -m llama_index.postprocessor.icae_rag.bench --dataset covid --limit 40 --out bench-rag
+    python -m benchmarks.llamaindex_rag --dataset covid --limit 40 --out bench-rag
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
+from llama_index.postprocessor.icae_rag import (
+    SoftPromptCompressEndEvent,
+    SoftPromptIngestion,
+    build_faiss_index,
+    build_query_engine,
+)
 from pydantic import Field
 
 from icae_rag.compressors import shipped_kinds
@@ -39,10 +45,6 @@ from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.slot_store import SlotStore
-
-from .engine import build_faiss_index, build_query_engine
-from .ingestion import SoftPromptIngestion
-from .postprocessor import SoftPromptCompressEndEvent
 
 
 @dataclass
@@ -223,7 +225,7 @@ def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchO
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: load data (checked before any model), models, run, write results.json / results.md."""
-    p = argparse.ArgumentParser(prog="python -m llama_index.postprocessor.icae_rag.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.llamaindex_rag", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=dataset_names(use="rag"), default="squad")
     p.add_argument("--limit", type=int, default=40, help="questions")
     p.add_argument("--documents", type=int, default=3, help="long documents indexed (questions come from them)")
