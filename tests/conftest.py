@@ -33,11 +33,22 @@ def _tiny_protos() -> dict:
     return {}
 
 
-def _tiny(kind: str, protos: dict):
+def _proto(kind: str, protos: dict):
     if kind not in protos:
         protos[kind] = new_compressor(kind, device="cpu", **TINY_CONFIGS[kind])
+    return protos[kind]
+
+
+def _tiny(kind: str, protos: dict):
     # A text-reading baseline has no state a test could change; any other kind is copied.
-    return protos[kind] if protos[kind].reads_text else copy.deepcopy(protos[kind])
+    proto = _proto(kind, protos)
+    return proto if proto.reads_text else copy.deepcopy(proto)
+
+
+@pytest.fixture(scope="session")
+def _icae_proto(_tiny_protos):
+    """The session's tiny ICAE itself, for module-scoped fixtures (copy it before use)."""
+    return _proto("icae", _tiny_protos)
 
 
 @pytest.fixture
