@@ -49,14 +49,12 @@ class BenchOptions:
 def _checkpoint_decoder(spec: str) -> str:
     """The decoder a compressor spec will load, read from JSON only (no model)."""
     from ..compressors import compressor_kinds, shipped_checkpoint
-    from ..compressors.base import read_checkpoint
+    from ..compressors.base import get_compressor_class, read_checkpoint
 
     if spec in compressor_kinds():
         shipped = shipped_checkpoint(spec)
         if shipped is None:
-            from ..backbones import DEFAULT_DECODER
-
-            return DEFAULT_DECODER
+            return get_compressor_class(spec)[0]().decoder  # what new_compressor(spec) loads
         spec = str(shipped)
     path = Path(spec)
     if not path.exists():
