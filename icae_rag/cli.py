@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,29 @@ def _print_human(result: dict[str, Any]) -> None:
         print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
 
 
+class _RegisteredKinds:
+    """argparse choices: the registered compressor kinds with these traits, listed only when argparse
+    checks a value or prints help, so `--version` and `--help` do not import torch (registering the
+    built-in kinds does). Arguments using it set `metavar`: without one argparse lists the choices
+    while the parser is built."""
+
+    def __init__(self, **traits: bool) -> None:
+        self._traits = traits
+
+    def _names(self) -> list[str]:
+        from .compressors import compressor_kinds
+
+        return compressor_kinds(**self._traits)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
-    from .compressors import compressor_kinds
     from .datasets import dataset_names
 
     parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
@@ -156,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, compressor: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if compressor:
-            p.add_argument("--compressor", default="icae", choices=compressor_kinds())
+            p.add_argument("--compressor", default="icae", choices=_RegisteredKinds(), metavar="KIND",
+                           help="%(choices)s (default %(default)s)")
             p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
@@ -180,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_reconstruct)
 
     tr = sub.add_parser("train", help="train a compressor from a YAML config (resumable)")
-    tr.add_argument("kind", choices=compressor_kinds(trainable=True))
+    tr.add_argument("kind", choices=_RegisteredKinds(trainable=True), metavar="KIND", help="%(choices)s")
     tr.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
     tr.add_argument("--config", required=True, help="YAML training config (see icae_rag/configs/)")
     tr.add_argument("--resume", help="output directory of an interrupted run")
@@ -191,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark fidelity, QA quality and efficiency")
     bench.add_argument("suite", choices=["fidelity", "qa", "efficiency", "all"])
-    bench.add_argument("--compressor", action="append", choices=compressor_kinds(reads_text=False),
-                       help="repeatable; default: the kinds that ship a trained checkpoint")
+    bench.add_argument("--compressor", action="append", choices=_RegisteredKinds(reads_text=False), metavar="KIND",
+                       help="%(choices)s (repeatable; default: the kinds that ship a trained checkpoint)")
     bench.add_argument("--checkpoint", action="append", help="checkpoint directory (repeatable; replaces --compressor)")
     bench.add_argument("--data", help="fidelity: a .txt or {text} JSONL file; qa: a {context,question,answer} JSONL")
     bench.add_argument("--dataset", action="append", choices=dataset_names(use="bench-qa"),
