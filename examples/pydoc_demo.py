@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from icae_rag.compressors import compressor_kinds, shipped_kinds
+
 TOPICS = ("if", "while", "for", "with", "context-managers")
 QUESTION = "Which statement is used to wrap the execution of a block with methods defined by a context manager?"
 
@@ -22,7 +24,8 @@ def main() -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n\n".join(pydoc_data.topics.topics[t].strip() for t in TOPICS), encoding="utf-8")
     print(f"document: {doc} (pydoc topics {', '.join(TOPICS)})\nquestion: {QUESTION}\n")
-    for kind in ("raw", "icae", "e2llm"):
+    # The raw-text baseline first, then each kind that ships a trained checkpoint.
+    for kind in [*compressor_kinds(reads_text=True), *shipped_kinds()]:
         out = subprocess.run([sys.executable, "-m", "icae_rag.cli", "ask", "--json", "--context", str(doc),
                               "--compressor", kind, QUESTION], capture_output=True, text=True, check=False)
         if out.returncode:

@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
+# Public names -> defining module; imported on first use so `import icae_rag.datasets` stays light.
 _EXPORTS = {
     "Answer": "generation",
     "Compressor": "compressors",

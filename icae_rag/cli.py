@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from .errors import IcaeRagError, InvalidInputError
 
 
 def _read_text(path: str) -> str:
-    from .data import read_text_file
+    from .datasets import read_text_file
 
     return read_text_file(Path(path))
 
@@ -33,7 +34,7 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     compressor = _load(args)
     t1 = time.perf_counter()
-    contexts = texts if compressor.kind == "raw" else compressor.compress_many(texts)
+    contexts = texts if compressor.reads_text else compressor.compress_many(texts)
     t2 = time.perf_counter()
     ans = compressor.answer(args.question, contexts, max_new_tokens=args.max_new_tokens)
     return {
@@ -144,8 +145,31 @@ def _print_human(result: dict[str, Any]) -> None:
         print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
 
 
+class _RegisteredKinds:
+    """argparse choices: the registered compressor kinds with these traits, listed only when argparse
+    checks a value or prints help, so `--version` and `--help` do not import torch (registering the
+    built-in kinds does). Arguments using it set `metavar`: without one argparse lists the choices
+    while the parser is built."""
+
+    def __init__(self, **traits: bool) -> None:
+        self._traits = traits
+
+    def _names(self) -> list[str]:
+        from .compressors import compressor_kinds
+
+        return compressor_kinds(**self._traits)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
+    from .datasets import dataset_names
+
     parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
     parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, compressor: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if compressor:
-            p.add_argument("--compressor", default="icae", choices=["icae", "e2llm", "raw"])
+            p.add_argument("--compressor", default="icae", choices=_RegisteredKinds(), metavar="KIND",
+                           help="%(choices)s (default %(default)s)")
             p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
@@ -177,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_reconstruct)
 
     tr = sub.add_parser("train", help="train a compressor from a YAML config (resumable)")
-    tr.add_argument("kind", choices=["icae", "e2llm"])
+    tr.add_argument("kind", choices=_RegisteredKinds(trainable=True), metavar="KIND", help="%(choices)s")
     tr.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
     tr.add_argument("--config", required=True, help="YAML training config (see icae_rag/configs/)")
     tr.add_argument("--resume", help="output directory of an interrupted run")
@@ -188,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark fidelity, QA quality and efficiency")
     bench.add_argument("suite", choices=["fidelity", "qa", "efficiency", "all"])
-    bench.add_argument("--compressor", action="append", choices=["icae", "e2llm"], help="repeatable; default both")
+    bench.add_argument("--compressor", action="append", choices=_RegisteredKinds(reads_text=False), metavar="KIND",
+                       help="%(choices)s (repeatable; default: the kinds that ship a trained checkpoint)")
     bench.add_argument("--checkpoint", action="append", help="checkpoint directory (repeatable; replaces --compressor)")
     bench.add_argument("--data", help="fidelity: a .txt or {text} JSONL file; qa: a {context,question,answer} JSONL")
-    bench.add_argument("--dataset", action="append", choices=["squad", "nq", "covid"], help="qa datasets (repeatable)")
+    bench.add_argument("--dataset", action="append", choices=dataset_names(use="bench-qa"),
+                       help="qa datasets (repeatable; default: " + ", ".join(dataset_names(use="bench-qa-default")) + ")")
     bench.add_argument("--limit", type=int, help="examples per dataset (default: sized for 30 minutes on 2 cores)")
     bench.add_argument("--lengths", help="efficiency context lengths, comma separated (default 512..8192)")
     bench.add_argument("--out", default="bench-out")

@@ -12,16 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import kv_attention
-from .compressors.base import Compressor, check_text
 from .errors import BackboneMismatchError, InvalidInputError
 from .kv_attention import KvView
 from .kv_memory import KvMemory, token_ids_sha256
 from .memory import Memory
 from .soft_prompt import SoftPrompt
+from .text import check_text
+
+if TYPE_CHECKING:
+    from .compressors.base import Compressor
 
 _PLACEHOLDER = "<<icae_rag:context>>"
 INSTRUCTIONS = {

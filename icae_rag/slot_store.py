@@ -335,6 +335,6 @@ class SlotStore:
 
 
 def _check(text: object) -> str:
-    from .compressors.base import check_text
+    from .text import check_text
 
     return check_text(text)

@@ -8,6 +8,7 @@ import pytest
 
 from icae_rag import new_compressor
 from icae_rag.backbones import TINY_DECODER, TINY_ENCODER
+from icae_rag.compressors import compressor_kinds
 
 TINY_ICAE = dict(decoder=TINY_DECODER, span_tokens=32, ratio=4, lora_r=4, lora_alpha=8)
 TINY_E2LLM = dict(decoder=TINY_DECODER, encoder=TINY_ENCODER, chunk_tokens=24, soft_tokens_per_chunk=2,
@@ -20,43 +21,61 @@ TEXT = (
 )
 
 
-@pytest.fixture(scope="session")
-def _icae_proto():
-    return new_compressor("icae", device="cpu", **TINY_ICAE)
+# Tiny settings per kind; `tiny_compressor` runs every registered kind listed here and skips the
+# others. "kvzip" is only used where that kind is registered.
+TINY_CONFIGS = {"icae": TINY_ICAE, "e2llm": TINY_E2LLM, "raw": dict(decoder=TINY_DECODER),
+                "kvzip": dict(decoder=TINY_DECODER)}
 
 
 @pytest.fixture(scope="session")
-def _e2llm_proto():
-    return new_compressor("e2llm", device="cpu", **TINY_E2LLM)
+def _tiny_protos() -> dict:
+    """Tiny compressors by kind, each built once per session on first use."""
+    return {}
+
+
+def _proto(kind: str, protos: dict):
+    if kind not in protos:
+        protos[kind] = new_compressor(kind, device="cpu", **TINY_CONFIGS[kind])
+    return protos[kind]
+
+
+def _tiny(kind: str, protos: dict):
+    # A text-reading baseline has no state a test could change; any other kind is copied.
+    proto = _proto(kind, protos)
+    return proto if proto.reads_text else copy.deepcopy(proto)
 
 
 @pytest.fixture(scope="session")
-def _raw_proto():
-    return new_compressor("raw", device="cpu", decoder=TINY_DECODER)
+def _icae_proto(_tiny_protos):
+    """The session's tiny ICAE itself, for module-scoped fixtures (copy it before use)."""
+    return _proto("icae", _tiny_protos)
 
 
 @pytest.fixture
-def tiny_icae(_icae_proto):
+def tiny_icae(_tiny_protos):
     """A fresh copy of an untrained tiny ICAE compressor (tests may mutate it)."""
-    return copy.deepcopy(_icae_proto)
+    return _tiny("icae", _tiny_protos)
 
 
 @pytest.fixture
-def tiny_e2llm(_e2llm_proto):
+def tiny_e2llm(_tiny_protos):
     """A fresh copy of an untrained tiny E2LLM compressor."""
-    return copy.deepcopy(_e2llm_proto)
+    return _tiny("e2llm", _tiny_protos)
 
 
 @pytest.fixture
-def tiny_raw(_raw_proto):
+def tiny_raw(_tiny_protos):
     """The raw-text baseline on the tiny decoder."""
-    return _raw_proto
+    return _tiny("raw", _tiny_protos)
 
 
-@pytest.fixture(params=["icae", "e2llm", "raw"])
-def tiny_compressor(request):
-    """Each compressor kind in turn, on tiny backbones."""
-    return request.getfixturevalue(f"tiny_{request.param}")
+@pytest.fixture(params=compressor_kinds())
+def tiny_compressor(request, _tiny_protos):
+    """Each registered compressor kind in turn, on tiny backbones."""
+    if request.param not in TINY_CONFIGS:
+        pytest.skip(f"no tiny config for compressor kind {request.param!r}: add one to TINY_CONFIGS in "
+                    "tests/conftest.py")
+    return _tiny(request.param, _tiny_protos)
 
 
 def spy_compress(compressor, monkeypatch) -> list[int]:

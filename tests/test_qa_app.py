@@ -202,7 +202,7 @@ def test_compressed_and_raw_modes_read_the_same_passages_differently(tmp_path, c
 
 def service_texts(service) -> list[str]:
     """What the decoder reads for every indexed node in raw mode."""
-    from llama_index.postprocessor.icae_rag._shared import node_text
+    from llama_index.postprocessor.icae_rag import node_text
 
     return [node_text(n) for n in service._index.docstore.docs.values()]
 

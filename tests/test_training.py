@@ -14,7 +14,7 @@ import torch
 
 from icae_rag import load_compressor
 from icae_rag.errors import CheckpointError, ConfigError, DataError, MissingFileError
-from icae_rag.training.config import config_from_dict, load_config
+from icae_rag.training.config import load_config, train_config_from_dict
 from icae_rag.training.ship import ship
 from icae_rag.training.trainer import lr_at, train
 
@@ -59,7 +59,7 @@ def losses(out: Path) -> list[float]:
 
 def test_loss_falls(corpus, tmp_path):
     # One fixed batch, repeated: a working loop must fit it.
-    cfg = config_from_dict(tiny_config(corpus, tmp_path / "run", steps=25, lr=1e-2, micro_batch=2,
+    cfg = train_config_from_dict(tiny_config(corpus, tmp_path / "run", steps=25, lr=1e-2, micro_batch=2,
                                        data=[{"name": "jsonl-text", "path": str(corpus), "max_items": 1}],
                                        ae_lambda=1.0, continuation_tokens=1))
     train(cfg, progress=False)
@@ -68,9 +68,9 @@ def test_loss_falls(corpus, tmp_path):
 
 
 def test_resume_replays_exactly(corpus, tmp_path):
-    full = config_from_dict(tiny_config(corpus, tmp_path / "a"))
+    full = train_config_from_dict(tiny_config(corpus, tmp_path / "a"))
     train(full, progress=False)
-    split = config_from_dict(tiny_config(corpus, tmp_path / "b"))
+    split = train_config_from_dict(tiny_config(corpus, tmp_path / "b"))
     stopped = train(split, stop_after_steps=3, progress=False)
     assert stopped.name == "checkpoint" and len(losses(tmp_path / "b")) == 3
     final = train(split, resume=tmp_path / "b", progress=False)
@@ -83,7 +83,7 @@ def test_resume_replays_exactly(corpus, tmp_path):
 
 
 def test_final_checkpoint_is_trained_and_records_the_run(corpus, tmp_path):
-    final = train(config_from_dict(tiny_config(corpus, tmp_path / "r", steps=2)), progress=False)
+    final = train(train_config_from_dict(tiny_config(corpus, tmp_path / "r", steps=2)), progress=False)
     meta = json.loads((final / "compressor_config.json").read_text())
     assert meta["trained"] is True
     info = meta["training"]
@@ -108,8 +108,8 @@ def test_ship_refuses_an_unfinished_run(tmp_path):
 
 
 def test_finetune_on_user_qa_jsonl(qa, corpus, tmp_path):
-    pre = train(config_from_dict(tiny_config(corpus, tmp_path / "pre", steps=1)), progress=False)
-    cfg = config_from_dict(tiny_config(corpus, tmp_path / "ft", stage="finetune", init_from=str(pre),
+    pre = train(train_config_from_dict(tiny_config(corpus, tmp_path / "pre", steps=1)), progress=False)
+    cfg = train_config_from_dict(tiny_config(corpus, tmp_path / "ft", stage="finetune", init_from=str(pre),
                                        compressor_config={}, data=[{"name": "jsonl-qa", "path": str(qa)}], steps=2))
     final = train(cfg, progress=False)
     info = json.loads((final / "compressor_config.json").read_text())["training"]
@@ -118,7 +118,7 @@ def test_finetune_on_user_qa_jsonl(qa, corpus, tmp_path):
 
 def test_keep_unanswerable_subsamples_unanswerable_questions_only(tmp_path):
     from icae_rag.backbones import load_decoder
-    from icae_rag.training.data import build_samples
+    from icae_rag.training.samples import build_samples
 
     path = tmp_path / "qa.jsonl"
     with path.open("w") as f:
@@ -128,7 +128,7 @@ def test_keep_unanswerable_subsamples_unanswerable_questions_only(tmp_path):
     tok = load_decoder("tiny-llama", device="cpu").tokenizer
 
     def split(keep: float):
-        cfg = config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
+        cfg = train_config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
             {"name": "jsonl-qa", "path": str(path), "keep_unanswerable": keep}]))
         return build_samples(cfg, tok)
 
@@ -140,37 +140,50 @@ def test_keep_unanswerable_subsamples_unanswerable_questions_only(tmp_path):
     assert len(answered) == 100, "every answerable question is kept"
     assert split(0.2).record == some.record, "the choice is a function of the seed"
     with pytest.raises(ConfigError, match="keep_unanswerable"):
-        config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
+        train_config_from_dict(tiny_config(path, tmp_path, stage="finetune", data=[
             {"name": "jsonl-qa", "path": str(path), "keep_unanswerable": 1.5}]))
 
 
 def test_bad_configs_fail_before_training(corpus, tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'stepz'") as err:
-        config_from_dict(tiny_config(corpus, tmp_path, stepz=3, lrr=2))
+        train_config_from_dict(tiny_config(corpus, tmp_path, stepz=3, lrr=2))
     assert "lrr" in str(err.value), "every bad key is reported at once"
     with pytest.raises(ConfigError, match="plain text"):
-        config_from_dict(tiny_config(corpus, tmp_path, stage="finetune"))
+        train_config_from_dict(tiny_config(corpus, tmp_path, stage="finetune"))
     with pytest.raises(ConfigError, match="unknown data source"):
-        config_from_dict(tiny_config(corpus, tmp_path, data=[{"name": "wikitext2-test"}]))
+        train_config_from_dict(tiny_config(corpus, tmp_path, data=[{"name": "wikitext2-test"}]))
     with pytest.raises(MissingFileError):
-        train(config_from_dict(tiny_config(tmp_path / "missing.jsonl", tmp_path / "x")), progress=False)
+        train(train_config_from_dict(tiny_config(tmp_path / "missing.jsonl", tmp_path / "x")), progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError):
-        train(config_from_dict(tiny_config(empty, tmp_path / "y")), progress=False)
+        train(train_config_from_dict(tiny_config(empty, tmp_path / "y")), progress=False)
     assert not (tmp_path / "x" / "metrics.jsonl").exists() and not (tmp_path / "y" / "metrics.jsonl").exists()
     with pytest.raises(MissingFileError):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_compressor_config_is_checked_by_the_kinds_config_class(corpus, tmp_path):
+    bad = {"ratoi": 4, "spam": 1, "span_tokens": 30}
+    with pytest.raises(ConfigError, match="compressor_config") as err:
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config=bad, lr=-1.0, steps=0))
+    message = str(err.value)
+    assert "'ratoi'" in message and "'spam'" in message and "valid keys" in message, "every unknown key at once"
+    assert "steps must be positive" in message, "with the rest of the config's errors"
+    with pytest.raises(ConfigError, match="divisible"):
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config={"span_tokens": 30, "ratio": 4}))
+    with pytest.raises(ConfigError, match="mapping"):
+        train_config_from_dict(tiny_config(corpus, tmp_path, compressor_config=[4]))
+
+
 def test_resume_refuses_a_changed_config(corpus, tmp_path):
-    train(config_from_dict(tiny_config(corpus, tmp_path / "r")), stop_after_steps=1, progress=False)
+    train(train_config_from_dict(tiny_config(corpus, tmp_path / "r")), stop_after_steps=1, progress=False)
     with pytest.raises(ConfigError, match="config changed"):
-        train(config_from_dict(tiny_config(corpus, tmp_path / "r", lr=0.5)), resume=tmp_path / "r", progress=False)
+        train(train_config_from_dict(tiny_config(corpus, tmp_path / "r", lr=0.5)), resume=tmp_path / "r", progress=False)
 
 
 def test_lr_schedule():
-    cfg = config_from_dict({"compressor": "icae", "stage": "pretrain", "data": [{"name": "gutenberg"}],
+    cfg = train_config_from_dict({"compressor": "icae", "stage": "pretrain", "data": [{"name": "gutenberg"}],
                             "steps": 100, "warmup_steps": 10, "lr": 1.0})
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=0.01)

@@ -29,17 +29,19 @@ from typing import Any
 from llama_index.core import Document
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
+
+# SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
+# component using the same compressor object share; TokenStream decodes under that lock.
 from llama_index.postprocessor.icae_rag import (
+    SlotCache,
     SlotStore,
     SoftPromptIngestion,
+    TokenStream,
     build_faiss_index,
     default_embed_model,
     load_faiss_index,
+    node_text,
 )
-
-# The per-compressor lock and the threaded token stream live here; reused so the app, the
-# ingestion step and any LlamaIndex component share one lock per compressor object.
-from llama_index.postprocessor.icae_rag._shared import SlotCache, TokenStream, node_text
 
 from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.generation import build_prompt

@@ -14,8 +14,8 @@ from . import e2llm, icae, kvzip, raw  # noqa: F401  (registers the built-in kin
 from .base import (
     Compressor,
     check_backbone,
+    compressor_config_from_dict,
     compressor_kinds,
-    config_from_dict,
     get_compressor_class,
     read_checkpoint,
     register_compressor,
@@ -48,7 +48,13 @@ __all__ = [
     "parse_spec",
     "register_compressor",
     "shipped_checkpoint",
+    "shipped_kinds",
 ]
+
+
+def shipped_kinds() -> list[str]:
+    """The kinds that ship a trained checkpoint: what benchmarks compare by default, in report order."""
+    return list(SHIPPED)
 
 
 def shipped_checkpoint(kind: str) -> Path | None:
@@ -62,7 +68,7 @@ def new_compressor(kind: str, config: Any = None, *, device: str = "auto", dtype
     """A freshly initialised (untrained) compressor of `kind`, for training or tests."""
     config_cls, cls = get_compressor_class(kind)
     if config is None:
-        config = config_from_dict(config_cls, overrides, strict=True)
+        config = compressor_config_from_dict(config_cls, overrides, strict=True)
     elif overrides:
         raise InvalidInputError("pass either a config object or keyword overrides, not both")
     return cls.build(config, device=device, dtype=dtype)
@@ -86,7 +92,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: str = "auto", dtype: str = "auto") -> Compressor:
-    """Load a compressor: a checkpoint directory, a kind ("kvzip", "icae", "e2llm", "raw"), or a kind
+    """Load a compressor: a checkpoint directory, a registered kind (`compressor_kinds()`), or a kind
     with config values ("kvzip:ratio=8,storage=int8"); default ICAE.
 
     A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
@@ -124,7 +130,7 @@ def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: st
 def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:
     meta, state = read_checkpoint(path)
     config_cls, cls = get_compressor_class(meta["compressor_type"])
-    config = config_from_dict(config_cls, meta["config"], strict=False)
+    config = compressor_config_from_dict(config_cls, meta["config"], strict=False)
     compressor = cls.build(config, device=device, dtype=dtype)
     for role, info in meta["backbones"].items():
         loaded = getattr(compressor, role)

@@ -26,6 +26,7 @@ from ..errors import (
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..memory import Memory
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
+from ..text import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compre
     compressor_cls.kind = kind
 
 
-def compressor_kinds() -> list[str]:
-    """Names of the registered compressors."""
-    return sorted(_REGISTRY)
+def compressor_kinds(*, reads_text: bool | None = None, trainable: bool | None = None) -> list[str]:
+    """Names of the registered compressors, read now; optionally only those with these class traits."""
+    return sorted(kind for kind, (_, cls) in _REGISTRY.items()
+                  if reads_text in (None, cls.reads_text) and trainable in (None, cls.trainable))
 
 
 def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
@@ -56,7 +58,7 @@ def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
     return _REGISTRY[kind]
 
 
-def config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
+def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
     """Build a config dataclass; unknown keys raise (strict) or are dropped with a warning."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data) - names)
@@ -73,11 +75,17 @@ def config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) ->
 class Compressor(nn.Module):
     """Turns text into a `SoftPrompt` for one decoder, and answers from soft prompts.
 
-    Subclasses set `kind` (by registration), implement `compress_many`, and may override
+    Subclasses set `kind` (by registration), implement `encode`, and may override
     `decoding()` (the context in which the decoder reads) and `mode_embedding`.
     """
 
     kind: ClassVar[str] = ""
+    # True for a baseline whose "soft prompt" is the text's own token embeddings: callers hand it
+    # the text, it is what compressed modes are measured against, and its soft prompts depend
+    # only on the backbone.
+    reads_text: ClassVar[bool] = False
+    # True when `icae-rag train` can train the kind (it has tensors in `trainable_state_dict`).
+    trainable: ClassVar[bool] = False
 
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()
@@ -177,7 +185,9 @@ class Compressor(nn.Module):
                 f"{self.backbone_id}: re-compress the text with this compressor")
         if prompt.readable_by_any_compressor:
             return
-        if prompt.compressor != "raw" and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
+        made_by = _REGISTRY.get(prompt.compressor)
+        reads_text = made_by is not None and made_by[1].reads_text
+        if not reads_text and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
             raise BackboneMismatchError(
                 f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")
@@ -238,15 +248,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-def check_text(text: object) -> str:
-    """Validate one input text: a non-empty, non-whitespace str."""
-    if not isinstance(text, str):
-        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidInputError("text is empty or only whitespace: pass the document's text")
-    return text
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
 from ..chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
-from .base import Compressor, Encoded, check_text, register_compressor
+from ..text import check_text
+from .base import Compressor, Encoded, register_compressor
 
 
 @dataclass
@@ -74,6 +75,8 @@ class AttentionPooling(nn.Module):
 
 class E2llmCompressor(Compressor):
     """E2LLM compressor: sentence encoder + adapter, `m` soft tokens per chunk."""
+
+    trainable = True
 
     def __init__(self, config: E2llmConfig, decoder: DecoderBackbone, encoder: EncoderBackbone) -> None:
         from peft import LoraConfig, get_peft_model

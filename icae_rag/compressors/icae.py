@@ -72,6 +72,8 @@ class IcaeConfig:
 class IcaeCompressor(Compressor):
     """ICAE compressor: LoRA encoder + k memory embeddings per span; frozen decoder reads slots."""
 
+    trainable = True
+
     def __init__(self, config: IcaeConfig, decoder: DecoderBackbone) -> None:
         super().__init__(config, decoder)
         # Seeded without touching the caller's RNG: an untrained compressor is the same on every

@@ -34,7 +34,8 @@ from ..errors import ConfigError, InvalidInputError
 from ..kv_attention import KvView, rerotate
 from ..kv_memory import STORAGE_DTYPES, KvMemory, prune_jointly, token_ids_sha256
 from ..soft_prompt import Piece, text_sha256
-from .base import Compressor, check_text, register_compressor
+from ..text import check_text
+from .base import Compressor, register_compressor
 
 
 @dataclass

@@ -22,6 +22,8 @@ class RawConfig:
 class RawTextCompressor(Compressor):
     """No compression: what the decoder reads is exactly the text's tokens."""
 
+    reads_text = True
+
     def __init__(self, config: RawConfig, decoder: DecoderBackbone) -> None:
         super().__init__(config, decoder)
         self.trained = True  # nothing to train: the baseline is always what it claims to be

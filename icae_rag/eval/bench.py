@@ -12,31 +12,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compressors import shipped_kinds
+from ..datasets import DEFAULT_BENCH_LIMIT, dataset_names, get_dataset, load_text
 from ..errors import BackboneMismatchError, CheckpointError, InvalidInputError, MissingFileError
 from .record import environment, write_report
 
 logger = logging.getLogger(__name__)
 SUITES = ("fidelity", "qa", "efficiency", "all")
-# Per suite when run by `all`: sized to finish in under 30 minutes on 2 CPU cores (fp32). COVID-QA
-# is small because its raw and LongLLMLingua modes read five 512-token passages per question.
-SIZES = {
-    "fidelity_limit": 4, "qa_limit": {"squad": 100, "nq": 30, "covid": 6}, "lengths": [512, 2048, 8192],
-}
+# Per suite when run by `all`: sized to finish in under 30 minutes on 2 CPU cores (fp32); the QA
+# data sets carry their own size (`Dataset.bench_limit`).
+SIZES = {"fidelity_limit": 4, "lengths": [512, 2048, 8192]}
 
 
 @dataclass
 class BenchOptions:
-    """What to run; `compressors` are kinds ("icae", "e2llm") or checkpoint directories."""
+    """What to run; `compressors` are kinds or checkpoint directories (default: the shipped kinds)."""
 
     suite: str
     out: str = "bench-out"
-    compressors: list[str] = field(default_factory=lambda: ["icae", "e2llm"])
+    compressors: list[str] = field(default_factory=shipped_kinds)
     data: str | None = None
     data_root: str | None = None
     limit: int | None = None
     seed: int = 0
     device: str = "auto"
-    datasets: list[str] = field(default_factory=lambda: ["squad", "nq", "covid"])
+    datasets: list[str] = field(default_factory=lambda: dataset_names(use="bench-qa-default"))
     spans: list[int] = field(default_factory=lambda: [128, 512])
     lengths: list[int] = field(default_factory=lambda: list(SIZES["lengths"]))
     top_k: int = 5
@@ -48,17 +48,16 @@ class BenchOptions:
 
 def _checkpoint_decoder(spec: str) -> str:
     """The decoder a compressor spec will load, read from JSON only (no model)."""
-    from ..backbones import DEFAULT_DECODER
     from ..compressors import compressor_kinds, parse_spec, shipped_checkpoint
-    from ..compressors.base import read_checkpoint
+    from ..compressors.base import get_compressor_class, read_checkpoint
 
     parsed = parse_spec(spec)
     if parsed is not None and shipped_checkpoint(parsed[0]) is None:
-        return parsed[1].get("decoder", DEFAULT_DECODER)
+        return parsed[1].get("decoder", get_compressor_class(parsed[0])[0]().decoder)
     if spec in compressor_kinds():
         shipped = shipped_checkpoint(spec)
         if shipped is None:
-            return DEFAULT_DECODER
+            return get_compressor_class(spec)[0]().decoder  # what new_compressor(spec) loads
         spec = str(shipped)
     path = Path(spec)
     if not path.exists():
@@ -70,7 +69,7 @@ def _checkpoint_decoder(spec: str) -> str:
 def validate(opts: BenchOptions) -> dict[str, Any]:
     """Check the options and load the data; raise before any model loads."""
     from .fidelity import load_fidelity_texts
-    from .qa import QUESTION_DATASETS, load_items
+    from .qa import load_items
 
     if opts.suite not in SUITES:
         raise InvalidInputError(f"unknown suite {opts.suite!r}: choose one of {SUITES}")
@@ -79,8 +78,8 @@ def validate(opts: BenchOptions) -> dict[str, Any]:
     if opts.data is not None and not Path(opts.data).exists():
         raise MissingFileError(f"--data {opts.data} does not exist")
     for name in opts.datasets:
-        if name not in QUESTION_DATASETS:
-            raise InvalidInputError(f"unknown QA dataset {name!r}: choose from {QUESTION_DATASETS}")
+        if name not in dataset_names(use="bench-qa"):
+            raise InvalidInputError(f"unknown QA dataset {name!r}: choose from {dataset_names(use='bench-qa')}")
     decoders = {spec: _checkpoint_decoder(spec) for spec in opts.compressors}
     if len(set(decoders.values())) > 1:
         raise BackboneMismatchError(f"the compressors use different decoders {decoders}: compare compressors of one decoder")
@@ -94,12 +93,10 @@ def validate(opts: BenchOptions) -> dict[str, Any]:
         names = ["custom"] if (opts.data and opts.suite == "qa") else opts.datasets
         data["qa"] = {}
         for name in names:
-            limit = opts.limit or SIZES["qa_limit"].get(name, 100)
+            limit = opts.limit or (DEFAULT_BENCH_LIMIT if name == "custom" else get_dataset(name).bench_limit)
             data["qa"][name] = load_items(name, opts.data if name == "custom" else None, limit, opts.seed, root)
     if run["efficiency"]:
-        from .. import data as readers
-
-        data["efficiency_text"] = "\n".join(readers.load_text("wikitext2-test", root=root))
+        data["efficiency_text"] = "\n".join(load_text("wikitext2-test", root=root))
     data["run"] = run
     return data
 
@@ -144,7 +141,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         results["qa"] = {}
         md += ["## QA", ""]
         for name, (items, record) in data["qa"].items():
-            if name == "covid":
+            if name in dataset_names(records="longqa"):
                 encoder = encoder or load_encoder(device=str(raw.decoder.device))
                 retrieve(items, encoder, raw.decoder.tokenizer, opts.passage_tokens, opts.top_k)
                 record |= {"retrieval": f"FAISS IndexFlatIP, MiniLM normalised, top {opts.top_k} of "

@@ -37,8 +37,8 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
         context = any_comp.decoder.tokenizer.decode(ids[:length])
         for name, comp in modes.items():
             start = time.perf_counter()
-            ctx = [context] if comp.kind == "raw" else [comp.compress(context)]
-            compress = time.perf_counter() - start if comp.kind != "raw" else 0.0
+            ctx = [context] if comp.reads_text else [comp.compress(context)]
+            compress = 0.0 if comp.reads_text else time.perf_counter() - start
             with PeakRss() as mem:
                 ans = comp.answer(QUESTION, ctx, max_new_tokens=new_tokens)
             decode = (ans.new_tokens - 1) / (ans.seconds - ans.prefill_seconds) if ans.new_tokens > 1 else None
@@ -51,9 +51,10 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
                 "peak_rss_mb": mem.peak_mb,
             })
     by_key = {(r["mode"], r["context_tokens"]): r for r in rows}
+    baseline = next((name for name, comp in modes.items() if comp.reads_text), None)
     for r in rows:
-        raw = by_key.get(("raw", r["context_tokens"]))
-        if raw and r["mode"] != "raw":
+        raw = by_key.get((baseline, r["context_tokens"]))
+        if raw and r["mode"] != baseline:
             r["speedup_ttft_vs_raw"] = raw["ttft_seconds"] / r["ttft_seconds"]
             r["speedup_prefill_vs_raw"] = raw["prefill_seconds"] / r["prefill_seconds"]
             r["kv_reduction_vs_raw"] = raw["kv_cache_mb"] / r["kv_cache_mb"]

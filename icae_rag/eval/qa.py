@@ -22,8 +22,6 @@ from ..compressors.base import Compressor
 from ..errors import DataError
 from .metrics import answer_contained, bootstrap_ci, exact_match, is_abstention, token_f1
 
-QUESTION_DATASETS = ("squad", "nq", "covid")
-
 
 @dataclass
 class QAItem:
@@ -36,29 +34,21 @@ class QAItem:
 
 
 def load_items(dataset: str, data: str | None, limit: int, seed: int, root: Path | None) -> tuple[list[QAItem], dict]:
-    """Sample `limit` questions (seeded) from a named set or a user's QA JSONL; no model needed."""
-    from .. import data as readers
+    """Sample `limit` questions (seeded) from a `bench-qa` data set or a user's QA JSONL; no model needed."""
+    from ..datasets import LongDocQA, dataset_names, get_dataset, load_jsonl_qa
 
     if data is not None:
-        examples = readers.load_jsonl_qa(Path(data))
-        split = f"user file {data}"
-    elif dataset == "squad":
-        examples = readers.load_squad("heldout", root=root)
-        split = "SQuAD v1.1 dev, the 13 held-out articles (never trained on)"
-    elif dataset == "nq":
-        examples = readers.load_qa_set("nq-open-oracle", root=root)
-        split = "NQ-open oracle passages (not a training source of the shipped checkpoints)"
-    elif dataset == "covid":
-        docs = readers.load_covid_qa(root=root)
-        rng = random.Random(seed)
-        picked = rng.sample(docs, min(limit, len(docs)))
-        items = [QAItem(d.id, d.question, d.answers, [d.document]) for d in picked]
-        return items, {"dataset": "covid", "split": "COVID-QA (evaluation only)", "n": len(items), "seed": seed}
+        examples, split = load_jsonl_qa(Path(data)), f"user file {data}"
+    elif dataset in dataset_names(use="bench-qa"):
+        examples, split = get_dataset(dataset).load(root), get_dataset(dataset).description
     else:
-        raise DataError(f"unknown QA dataset {dataset!r}: use one of {QUESTION_DATASETS} or --data FILE.jsonl")
+        raise DataError(f"unknown QA dataset {dataset!r}: use one of {dataset_names(use='bench-qa')} "
+                        "or --data FILE.jsonl")
     rng = random.Random(seed)
     picked = rng.sample(examples, min(limit, len(examples)))
-    items = [QAItem(e.id, e.question, e.answers, [e.context]) for e in picked]
+    # A long-document question's passages are its whole document, cut and searched by `retrieve`.
+    items = [QAItem(e.id, e.question, e.answers, [e.document if isinstance(e, LongDocQA) else e.context])
+             for e in picked]
     return items, {"dataset": dataset if data is None else "custom", "split": split, "n": len(items), "seed": seed}
 
 

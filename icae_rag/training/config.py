@@ -9,16 +9,15 @@ from typing import Any
 
 import yaml
 
+from ..compressors import compressor_kinds
+from ..compressors.base import compressor_config_from_dict, get_compressor_class
+from ..datasets import dataset_names, get_dataset, load_dataset
 from ..errors import ConfigError, MissingFileError
-
-# wikitext2-test is the held-out fidelity set: it is never a training source.
-TEXT_SOURCES = ("gutenberg", "wikitext2-valid", "tinyshakespeare", "jsonl-text")
-QA_SOURCES = ("squad-train", "jsonl-qa", "nq-open-oracle", "qed-nq-dev", "boolq-dev", "pubmedqa", "clapnq-dev")
 
 
 @dataclass
 class DataSource:
-    """One training data source: a named set from ../shared/data or a user's JSONL file."""
+    """One training data source: a data set registered for training (`dataset_names(use="train")`)."""
 
     name: str
     path: str | None = None  # for jsonl-text / jsonl-qa
@@ -29,9 +28,10 @@ class DataSource:
     keep_unanswerable: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in TEXT_SOURCES + QA_SOURCES:
-            raise ConfigError(f"unknown data source {self.name!r}: use one of {sorted(TEXT_SOURCES + QA_SOURCES)}")
-        if self.name.startswith("jsonl") and not self.path:
+        sources = dataset_names(use="train")
+        if self.name not in sources:
+            raise ConfigError(f"unknown data source {self.name!r}: use one of {sorted(sources)}")
+        if "path" in get_dataset(self.name).params and not self.path:
             raise ConfigError(f"data source {self.name!r} needs a 'path' to a JSONL file")
         if self.squad_version not in ("v1.1", "v2.0"):
             raise ConfigError(f"squad_version must be 'v1.1' or 'v2.0', got {self.squad_version!r}")
@@ -41,7 +41,11 @@ class DataSource:
     @property
     def is_qa(self) -> bool:
         """True for question-answer sources (fine-tuning), False for plain text (pretraining)."""
-        return self.name in QA_SOURCES
+        return get_dataset(self.name).records == "qa"
+
+    def load(self, root: Path | None) -> list:
+        """The source's documents or QA examples."""
+        return load_dataset(self.name, root, **{p: getattr(self, p) for p in get_dataset(self.name).params})
 
 
 @dataclass
@@ -82,8 +86,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         errors = []
-        if self.compressor not in ("icae", "e2llm"):
-            errors.append(f"compressor must be 'icae' or 'e2llm', got {self.compressor!r}")
+        trainable = compressor_kinds(trainable=True)
+        if self.compressor not in trainable:
+            errors.append(f"compressor must be one of the trainable kinds {trainable}, got {self.compressor!r}")
+        else:
+            errors += _compressor_config_errors(self.compressor, self.compressor_config)
         if self.stage not in ("pretrain", "finetune"):
             errors.append(f"stage must be 'pretrain' or 'finetune', got {self.stage!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -112,7 +119,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+def _compressor_config_errors(kind: str, values: Any) -> list[str]:
+    """What is wrong with `compressor_config` for `kind`, checked by the kind's config dataclass."""
+    if not isinstance(values, dict):
+        return [f"compressor_config must be a mapping of {kind} config keys, got {type(values).__name__}"]
+    try:
+        compressor_config_from_dict(get_compressor_class(kind)[0], values, strict=True)
+    except (ConfigError, TypeError) as e:
+        return [f"compressor_config: {e}"]
+    return []
+
+
+def train_config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     """Build a TrainConfig, reporting every unknown or missing key at once."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
@@ -149,4 +167,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    return config_from_dict(raw | (overrides or {}), where=str(path))
+    return train_config_from_dict(raw | (overrides or {}), where=str(path))

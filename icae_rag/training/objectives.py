@@ -15,7 +15,7 @@ from torch import nn
 
 from ..compressors.base import Compressor
 from ..generation import build_prompt, stop_token_ids
-from .data import Sample
+from .samples import Sample
 
 
 def target_ids(compressor: Compressor, text: str, max_tokens: int | None = None) -> list[int]:

@@ -24,13 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compressors import load_compressor, new_compressor
-from ..compressors.base import config_from_dict, get_compressor_class, package_versions
+from ..compressors.base import compressor_config_from_dict, get_compressor_class, package_versions
 from ..errors import CheckpointError, ConfigError
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..runtime import resolve_device
 from .config import TrainConfig
-from .data import Sample, build_samples
 from .objectives import ObjectiveModule
+from .samples import Sample, build_samples
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _build_compressor(cfg: TrainConfig, device: str):
             logger.warning("compressor_config is ignored when init_from is set (the checkpoint's config is used)")
         return compressor
     config_cls, _ = get_compressor_class(cfg.compressor)
-    config = config_from_dict(config_cls, cfg.compressor_config, strict=True)
+    config = compressor_config_from_dict(config_cls, cfg.compressor_config, strict=True)
     return new_compressor(cfg.compressor, config, device=device, dtype="fp32")
 
 

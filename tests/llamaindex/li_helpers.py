@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
-from llama_index.postprocessor.icae_rag.bench import EventCollector
 
+from benchmarks.llamaindex_rag import EventCollector
 from conftest import TEXT, spy_compress
 
 __all__ = ["TEXTS", "EventCollector", "make_nodes", "spy_compress"]

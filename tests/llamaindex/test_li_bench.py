@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from llama_index.core import Document
-from llama_index.postprocessor.icae_rag.bench import (
+
+from benchmarks.llamaindex_rag import (
     RagBenchOptions,
     load_corpus,
     rag_markdown,
     run_rag_bench,
 )
-
 from conftest import TEXT
 from icae_rag.errors import InvalidInputError
 from icae_rag.eval.qa import QAItem

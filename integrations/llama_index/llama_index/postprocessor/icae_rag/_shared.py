@@ -7,6 +7,8 @@
 - `SlotCache`: a compressor plus its optional `SlotStore`, with a per-compressor lock and an
   in-memory table of recent soft prompts shared by every component that uses the same compressor
   object (so the synthesizer finds what the postprocessor just made, store or not).
+- `UsesCompressor` / `SoftPromptComponent`: the `compressor` and `slot_store` properties of every
+  component, and the fields and constructor the postprocessor and the ingestion step share.
 - `TokenStream`: decodes in a worker thread that holds the compressor lock, consumed as a sync or
   async generator.
 """
@@ -22,9 +24,10 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, Node
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.schema import BaseComponent, BaseNode, ImageNode, MetadataMode, Node
 
 from icae_rag.errors import InvalidInputError
 
@@ -79,7 +82,7 @@ def mark(node: BaseNode, value: str) -> BaseNode:
 
 def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
     """(compressor, name to serialise): an instance as is, else a kind or checkpoint dir loaded on `device`."""
-    from icae_rag.compressors import Compressor, load_compressor
+    from icae_rag.compressors import Compressor, compressor_kinds, load_compressor
 
     if isinstance(compressor, Compressor):
         return compressor, compressor.kind
@@ -87,7 +90,7 @@ def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
         compressor = "icae"
     if not isinstance(compressor, (str, os.PathLike)):
         raise InvalidInputError(
-            f"compressor must be an icae_rag Compressor, a kind ('icae', 'e2llm', 'raw') or a checkpoint "
+            f"compressor must be an icae_rag Compressor, a kind {compressor_kinds()} or a checkpoint "
             f"directory, got {type(compressor).__name__}")
     return load_compressor(compressor, device=device), os.fspath(compressor)
 
@@ -193,6 +196,47 @@ class SlotCache:
         """Decoder tokens of a raw text."""
         with self.lock:
             return len(self.compressor.tokenize(text))
+
+
+class UsesCompressor:
+    """The `compressor` and `slot_store` of a component that keeps them in a `SlotCache` (`_cache`)."""
+
+    @property
+    def compressor(self) -> Compressor:
+        """The icae_rag Compressor in use."""
+        return self._cache.compressor
+
+    @property
+    def slot_store(self) -> SlotStore | None:
+        """The SlotStore in use, or None."""
+        return self._cache.store
+
+
+class SoftPromptComponent(UsesCompressor, BaseComponent):
+    """Serialisable fields and construction of `SoftPromptCompressor` and `SoftPromptIngestion`."""
+
+    needs_slot_store: ClassVar[bool] = False
+
+    compressor_name: str = Field(
+        default="icae", description="Compressor kind or checkpoint directory loaded when no instance is given.")
+    device: str = Field(default="auto", description="Device the compressor is loaded on (auto, cpu, cuda, mps).")
+    slot_store_dir: str | None = Field(default=None, description="Slot store directory, if any.")
+    batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
+
+    _cache: Any = PrivateAttr()
+
+    def __init__(self, compressor: Any = None, slot_store: Any = None, **data: Any) -> None:
+        """`compressor`: a Compressor, a kind or a checkpoint dir; `slot_store`: a SlotStore, a directory or None."""
+        name = data.pop("compressor_name", None)
+        store_dir = data.pop("slot_store_dir", None)
+        store = open_store_arg(slot_store if slot_store is not None else store_dir)
+        if store is None and self.needs_slot_store:
+            raise InvalidInputError(f"{type(self).__name__} needs a slot store (a SlotStore or a directory) to write to")
+        super().__init__(compressor_name=name or "icae", slot_store_dir=None if store is None else str(store.path),
+                         **data)
+        loaded, name = load_compressor_arg(compressor if compressor is not None else name, self.device)
+        self.compressor_name = name
+        self._cache = SlotCache(loaded, store)
 
 
 _DONE = object()

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import BaseNode, TransformComponent
 
-from icae_rag.errors import InvalidInputError
-
-from ._shared import SlotCache, load_compressor_arg, node_text, open_store_arg
-
-if TYPE_CHECKING:
-    from icae_rag.slot_store import SlotStore
+from ._shared import SoftPromptComponent, node_text
 
 logger = logging.getLogger(__name__)
 
 
-class SoftPromptIngestion(TransformComponent):
+class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
     """An ingestion transformation that precomputes each node's soft prompt into a SlotStore.
 
     It returns the nodes unchanged (same objects, no metadata added); their soft prompts are keyed
@@ -39,34 +34,12 @@ class SoftPromptIngestion(TransformComponent):
             transformations=[SentenceSplitter(), SoftPromptIngestion(compressor, store)])
     """
 
-    compressor_name: str = Field(
-        default="icae", description="Compressor kind or checkpoint directory loaded when no instance is given.")
-    device: str = Field(default="auto", description="Device the compressor is loaded on (auto, cpu, cuda, mps).")
+    needs_slot_store = True
     slot_store_dir: str = Field(description="Slot store directory the soft prompts are written to.")
-    batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
-
-    _cache: Any = PrivateAttr()
-
-    def __init__(self, compressor: Any = None, slot_store: Any = None, **data: Any) -> None:
-        """`compressor`: a Compressor, a kind or a checkpoint dir; `slot_store`: a SlotStore or a directory (required)."""
-        name = data.pop("compressor_name", None)
-        store_dir = data.pop("slot_store_dir", None)
-        store = open_store_arg(slot_store if slot_store is not None else store_dir)
-        if store is None:
-            raise InvalidInputError("SoftPromptIngestion needs a slot store (a SlotStore or a directory) to write to")
-        super().__init__(compressor_name=name or "icae", slot_store_dir=str(store.path), **data)
-        loaded, name = load_compressor_arg(compressor if compressor is not None else name, self.device)
-        self.compressor_name = name
-        self._cache = SlotCache(loaded, store)
 
     @classmethod
     def class_name(cls) -> str:
         return "SoftPromptIngestion"
-
-    @property
-    def slot_store(self) -> SlotStore:
-        """The SlotStore written to."""
-        return self._cache.store
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Compress the nodes missing from the store; return the nodes unchanged."""

@@ -7,19 +7,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._shared import RAW, SlotCache, load_compressor_arg, mark, node_text, open_store_arg
-
-if TYPE_CHECKING:
-    from icae_rag.compressors.base import Compressor
-    from icae_rag.slot_store import SlotStore
+from ._shared import RAW, SoftPromptComponent, mark, node_text
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -60,7 +55,7 @@ class _Decision:
     source_tokens: int
 
 
-class SoftPromptCompressor(BaseNodePostprocessor):
+class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
     """Turns retrieved nodes into ICAE / E2LLM soft prompts, taking them from the slot store when present.
 
     One output node per input node (none are merged or split; see the drops below), in the input
@@ -91,40 +86,13 @@ class SoftPromptCompressor(BaseNodePostprocessor):
         nodes = post.postprocess_nodes(retriever.retrieve("Who ...?"))
     """
 
-    compressor_name: str = Field(
-        default="icae", description="Compressor kind or checkpoint directory loaded when no instance is given.")
-    device: str = Field(default="auto", description="Device the compressor is loaded on (auto, cpu, cuda, mps).")
-    slot_store_dir: str | None = Field(default=None, description="Slot store directory, if any.")
     keep_top_raw: int = Field(default=0, ge=0, description="Highest-scored nodes kept as raw text.")
     max_soft_tokens: int | None = Field(
         default=None, gt=0, description="Cap on context decoder positions per query; None: no cap.")
-    batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
-
-    _cache: Any = PrivateAttr()
-
-    def __init__(self, compressor: Any = None, slot_store: Any = None, **data: Any) -> None:
-        """`compressor`: a Compressor, a kind or a checkpoint dir; `slot_store`: a SlotStore, a directory or None."""
-        name = data.pop("compressor_name", None)
-        store_dir = data.pop("slot_store_dir", None)
-        store = open_store_arg(slot_store if slot_store is not None else store_dir)
-        super().__init__(compressor_name=name or "icae", slot_store_dir=None if store is None else str(store.path), **data)
-        loaded, name = load_compressor_arg(compressor if compressor is not None else name, self.device)
-        self.compressor_name = name
-        self._cache = SlotCache(loaded, store)
 
     @classmethod
     def class_name(cls) -> str:
         return "SoftPromptCompressor"
-
-    @property
-    def compressor(self) -> Compressor:
-        """The icae_rag Compressor in use."""
-        return self._cache.compressor
-
-    @property
-    def slot_store(self) -> SlotStore | None:
-        """The SlotStore in use, or None."""
-        return self._cache.store
 
     def _postprocess_nodes(self, nodes: list[NodeWithScore],
                            query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:

@@ -24,14 +24,13 @@ from ._shared import (
     SLOT_KEY,
     SlotCache,
     TokenStream,
+    UsesCompressor,
     load_compressor_arg,
     node_text,
     open_store_arg,
 )
 
 if TYPE_CHECKING:
-    from icae_rag.compressors.base import Compressor
-    from icae_rag.slot_store import SlotStore
     from icae_rag.soft_prompt import SoftPrompt
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ DEFAULT_QUESTION_TEMPLATE = PromptTemplate("{query_str}")
 _NODES = "icae_rag_nodes"  # response kwarg through which synthesize() hands its nodes to get_response()
 
 
-class SoftPromptSynthesizer(BaseSynthesizer):
+class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     """Answers with the compressor's decoder reading the nodes' soft prompts instead of their text.
 
     A node marked by `SoftPromptCompressor` is read as its soft prompt (looked up by its slot key in
@@ -84,16 +83,6 @@ class SoftPromptSynthesizer(BaseSynthesizer):
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
         self._cache = SlotCache(load_compressor_arg(compressor, device)[0], open_store_arg(slot_store))
-
-    @property
-    def compressor(self) -> Compressor:
-        """The icae_rag Compressor in use."""
-        return self._cache.compressor
-
-    @property
-    def slot_store(self) -> SlotStore | None:
-        """The SlotStore in use, or None."""
-        return self._cache.store
 
     # --- prompts --------------------------------------------------------------------------------
     def _get_prompts(self) -> PromptDictType:

@@ -8,7 +8,7 @@ to the first compressor's budget, scored by the same local decoder). Per mode: d
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
 resident-memory rise, answer-contained / F1 / EM with bootstrap intervals. All in one run.
 
-    python -m llama_index.postprocessor.icae_rag.bench --dataset covid --limit 40 --out bench-rag
+    python -m benchmarks.llamaindex_rag --dataset covid --limit 40 --out bench-rag
 """
 
 from __future__ import annotations
@@ -30,19 +30,21 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
+from llama_index.postprocessor.icae_rag import (
+    SoftPromptCompressEndEvent,
+    SoftPromptIngestion,
+    build_faiss_index,
+    build_query_engine,
+)
 from pydantic import Field
 
+from icae_rag.compressors import shipped_kinds
+from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.slot_store import SlotStore
-
-from .engine import build_faiss_index, build_query_engine
-from .ingestion import SoftPromptIngestion
-from .postprocessor import SoftPromptCompressEndEvent
-
-DATASETS = ("squad", "covid")
 
 
 @dataclass
@@ -52,7 +54,7 @@ class RagBenchOptions:
     dataset: str = "squad"
     limit: int = 40
     documents: int = 3
-    compressors: list[str] = field(default_factory=lambda: ["icae", "e2llm"])
+    compressors: list[str] = field(default_factory=shipped_kinds)
     top_k: int = 5
     node_tokens: int = 512
     max_new_tokens: int = 32
@@ -87,25 +89,20 @@ class EventCollector(BaseEventHandler):
 
 def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], dict[str, Any]]:
     """Seeded documents and questions over them; SQuAD uses only the 13 held-out articles."""
-    from icae_rag import data as readers
-
-    if opts.dataset not in DATASETS:
-        raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {DATASETS}")
+    if opts.dataset not in dataset_names(use="rag"):
+        raise InvalidInputError(f"unknown dataset {opts.dataset!r}: choose one of {dataset_names(use='rag')}")
     if opts.limit <= 0 or opts.documents <= 0:
         raise InvalidInputError("--limit and --documents must be positive")
     rng = random.Random(opts.seed)
-    if opts.dataset == "squad":
-        by_doc: dict[str, list] = defaultdict(list)
-        for ex in readers.load_squad("heldout", root=opts.data_root):
-            by_doc[ex.title].append(ex)
-        texts = {t: "\n\n".join(dict.fromkeys(ex.context for ex in exs)) for t, exs in by_doc.items()}
-        split = "SQuAD v1.1 dev, held-out articles (never trained on), each article one document"
-    else:
-        by_doc = defaultdict(list)
-        for ex in readers.load_covid_qa(root=opts.data_root):
-            by_doc[ex.doc_id].append(ex)
-        texts = {d: exs[0].document for d, exs in by_doc.items()}
-        split = "COVID-QA (evaluation only), whole papers"
+    dataset = get_dataset(opts.dataset)
+    by_doc: dict[str, list] = defaultdict(list)
+    for ex in dataset.load(opts.data_root):
+        by_doc[ex.doc_id if isinstance(ex, LongDocQA) else ex.title].append(ex)
+    # A long-document set's question carries its whole document; a paragraph set's article is its
+    # paragraphs joined.
+    texts = {d: exs[0].document if isinstance(exs[0], LongDocQA) else "\n\n".join(dict.fromkeys(ex.context for ex in exs))
+             for d, exs in by_doc.items()}
+    split = f"{dataset.description}, " + ("whole documents" if dataset.records == "longqa" else "each article one document")
     chosen = rng.sample(sorted(by_doc), min(opts.documents, len(by_doc)))
     questions = [ex for d in chosen for ex in by_doc[d]]
     questions = rng.sample(questions, min(opts.limit, len(questions)))
@@ -228,12 +225,12 @@ def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchO
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: load data (checked before any model), models, run, write results.json / results.md."""
-    p = argparse.ArgumentParser(prog="python -m llama_index.postprocessor.icae_rag.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=DATASETS, default="squad")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.llamaindex_rag", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=dataset_names(use="rag"), default="squad")
     p.add_argument("--limit", type=int, default=40, help="questions")
     p.add_argument("--documents", type=int, default=3, help="long documents indexed (questions come from them)")
     p.add_argument("--compressor", action="append", dest="compressors",
-                   help="kind or checkpoint dir (repeatable; default icae and e2llm)")
+                   help="kind or checkpoint dir (repeatable; default: the kinds that ship a checkpoint)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--node-tokens", type=int, default=512)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-rag")
     a = p.parse_args(argv)
     opts = RagBenchOptions(dataset=a.dataset, limit=a.limit, documents=a.documents,
-                           compressors=a.compressors or ["icae", "e2llm"], top_k=a.top_k, node_tokens=a.node_tokens,
+                           compressors=a.compressors or shipped_kinds(), top_k=a.top_k, node_tokens=a.node_tokens,
                            max_new_tokens=a.max_new_tokens, seed=a.seed, data_root=a.data_root, out=a.out,
                            longllmlingua=not a.no_longllmlingua, device=a.device)
     try:

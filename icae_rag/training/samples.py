@@ -1,4 +1,4 @@
-"""Training samples for each objective, built from the readers in `icae_rag.data` with a fixed split.
+"""Training samples for each objective, built from the readers in `icae_rag.datasets` with a fixed split.
 
 Pretraining (plain text): documents are cut into windows of `sample_tokens` (+ `continuation_tokens`);
 a window is an autoencoding sample (reproduce it) with probability `ae_lambda`, else a continuation
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import data as readers
+from ..datasets import QAExample
 from ..errors import DataError
-from .config import DataSource, TrainConfig
+from .config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -45,21 +45,6 @@ def _unit(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _text_documents(src: DataSource, root: Path | None) -> list[str]:
-    if src.name == "jsonl-text":
-        return readers.load_jsonl_text(Path(src.path))
-    name = {"gutenberg": "gutenberg", "wikitext2-valid": "wikitext2-valid", "tinyshakespeare": "tinyshakespeare"}[src.name]
-    return readers.load_text(name, root=root)
-
-
-def _qa_examples(src: DataSource, root: Path | None) -> list[readers.QAExample]:
-    if src.name == "jsonl-qa":
-        return readers.load_jsonl_qa(Path(src.path))
-    if src.name == "squad-train":
-        return readers.load_squad("train", version=src.squad_version, root=root)
-    return readers.load_qa_set(src.name, root=root)
-
-
 def build_samples(cfg: TrainConfig, tokenizer) -> SampleSplit:
     """Read every source, cut/convert to samples, split train/val; raise if anything is empty."""
     root = Path(cfg.data_root) if cfg.data_root else None
@@ -68,14 +53,14 @@ def build_samples(cfg: TrainConfig, tokenizer) -> SampleSplit:
     per_source = []
     for src in cfg.data:
         if src.is_qa:
-            items = [ex for ex in _qa_examples(src, root)[: src.max_items]
+            items = [ex for ex in src.load(root)[: src.max_items]
                      if ex.answers or _unit(cfg.seed, "unanswerable:" + ex.id) < src.keep_unanswerable]
             samples = [_qa_sample(ex, cfg) for ex in items]
             unanswerable = sum(not ex.answers for ex in items)
             # Split by paragraph, so no validation question shares a context with training.
             held = [_unit(cfg.seed, "val:" + s.context) < cfg.eval_fraction for s in samples]
         else:
-            docs = _text_documents(src, root)[: src.max_items]
+            docs = src.load(root)[: src.max_items]
             samples = _windows(src.name, docs, tokenizer, cfg)
             unanswerable = 0
             held = [_unit(cfg.seed, "val:" + s.id) < cfg.eval_fraction for s in samples]
@@ -99,7 +84,7 @@ def build_samples(cfg: TrainConfig, tokenizer) -> SampleSplit:
     return SampleSplit(train, val, record)
 
 
-def _qa_sample(ex: readers.QAExample, cfg: TrainConfig) -> Sample:
+def _qa_sample(ex: QAExample, cfg: TrainConfig) -> Sample:
     answer = ex.answers[0] if ex.answers else cfg.unanswerable_answer
     return Sample(context=ex.context, mode="answer", target=answer, question=ex.question, id=ex.id)
 

@@ -1,7 +1,10 @@
-"""Readers for the project's data sets and for users' own JSONL files (pure Python, no torch).
+"""The data-set registry, the readers behind it, and readers for users' JSONL files (no torch).
 
 Every reader returns plain frozen records and raises `DataError` / `MissingFileError` with the
-file, the place in it and the fix; no malformed record is ever skipped silently.
+file, the place in it and the fix; no malformed record is ever skipped silently. Each named data
+set is registered once (`register_dataset`, at the end of this module) with the commands that
+offer it; training sources, `icae-rag bench qa --dataset` and the LlamaIndex RAG benchmark read
+the registry when they run.
 """
 
 from __future__ import annotations
@@ -19,21 +22,24 @@ from typing import Any, Literal, TypeVar
 from .errors import DataError, InvalidInputError, MissingFileError
 
 __all__ = [
-    "QA_SET_NAMES",
     "SQUAD_HELDOUT_ARTICLES",
     "TEXT_NAMES",
+    "Dataset",
     "LongDocQA",
     "QAExample",
+    "dataset_names",
     "default_data_root",
+    "get_dataset",
     "load_covid_qa",
+    "load_dataset",
     "load_jsonl_qa",
     "load_jsonl_text",
-    "load_qa_set",
     "load_qmsum",
     "load_squad",
     "load_squality",
     "load_text",
     "read_text_file",
+    "register_dataset",
     "split_documents",
 ]
 
@@ -61,15 +67,6 @@ SQUAD_HELDOUT_ARTICLES: frozenset[str] = frozenset(
 )
 
 TEXT_NAMES: tuple[str, ...] = ("wikitext2-valid", "wikitext2-test", "gutenberg", "tinyshakespeare")
-QA_SET_NAMES: tuple[str, ...] = (
-    "nq-open-oracle",
-    "qed-nq-dev",
-    "boolq-dev",
-    "pubmedqa",
-    "clapnq-dev",
-    "xquad-en",
-    "hotpotqa",
-)
 
 _SHIPPED_FIX = (
     "the file does not match the schema in its folder's SOURCE.md; restore the original file"
@@ -625,25 +622,6 @@ def _hotpotqa(root: str | os.PathLike | None) -> list[QAExample]:
     return out
 
 
-_QA_LOADERS: dict[str, Callable[[str | os.PathLike | None], list[QAExample]]] = {
-    "nq-open-oracle": _nq_open_oracle,
-    "qed-nq-dev": _qed,
-    "boolq-dev": _boolq,
-    "pubmedqa": _pubmedqa,
-    "clapnq-dev": _clapnq,
-    "xquad-en": _xquad,
-    "hotpotqa": _hotpotqa,
-}
-
-
-def load_qa_set(name: str, root: str | os.PathLike | None = None) -> list[QAExample]:
-    """Load one of the paragraph QA sets named in `QA_SET_NAMES`."""
-    loader = _QA_LOADERS.get(name)
-    if loader is None:
-        raise DataError(f"unknown QA set {name!r}: use one of {', '.join(QA_SET_NAMES)}")
-    return loader(root)
-
-
 # ---------------------------------------------------------------------------- long-document sets
 
 
@@ -756,3 +734,110 @@ def split_documents(
     train = [items[i] for i in range(n) if i not in eval_idx]
     evals = [items[i] for i in range(n) if i in eval_idx]
     return train, evals
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+DEFAULT_BENCH_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set: what its records are, how to load them, and which commands offer it.
+
+    `records` is "text" (documents as str), "qa" (`QAExample`) or "longqa" (`LongDocQA`).
+    `load(root, **params)` reads it; `params` names the extra options it takes (a training
+    source's `path` or `squad_version`). `uses` holds "train" (a training source), "bench-qa"
+    (`icae-rag bench qa --dataset`), "bench-qa-default" (run when no --dataset is given),
+    "fidelity" and "rag" (the LlamaIndex RAG benchmark). `bench_limit` is the number of
+    questions `bench` samples when no --limit is given.
+    """
+
+    name: str
+    records: Literal["text", "qa", "longqa"]
+    load: Callable[..., list]
+    description: str
+    uses: frozenset[str] = frozenset()
+    params: tuple[str, ...] = ()
+    bench_limit: int = DEFAULT_BENCH_LIMIT
+
+
+_DATASETS: dict[str, Dataset] = {}
+_USES = frozenset({"train", "bench-qa", "bench-qa-default", "fidelity", "rag"})
+
+
+def register_dataset(name: str, records: Literal["text", "qa", "longqa"], load: Callable[..., list],
+                     description: str, *, uses: Sequence[str] = (), params: Sequence[str] = (),
+                     bench_limit: int = DEFAULT_BENCH_LIMIT) -> Dataset:
+    """Register a data set under a new lowercase name; see `Dataset` for the fields."""
+    if name != name.lower() or name in _DATASETS:
+        raise ValueError(f"data set {name!r} must be lowercase and registered only once")
+    if records not in ("text", "qa", "longqa") or not set(uses) <= _USES:
+        raise ValueError(f"data set {name!r}: records must be text, qa or longqa and uses a subset of "
+                         f"{sorted(_USES)}, got {records!r} and {sorted(uses)}")
+    _DATASETS[name] = Dataset(name, records, load, description, frozenset(uses), tuple(params), bench_limit)
+    return _DATASETS[name]
+
+
+def dataset_names(*, use: str | None = None, records: str | None = None) -> list[str]:
+    """Registered data-set names in registration order, read now; optionally one use or record type."""
+    return [d.name for d in _DATASETS.values()
+            if use in (None, *d.uses) and records in (None, d.records)]
+
+
+def get_dataset(name: str) -> Dataset:
+    """The registered data set `name`."""
+    if name not in _DATASETS:
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(dataset_names())}")
+    return _DATASETS[name]
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, **params: Any) -> list:
+    """Load the registered data set `name` (documents, `QAExample`s or `LongDocQA`s)."""
+    dataset = get_dataset(name)
+    if set(params) != set(dataset.params):
+        raise InvalidInputError(f"data set {name!r} takes the options {list(dataset.params)}, "
+                                f"got {sorted(params)}")
+    return dataset.load(root, **params)
+
+
+def _texts(name: str) -> Callable[[str | os.PathLike | None], list[str]]:
+    return lambda root: load_text(name, root=root)  # type: ignore[arg-type]
+
+
+_TRAIN, _EVAL = ("train",), ("bench-qa",)
+register_dataset("gutenberg", "text", _texts("gutenberg"), "Project Gutenberg books", uses=_TRAIN)
+register_dataset("wikitext2-valid", "text", _texts("wikitext2-valid"), "WikiText-2 validation", uses=_TRAIN)
+register_dataset("tinyshakespeare", "text", _texts("tinyshakespeare"), "Tiny Shakespeare", uses=_TRAIN)
+# Held out for fidelity and efficiency: never a training source.
+register_dataset("wikitext2-test", "text", _texts("wikitext2-test"), "WikiText-2 test", uses=("fidelity",))
+register_dataset("jsonl-text", "text", lambda root, path: load_jsonl_text(path),
+                 'a user\'s JSONL of {"text"} objects', uses=_TRAIN, params=("path",))
+register_dataset("squad-train", "qa", lambda root, squad_version: load_squad("train", version=squad_version, root=root),
+                 "SQuAD dev, the 35 training articles", uses=_TRAIN, params=("squad_version",))
+register_dataset("jsonl-qa", "qa", lambda root, path: load_jsonl_qa(path),
+                 'a user\'s JSONL of {"context", "question", "answer"} objects', uses=_TRAIN, params=("path",))
+register_dataset("nq-open-oracle", "qa", _nq_open_oracle, "NQ-open with its gold passage", uses=_TRAIN)
+register_dataset("qed-nq-dev", "qa", _qed, "QED (NQ dev)", uses=_TRAIN)
+register_dataset("boolq-dev", "qa", _boolq, "BoolQ dev", uses=_TRAIN)
+register_dataset("pubmedqa", "qa", _pubmedqa, "PubMedQA (PQA-L)", uses=_TRAIN)
+register_dataset("clapnq-dev", "qa", _clapnq, "CLAPNQ dev", uses=_TRAIN)
+# `icae-rag bench qa` data sets; the first three are its defaults, in report order.
+register_dataset("squad", "qa", lambda root: load_squad("heldout", root=root),
+                 "SQuAD v1.1 dev, the 13 held-out articles (never trained on)",
+                 uses=("bench-qa", "bench-qa-default", "rag"))
+register_dataset("nq", "qa", _nq_open_oracle,
+                 "NQ-open oracle passages (not a training source of the shipped checkpoints)",
+                 uses=("bench-qa", "bench-qa-default"), bench_limit=30)
+# Small by default: the raw and LongLLMLingua modes read five 512-token passages per question.
+register_dataset("covid", "longqa", lambda root: load_covid_qa(root=root), "COVID-QA (evaluation only)",
+                 uses=("bench-qa", "bench-qa-default", "rag"), bench_limit=6)
+register_dataset("xquad-en", "qa", _xquad, "XQuAD English (a subset of SQuAD v1.1 dev)", uses=_EVAL)
+register_dataset("hotpotqa", "qa", _hotpotqa, "HotpotQA, 100 dev questions with distractor paragraphs",
+                 uses=_EVAL)
+register_dataset("squality", "longqa", lambda root: load_squality("test", root=root),
+                 "SQuALITY test (long stories, summary-style answers)", uses=("bench-qa", "rag"), bench_limit=6)
+register_dataset("qmsum", "longqa", lambda root: load_qmsum("test", root=root),
+                 "QMSum test (meeting transcripts, summary-style answers)", uses=("bench-qa", "rag"),
+                 bench_limit=6)

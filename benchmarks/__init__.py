@@ -1,0 +1,1 @@
+"""Benchmarks that sit on top of the installable packages; run each with `python -m benchmarks.NAME`."""
