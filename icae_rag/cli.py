@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import DEFAULT_KIND, __version__
 from .errors import IcaeRagError, InvalidInputError
 
 
@@ -65,10 +65,10 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
-    """Decode a saved soft prompt back to text with the compressor that made it."""
-    from .soft_prompt import SoftPrompt
+    """Decode a saved memory (soft prompt or KV memory) back to text with the compressor that made it."""
+    from .memory import Memory
 
-    prompt = SoftPrompt.load(args.file)
+    prompt = Memory.load(args.file)
     compressor = _load(args, kind=prompt.compressor)
     return {"text": compressor.reconstruct(prompt), "compressor": prompt.compressor,
             "soft_tokens": prompt.num_soft_tokens, "input_tokens": prompt.source_tokens}
@@ -160,7 +160,8 @@ class _RegisteredKinds:
         return compressor_kinds(**self._traits)
 
     def __contains__(self, kind: object) -> bool:
-        return kind in self._names()
+        # "kvzip:ratio=8" names a kind with config values (see load_compressor).
+        return isinstance(kind, str) and kind.partition(":")[0] in self._names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
@@ -177,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, compressor: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if compressor:
-            p.add_argument("--compressor", default="icae", choices=_RegisteredKinds(), metavar="KIND",
-                           help="%(choices)s (default %(default)s)")
+            p.add_argument("--compressor", default=DEFAULT_KIND, choices=_RegisteredKinds(), metavar="KIND",
+                           help="%(choices)s, or KIND:key=value,... for a kind without a shipped "
+                                "checkpoint, e.g. kvzip:ratio=8 (default %(default)s)")
             p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")

@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from icae_rag import DEFAULT_KIND
 from icae_rag.compressors import compressor_kinds
 from icae_rag.errors import IcaeRagError, InvalidInputError
 
@@ -166,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
                    help=f"where documents, index and soft prompts live (default ${DATA_DIR_ENV} or ./qa_app_data)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--compressor", choices=compressor_kinds(reads_text=False), default="icae")
+    p.add_argument("--compressor", choices=compressor_kinds(reads_text=False), default=DEFAULT_KIND)
     p.add_argument("--checkpoint", type=Path, default=None, help="trained compressor checkpoint directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="upload size limit in MB (default 10)")

@@ -43,6 +43,7 @@ from llama_index.postprocessor.icae_rag import (
     node_text,
 )
 
+from icae_rag import DEFAULT_KIND
 from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.generation import build_prompt
 from icae_rag.io import atomic_path, read_json, write_json
@@ -70,7 +71,7 @@ class Settings:
     """Everything configurable about the app (CLI flags map one to one)."""
 
     data_dir: Path = Path("qa_app_data")
-    compressor: str = "icae"
+    compressor: str = DEFAULT_KIND
     checkpoint: Path | None = None
     device: str = "auto"
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -247,7 +248,7 @@ class QAService:
         sources = [{"file": h.node.metadata.get("file_name", "?"), "doc_id": h.node.metadata.get("doc_id"),
                     "score": None if h.score is None else round(float(h.score), 4),
                     "snippet": _snippet(h.node.get_content(metadata_mode=MetadataMode.NONE))} for h in hits]
-        return PreparedAnswer(mode, sources, int(prompt.embeddings.shape[0]), prompt.soft_tokens, stream.tokens())
+        return PreparedAnswer(mode, sources, prompt.positions, prompt.soft_tokens, stream.tokens())
 
     def check_question(self, question: Any) -> str:
         """The stripped question, or InvalidInputError if it is missing, empty or too long."""

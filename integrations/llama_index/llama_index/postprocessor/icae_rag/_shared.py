@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.schema import BaseComponent, BaseNode, ImageNode, MetadataMode, Node
 
+from icae_rag import DEFAULT_KIND
 from icae_rag.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from icae_rag.compressors.base import Compressor
     from icae_rag.slot_store import SlotKey, SlotStore
-    from icae_rag.soft_prompt import SoftPrompt
+    from icae_rag.memory import Memory
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +86,9 @@ def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
     from icae_rag.compressors import Compressor, compressor_kinds, load_compressor
 
     if isinstance(compressor, Compressor):
-        return compressor, compressor.kind
+        return compressor, compressor.label
     if compressor is None:
-        compressor = "icae"
+        compressor = DEFAULT_KIND
     if not isinstance(compressor, (str, os.PathLike)):
         raise InvalidInputError(
             f"compressor must be an icae_rag Compressor, a kind {compressor_kinds()} or a checkpoint "
@@ -109,7 +110,7 @@ def open_store_arg(slot_store: Any) -> SlotStore | None:
 @dataclass
 class _Runtime:
     lock: threading.RLock = field(default_factory=threading.RLock)
-    recent: OrderedDict = field(default_factory=OrderedDict)  # SlotKey -> SoftPrompt
+    recent: OrderedDict = field(default_factory=OrderedDict)  # SlotKey -> Memory
 
 
 _RUNTIMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -126,7 +127,7 @@ def _runtime(compressor: Compressor) -> _Runtime:
 class Resolved(NamedTuple):
     """Soft prompts in the order asked for, their keys, and how many texts were compressed just now."""
 
-    prompts: list[SoftPrompt]
+    prompts: list[Memory]
     keys: list[SlotKey]
     compressed: int
 
@@ -218,7 +219,7 @@ class SoftPromptComponent(UsesCompressor, BaseComponent):
     needs_slot_store: ClassVar[bool] = False
 
     compressor_name: str = Field(
-        default="icae", description="Compressor kind or checkpoint directory loaded when no instance is given.")
+        default=DEFAULT_KIND, description="Compressor kind or checkpoint directory loaded when no instance is given.")
     device: str = Field(default="auto", description="Device the compressor is loaded on (auto, cpu, cuda, mps).")
     slot_store_dir: str | None = Field(default=None, description="Slot store directory, if any.")
     batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
@@ -232,7 +233,7 @@ class SoftPromptComponent(UsesCompressor, BaseComponent):
         store = open_store_arg(slot_store if slot_store is not None else store_dir)
         if store is None and self.needs_slot_store:
             raise InvalidInputError(f"{type(self).__name__} needs a slot store (a SlotStore or a directory) to write to")
-        super().__init__(compressor_name=name or "icae", slot_store_dir=None if store is None else str(store.path),
+        super().__init__(compressor_name=name or DEFAULT_KIND, slot_store_dir=None if store is None else str(store.path),
                          **data)
         loaded, name = load_compressor_arg(compressor if compressor is not None else name, self.device)
         self.compressor_name = name

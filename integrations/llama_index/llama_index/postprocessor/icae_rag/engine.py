@@ -26,7 +26,7 @@ def build_query_engine(index: Any, compressor: Any = None, slot_store: Any = Non
                        generation: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any):
     """`index.as_query_engine(node_postprocessors=[...], response_synthesizer=...)` wired for soft prompts.
 
-    One `Compressor` (loaded once: an instance, a kind or a checkpoint dir; default "icae") and one
+    One `Compressor` (loaded once: an instance, a kind or a checkpoint dir; default `icae_rag.DEFAULT_KIND`, kvzip) and one
     optional slot store are shared by a `SoftPromptCompressor`, run after `node_postprocessors`
     (rerank first, then compress), and a `SoftPromptSynthesizer`. `generation` holds decoding
     options (max_new_tokens, do_sample, ...); other `kwargs` go to `index.as_query_engine`

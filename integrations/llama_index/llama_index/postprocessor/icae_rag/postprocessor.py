@@ -81,7 +81,7 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
 
     Example::
 
-        compressor = load_compressor("icae")
+        compressor = load_compressor("kvzip")
         post = SoftPromptCompressor(compressor, SlotStore.in_persist_dir("./storage"), keep_top_raw=1)
         nodes = post.postprocess_nodes(retriever.retrieve("Who ...?"))
     """

@@ -31,7 +31,7 @@ from ._shared import (
 )
 
 if TYPE_CHECKING:
-    from icae_rag.soft_prompt import SoftPrompt
+    from icae_rag.memory import Memory
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +139,10 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
 
         return await asyncio.to_thread(answer) or self._empty_response
 
-    def contexts(self, nodes: Sequence[NodeWithScore]) -> list[SoftPrompt | str]:
+    def contexts(self, nodes: Sequence[NodeWithScore]) -> list[Memory | str]:
         """What the decoder reads for these nodes, in order: SoftPrompts, and str for nodes kept raw."""
         identity = self._cache.identity()
-        slots: list[SoftPrompt | str | None] = []
+        slots: list[Memory | str | None] = []
         to_compress: list[tuple[int, str]] = []
         for nws in nodes:
             text = node_text(nws.node)
@@ -175,7 +175,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
         if key.text_sha256 != text_sha256(text):
             logger.warning("node %s: its text changed after it was compressed; compressing it again", node_id)
 
-    def _chunk_contexts(self, text_chunks: Sequence[str]) -> list[SoftPrompt | str]:
+    def _chunk_contexts(self, text_chunks: Sequence[str]) -> list[Memory | str]:
         texts = [t for t in text_chunks if isinstance(t, str) and t.strip()]
         if len(texts) < len(text_chunks):
             logger.warning("%d empty text chunks are left out of the context", len(text_chunks) - len(texts))
@@ -189,7 +189,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     def _generation_kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self._generation)
 
-    def _stream(self, question: str, contexts: list[SoftPrompt | str]) -> TokenStream:
+    def _stream(self, question: str, contexts: list[Memory | str]) -> TokenStream:
         compressor, kwargs = self.compressor, self._generation_kwargs()
         return TokenStream(lambda: compressor.stream(question, contexts, **kwargs), self._cache.lock)
 
