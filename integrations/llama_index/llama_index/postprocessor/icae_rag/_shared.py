@@ -34,8 +34,8 @@ from icae_rag.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from icae_rag.compressors.base import Compressor
-    from icae_rag.slot_store import SlotKey, SlotStore
     from icae_rag.memory import Memory
+    from icae_rag.slot_store import SlotKey, SlotStore
 
 logger = logging.getLogger(__name__)
 
