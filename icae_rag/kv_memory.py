@@ -103,7 +103,7 @@ class KvMemory(Memory):
 
     def nbytes(self) -> int:
         """Bytes of every stored tensor (what a file holds, header aside)."""
-        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     # --- building and reading -------------------------------------------------------------------
     @classmethod
@@ -187,7 +187,8 @@ class KvMemory(Memory):
                        value_scale=None if self.value_scale is None else self.value_scale[kept])
 
     # --- files ----------------------------------------------------------------------------------
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the memory stores, by name (what its file holds)."""
         out = {"keys": self.keys, "values": self.values, "positions": self.positions, "counts": self.counts}
         if self.key_scale is not None:
             out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
@@ -197,7 +198,7 @@ class KvMemory(Memory):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as one safetensors file; provenance and a checksum of the tensors go in its header."""
-        tensors = {k: t.contiguous() for k, t in self._tensors().items()}
+        tensors = {k: t.contiguous() for k, t in self.tensors().items()}
         header = {
             "format": self.format_name,
             "format_version": FORMAT_VERSION,
@@ -235,7 +236,7 @@ class KvMemory(Memory):
         """A copy whose tensors live on `device` (storage dtype unchanged)."""
         from dataclasses import replace
 
-        moved = {k: t.to(device) for k, t in self._tensors().items()}
+        moved = {k: t.to(device) for k, t in self.tensors().items()}
         return replace(self, **moved)
 
 

@@ -53,6 +53,10 @@ class Memory:
         """Source tokens per soft token."""
         return self.source_tokens / max(1, self.num_soft_tokens)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the memory stores, by name (what its file holds)."""
+        raise NotImplementedError
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the memory as one safetensors file (atomic)."""
         raise NotImplementedError

@@ -78,6 +78,10 @@ class SoftPrompt(Memory):
         """A copy on another device and/or dtype (provenance unchanged)."""
         return replace(self, embeddings=self.embeddings.to(device=device, dtype=dtype))
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the soft prompt stores, by name (what its file holds)."""
+        return {"embeddings": self.embeddings}
+
     def piece_embeddings(self) -> list[torch.Tensor]:
         """The rows of each piece, in order."""
         return [self.embeddings[p.slot_start : p.slot_end] for p in self.pieces]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from icae_rag import new_compressor
 from icae_rag.backbones import TINY_DECODER, TINY_ENCODER
@@ -76,6 +77,12 @@ def tiny_compressor(request, _tiny_protos):
         pytest.skip(f"no tiny config for compressor kind {request.param!r}: add one to TINY_CONFIGS in "
                     "tests/conftest.py")
     return _tiny(request.param, _tiny_protos)
+
+
+def same_memory(a, b) -> bool:
+    """Whether two memories hold bit-identical tensors of the same dtypes (any memory kind)."""
+    ta, tb = a.tensors(), b.tensors()
+    return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def spy_compress(compressor, monkeypatch) -> list[int]:

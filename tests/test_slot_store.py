@@ -15,7 +15,7 @@ import pytest
 import torch
 from slot_worker import FakeCompressor, expected, texts
 
-from conftest import TEXT, spy_compress
+from conftest import TEXT, same_memory, spy_compress
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.slot_store import DB_NAME, PERSIST_SUBDIR, SlotKey, SlotStore
 
@@ -39,7 +39,7 @@ def test_round_trip_is_bit_identical(tiny_compressor, tmp_path):
     with SlotStore(tmp_path / "slots") as reopened:
         got = reopened.get(TEXT, tiny_compressor)
         assert reopened.stats.hits == 1
-    assert torch.equal(got.embeddings, prompt.embeddings) and got.embeddings.dtype == prompt.embeddings.dtype
+    assert same_memory(got, prompt)
     assert got.pieces == prompt.pieces
     assert (got.compressor, got.compressor_version, got.backbone) == (
         prompt.compressor, prompt.compressor_version, prompt.backbone)
