@@ -12,6 +12,8 @@ from benchmarks.llamaindex_rag import (
     run_rag_bench,
 )
 from conftest import TEXT
+from icae_rag import new_compressor
+from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import InvalidInputError
 from icae_rag.eval.qa import QAItem
 
@@ -21,18 +23,22 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
     items = [QAItem("q1", "When did Apollo 11 land?", ("1969",)), QAItem("q2", "Who stayed in orbit?", ("Collins",)),
              QAItem("q3", "Is it unanswerable?", ())]
     opts = RagBenchOptions(top_k=2, node_tokens=64, max_new_tokens=4)
-    result = run_rag_bench(docs, items, [tiny_icae, tiny_e2llm], tiny_raw, opts)
+    joint = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=2)
+    result = run_rag_bench(docs, items, [tiny_icae, tiny_e2llm, joint], tiny_raw, opts)
     modes = result["modes"]
-    assert set(modes) == {"raw", "icae", "e2llm"}
+    assert set(modes) == {"raw", "icae", "e2llm", "kvzip:stored_ratio=2"}
     for name, r in modes.items():
         assert r["same_nodes_as_raw"] == 1.0
         assert r["n_answerable"] == 2 and r["n_unanswerable"] == 1
         assert r["mean_seconds"] > 0 and r["mean_context_positions"] > 0
+        assert 0 < r["mean_ttft_seconds"] <= r["mean_seconds"]
         assert 0 <= r["mean_answer_tokens"] <= opts.max_new_tokens + 1
         if name != "raw":
             assert r["compressed_at_query"] == 0  # precomputed at index time
             assert r["index_time_compression"]["nodes"] == result["nodes"]
     assert modes["icae"]["position_reduction_vs_raw"] > 2
+    # Stored at 2x, read at 4x with one budget: the positions read are a quarter of the raw ones.
+    assert 3.5 < modes["kvzip:stored_ratio=2"]["position_reduction_vs_raw"] < 4.5
     record = {"dataset": "toy", "split": "toy", "documents": ["a", "b"], "n": 3, "seed": 0}
     assert "| icae |" in rag_markdown(record, result, opts)
 
