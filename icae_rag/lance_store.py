@@ -11,9 +11,11 @@ One row per stored memory::
 The table lives at a local path or an object-store URI (``s3://bucket/memories.lance``);
 `storage_options` (credentials, region, endpoint) are passed to Lance as they are.
 
-Concurrency: every write is one Lance append. Appends from many writers commit optimistically and
-never conflict with each other; Lance retries the commit itself. The first writers of a new table
-may race to create it: the loser retries as an append (bounded).
+Concurrency: opening a store creates its empty table if it is missing (racing creators are
+harmless: the table holds no rows yet). Every write is then one Lance append: appends from many
+writers commit optimistically and never conflict with each other; Lance retries the commit itself.
+On S3, concurrent commits need an object store with conditional writes or Lance's DynamoDB commit
+(``s3+ddb://``); see Lance's object-store documentation.
 
 Duplicates, by design: Lance enforces no primary key, so two writers that compress the same text
 at the same time both append it. Reads dedupe: of the rows of one key, the oldest that loads and
@@ -112,6 +114,7 @@ class LanceMemoryStore(MemoryStore):
         self._lock = threading.RLock()
         self._stats = SlotStats()
         self._warned: set[tuple[str, str, str]] = set()
+        self._create_if_missing()
         self._check_schema()
 
     # --- table access ---------------------------------------------------------------------------
@@ -156,19 +159,32 @@ class LanceMemoryStore(MemoryStore):
         rows.sort(key=lambda r: (r.get("created", 0.0), r.get("row_id", "")))
         return rows
 
-    def _append(self, table: pa.Table) -> None:
+    def _create_if_missing(self) -> None:
+        """Create the empty table, so that every write of rows is an append.
+
+        Racing creators may each commit an empty first version; no rows can be lost that way,
+        whereas two racing creates that carry rows could leave one writer's rows out.
+        """
+        import pyarrow as pa
+
         lance = _lance()
         for attempt in range(CREATE_RETRIES):
-            mode = "append" if self._dataset() is not None else "create"
-            try:
-                lance.write_dataset(table, self.uri, mode=mode, storage_options=self.storage_options or None)
+            if self._dataset() is not None:
                 return
-            except (OSError, ValueError) as e:
-                # Another writer created the table between our check and our create: append instead.
-                if mode != "create" or attempt == CREATE_RETRIES - 1:
-                    raise
-                logger.debug("memory store %s: lost the race to create the table (%s); appending", self.uri, e)
+            try:
+                lance.write_dataset(pa.Table.from_pylist([], schema=_schema()), self.uri, mode="create",
+                                    storage_options=self.storage_options or None)
+                return
+            except (OSError, ValueError) as e:  # another writer created it first: fine
+                logger.debug("memory store %s: another writer created the table (%s)", self.uri, e)
                 time.sleep(0.05 * (attempt + 1))
+        if self._dataset() is None:
+            raise CorruptFileError(f"could not create the memory store table {self.uri}: check the URI and "
+                                   "that storage_options allow writing there")
+
+    def _append(self, table: pa.Table) -> None:
+        # Lance commits appends optimistically and retries them itself when another writer committed first.
+        _lance().write_dataset(table, self.uri, mode="append", storage_options=self.storage_options or None)
 
     # --- lookups --------------------------------------------------------------------------------
     def get(self, text: str, compressor: Compressor) -> Memory | None:
