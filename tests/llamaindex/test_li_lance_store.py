@@ -53,3 +53,27 @@ def test_ingestion_step_writes_a_lance_store(tmp_path, monkeypatch):
     calls = spy_compress(compressor, monkeypatch)
     build_query_engine(index, compressor, store, similarity_top_k=2, generation={"max_new_tokens": 4}).query("Who?")
     assert calls == []
+
+
+def test_qa_app_answers_from_a_lance_store(tmp_path, _icae_proto, monkeypatch):
+    import copy
+
+    from fastapi.testclient import TestClient
+    from qa_app_helpers import HashEmbedding
+
+    from examples.qa_app.app import create_app, parse_args
+    from examples.qa_app.service import Settings
+
+    compressor = copy.deepcopy(_icae_proto)
+    uri = str(tmp_path / "memories.lance")
+    settings = Settings(data_dir=tmp_path / "data", store=uri)
+    with TestClient(create_app(settings, compressor=compressor, embed_model=HashEmbedding())) as client:
+        assert isinstance(client.app.state.service.store, LanceMemoryStore)
+        r = client.post("/api/documents", params={"filename": "apollo.txt"}, content=TEXTS[0].encode())
+        assert r.status_code == 201
+    assert len(LanceMemoryStore(uri)) >= 1
+    calls = spy_compress(compressor, monkeypatch)
+    with TestClient(create_app(settings, compressor=compressor, embed_model=HashEmbedding())) as client:
+        r = client.post("/api/ask", json={"question": "When did Apollo 11 land?", "mode": "compressed"})
+        assert r.status_code == 200 and calls == [], "the soft prompts come from the Lance store"
+    assert parse_args(["--store", uri])[0].store == uri
