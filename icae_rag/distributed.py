@@ -8,8 +8,11 @@ writes only what is missing: no duplicates, no holes.
 - `index_local`: one process, one compressor.
 - `index_with_ray`: Ray Data, ``from_items(...).map_batches(CompressBatch, concurrency=N, ...)``;
   each actor loads the compressor once and writes to the shared store itself (nothing but counts
-  travels back). An actor that dies is restarted by Ray and its batch retried (`max_restarts`,
-  `max_task_retries`); the retried batch skips what the dead actor had already committed.
+  travels back). An actor that dies is restarted by Ray and its batch retried (Ray Data's actor-pool
+  defaults, `max_restarts=-1` and `max_task_retries=-1`: passing other values through `map_batches`
+  is deprecated since Ray 2.5x). The retried batch skips what the dead actor had already committed.
+  Because retries are unbounded, a node that kills its worker every time (e.g. out of memory)
+  makes the run restart that worker until it is stopped: watch the log for restarts.
 
 Every worker opens the store by URI, so it must be reachable from every machine: a Lance table on
 an object store (``s3://bucket/memories.lance``) for a cluster; a local `SlotStore` directory or
@@ -31,7 +34,6 @@ from .errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
-ACTOR_RESTARTS = 3  # bounded: an actor that dies on every batch fails the run instead of looping
 
 
 @dataclass
@@ -189,8 +191,7 @@ def index_with_ray(items: Iterable[Any], compressor_spec: str | os.PathLike, sto
         CompressBatch,
         fn_constructor_args=(os.fspath(compressor_spec), os.fspath(store_uri), storage_options, device, threads),
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=num_cpus, num_gpus=num_gpus or None,
-        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        num_cpus=num_cpus, num_gpus=num_gpus or None)
     written = 0
     with tqdm(total=len(texts), unit="node", desc="index", disable=not progress) as bar:
         for batch in results.iter_batches(batch_format="numpy", batch_size=None):
