@@ -189,15 +189,15 @@ class LanceMemoryStore(MemoryStore):
     # --- lookups --------------------------------------------------------------------------------
     def get(self, text: str, compressor: Compressor) -> Memory | None:
         """The stored memory of `text` made by this compressor version, or None."""
-        memory = self._load_many([SlotKey.of(_check(text), compressor)], compressor.decoder.device)
-        found = next(iter(memory.values()), None)
+        key = SlotKey.of(_check(text), compressor)
+        found = self._load_many([key], compressor.decoder.device).get(key)
         with self._lock:
             if found is None:
                 self._stats.misses += 1
             else:
                 self._stats.hits += 1
         if found is None:
-            self._note_other_versions([SlotKey.of(text, compressor)])
+            self._note_other_versions([key])
         return found
 
     def has(self, text: str, compressor: Compressor) -> bool:
@@ -333,7 +333,11 @@ class LanceMemoryStore(MemoryStore):
         return 0 if ds is None else ds.count_rows()
 
     def compact(self) -> int:
-        """Delete duplicate rows (the oldest row of each key stays) and compact the files; returns rows deleted."""
+        """Delete duplicate rows (the oldest row of each key stays), compact the files, index the text hash.
+
+        Returns the number of rows deleted. Run it when writers are done (it is safe while they
+        write, but their newer duplicates stay until the next run).
+        """
         ds = self._dataset()
         if ds is None:
             return 0
@@ -348,7 +352,11 @@ class LanceMemoryStore(MemoryStore):
             seen.add(key)
         if extra:
             self._delete_rows(extra)
-        self._dataset().optimize.compact_files()
+        ds = self._dataset()
+        ds.optimize.compact_files()
+        # Lookups filter on the text hash: a B-tree index spares them a scan of the whole column
+        # (rows appended later are scanned until the next compact; Lance merges both).
+        ds.create_scalar_index("text_sha256", "BTREE", replace=True)
         return len(extra)
 
     @property

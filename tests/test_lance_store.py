@@ -158,6 +158,9 @@ def test_a_key_written_by_two_writers_reads_as_one_memory(store_uri):
         assert first.row_count() == 2
         assert first.compact() == 1 and first.row_count() == 1
         assert torch.equal(first.get("one", comp).embeddings, expected("one", comp.rows).embeddings)
+        assert lance.dataset(first.uri).has_index, "compact indexes the text hash"
+        second.put("two", comp, expected("two", comp.rows))  # rows after the index are found too
+        assert first.get("two", comp) is not None and first.compact() == 0 and len(first) == 2
 
 
 def test_two_writers_at_once_lose_nothing(store_uri):
