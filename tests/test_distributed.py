@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +135,28 @@ def test_two_ingestions_at_once_lose_nothing(ray_cluster, nodes, tmp_path):
     assert store.compress_missing(nodes, compressor) == 0
 
 
+def test_a_killed_ingestion_started_again_leaves_no_holes_and_no_duplicates(nodes, tmp_path):
+    uri = str(tmp_path / "m.lance")
+    docs = tmp_path / "nodes.json"
+    docs.write_text(json.dumps(nodes), encoding="utf-8")
+    code = ("import json, sys, torch; torch.set_num_threads(1); from icae_rag.distributed import index_local; "
+            f"index_local(json.load(open(sys.argv[1])), {KVZIP!r}, sys.argv[2], batch_size=4, device='cpu')")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                                 os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(docs), uri], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = open_store(uri)
+    deadline = time.time() + 120
+    while store.row_count() == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = store.row_count()
+    assert 0 < killed_at < N, "the writer was killed mid-run"
+    again = distributed.index_local(nodes, KVZIP, uri, batch_size=4, device="cpu")
+    assert again.written == N - killed_at and len(store) == store.row_count() == N
+
+
 def test_cli_index_resumes_and_reports(tmp_path, nodes, capsys):
     docs = [tmp_path / "a.txt", tmp_path / "b.txt"]
     docs[0].write_text(" ".join(nodes[:30]), encoding="utf-8")
@@ -137,8 +164,6 @@ def test_cli_index_resumes_and_reports(tmp_path, nodes, capsys):
     argv = ["index", *map(str, docs), "--store", str(tmp_path / "m.lance"), "--compressor", RAW,
             "--chunk-tokens", "64", "--device", "cpu", "--json"]
     assert main(argv) == 0
-    import json
-
     first = json.loads(capsys.readouterr().out)
     assert first["nodes"] > 2 and first["written"] == first["nodes"] and first["engine"] == "local"
     assert main(argv) == 0
