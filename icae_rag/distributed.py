@@ -6,11 +6,12 @@ the texts whose key is in the store, compress the rest, write them in one store 
 writes only what is missing: no duplicates, no holes.
 
 - `index_local`: one process, one compressor.
-- `index_with_ray`: Ray Data, ``from_items(...).map_batches(CompressBatch, concurrency=N, ...)``;
+- `index_with_ray`: Ray Data, ``from_items(...).map_batches(CompressBatch, compute=ActorPoolStrategy(size=N),
+  num_cpus=..., num_gpus=..., batch_size=...)``;
   each actor loads the compressor once and writes to the shared store itself (nothing but counts
   travels back). An actor that dies is restarted by Ray and its batch retried (Ray Data's actor-pool
   defaults, `max_restarts=-1` and `max_task_retries=-1`: passing other values through `map_batches`
-  is deprecated since Ray 2.5x). The retried batch skips what the dead actor had already committed.
+  is deprecated in Ray 2.60, to be removed in 2.64). The retried batch skips what the dead actor had already committed.
   Because retries are unbounded, a node that kills its worker every time (e.g. out of memory)
   makes the run restart that worker until it is stopped: watch the log for restarts.
 
