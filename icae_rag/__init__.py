@@ -30,7 +30,9 @@ _EXPORTS = {
     "KvMemory": "kv_memory",
     "KvzipCompressor": "compressors",
     "KvzipConfig": "compressors",
+    "LanceMemoryStore": "lance_store",
     "Memory": "memory",
+    "MemoryStore": "stores",
     "Piece": "soft_prompt",
     "RawTextCompressor": "compressors",
     "SlotStore": "slot_store",
@@ -39,6 +41,7 @@ _EXPORTS = {
     "load_decoder": "backbones",
     "load_encoder": "backbones",
     "new_compressor": "compressors",
+    "open_store": "stores",
 }
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 

@@ -137,6 +137,22 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(result["seconds"], 1)}
 
 
+def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
+    """Compress documents into a memory store (skipping what it holds), in this process or on Ray workers."""
+    from .distributed import index, read_documents
+
+    texts = read_documents(args.docs, chunk_tokens=args.chunk_tokens, compressor_spec=args.compressor)
+    workers = args.workers or (2 if args.engine == "ray" else 1)
+    options: dict[str, Any] = {"concurrency": workers, "batch_size": args.batch_size, "device": args.device,
+                               "progress": not args.json}
+    if args.engine == "ray":
+        options |= {"num_cpus": args.cpus_per_worker, "num_gpus": args.gpus_per_worker}
+    report = index(texts, args.compressor, args.store, engine=args.engine, **options)
+    return {"store": args.store, "engine": report.engine, "workers": report.workers, "nodes": report.texts,
+            "written": report.written, "already_stored": report.texts - report.written,
+            "seconds": round(report.seconds, 3), "nodes_per_second": round(report.nodes_per_second, 3)}
+
+
 def _print_human(result: dict[str, Any]) -> None:
     for key in ("answer", "text"):
         if key in result:
@@ -229,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-longllmlingua", action="store_true", help="skip the LongLLMLingua baseline")
     common(bench, compressor=False)
     bench.set_defaults(func=cmd_bench)
+
+    idx = sub.add_parser("index", help="compress documents into a memory store (local or Ray workers)")
+    idx.add_argument("docs", nargs="+", metavar="DOCS", help="UTF-8 text files")
+    idx.add_argument("--store", required=True, help="SlotStore directory, .lance path, lance://... or s3://.../x.lance")
+    idx.add_argument("--compressor", default="icae", help="kind, kind:key=value,... or checkpoint dir (default icae)")
+    idx.add_argument("--engine", default="local", choices=["local", "ray"])
+    idx.add_argument("--workers", type=int, help="Ray actors (default 2; local: 1)")
+    idx.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor (default 1)")
+    idx.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs Ray reserves per actor (default 0)")
+    idx.add_argument("--chunk-tokens", type=int, default=0, help="sentence-packed nodes of at most N tokens (0: one per file)")
+    idx.add_argument("--batch-size", type=int, default=16, help="nodes per worker call and per store commit")
+    idx.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    common(idx, compressor=False)
+    idx.set_defaults(func=cmd_index)
 
     info = sub.add_parser("info", help="versions, model paths, cache dir, device")
     common(info, compressor=False)

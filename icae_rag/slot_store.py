@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BackboneMismatchError, CorruptFileError, InvalidInputError, MissingFileError
+from .errors import CorruptFileError, InvalidInputError, MissingFileError
 from .memory import Memory
 from .soft_prompt import text_sha256
+from .stores import MemoryStore, SlotStats, check_put, matches_key
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
@@ -108,16 +109,10 @@ def compressor_identity(compressor: Compressor) -> tuple[str, str, str]:
     return compressor.kind, compressor.version, compressor.backbone_id
 
 
-@dataclass
-class SlotStats:
-    """Lookups served from the store (hits), not found (misses), and entries written."""
-
-    hits: int = 0
-    misses: int = 0
-    writes: int = 0
+__all__ = ["SlotKey", "SlotStats", "SlotStore", "compressor_identity"]
 
 
-class SlotStore:
+class SlotStore(MemoryStore):
     """A directory of cached soft prompts with a SQLite index; see the module docstring.
 
     Example::
@@ -232,16 +227,24 @@ class SlotStore:
     def put(self, text: str, compressor: Compressor, soft_prompt: Memory) -> None:
         """Store `soft_prompt` as the compression of `text` by `compressor` (replaces an older entry)."""
         key = SlotKey.of(_check(text), compressor)
-        if not isinstance(soft_prompt, Memory):
-            raise InvalidInputError(f"put takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
-        made_by = (soft_prompt.compressor, soft_prompt.compressor_version, soft_prompt.backbone)
-        if made_by != key.identity:
-            raise BackboneMismatchError(
-                f"soft prompt was made by {'/'.join(made_by)}, not by this compressor {'/'.join(key.identity)}: "
-                "store it with the compressor that made it")
-        if any(p.source_sha256 != key.text_sha256 for p in soft_prompt.pieces):
-            raise InvalidInputError("soft prompt was compressed from another text than the one given")
+        check_put(key, soft_prompt)
         self._write(key, soft_prompt)
+
+    def compress_missing(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
+                         progress: bool = False) -> int:
+        """Compress and store the texts that have no entry yet (nothing is read back); returns how many."""
+        if isinstance(texts, str):
+            raise InvalidInputError("compress_missing takes a list of texts")
+        identity = compressor_identity(compressor)
+        todo = {SlotKey(text_sha256(t), *identity): t for t in (_check(t) for t in texts)}
+        with self._lock:
+            todo = {k: t for k, t in todo.items()
+                    if self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", k._row()).fetchone() is None}
+        if todo:
+            made = compressor.compress_many(list(todo.values()), batch_size=batch_size, progress=progress)
+            for key, memory in zip(todo, made, strict=True):
+                self._write(key, memory)
+        return len(todo)
 
     def _write(self, key: SlotKey, prompt: Memory) -> None:
         prompt.save(self.path / key.blob)  # atomic: temp file + rename, before the row exists
@@ -257,8 +260,7 @@ class SlotStore:
             return None
         try:
             prompt = Memory.load(self.path / row[0], device=device)
-            made_by = (prompt.compressor, prompt.compressor_version, prompt.backbone)
-            if made_by != key.identity or any(p.source_sha256 != key.text_sha256 for p in prompt.pieces):
+            if not matches_key(prompt, key):
                 raise CorruptFileError(f"{row[0]} holds another soft prompt than its index row says")
         except (MissingFileError, CorruptFileError) as e:
             logger.warning("slot store %s: dropping an unreadable entry, its text will be compressed again (%s)",

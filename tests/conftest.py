@@ -96,3 +96,13 @@ def spy_compress(compressor, monkeypatch) -> list[int]:
 
     monkeypatch.setattr(compressor, "compress_many", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster for the whole session (start-up paid once): 2 CPUs, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=200 * 1024**2)
+    yield ray
+    ray.shutdown()

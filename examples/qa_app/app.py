@@ -174,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     p.add_argument("--top-k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--chunk-tokens", type=int, default=256, help="passage size when indexing (default 256)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in tokens (default 64)")
+    p.add_argument("--store", help="memory store path or URI, e.g. one filled by `icae-rag index` (default: in --data-dir)")
     a = p.parse_args(argv)
     for flag, value in (("--max-upload-mb", a.max_upload_mb), ("--top-k", a.top_k),
                         ("--chunk-tokens", a.chunk_tokens), ("--max-new-tokens", a.max_new_tokens)):
@@ -182,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     settings = Settings(data_dir=a.data_dir, compressor=a.compressor, checkpoint=a.checkpoint, device=a.device,
                         max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), top_k=a.top_k,
                         chunk_tokens=a.chunk_tokens, chunk_overlap=min(32, a.chunk_tokens // 4),
-                        max_new_tokens=a.max_new_tokens)
+                        max_new_tokens=a.max_new_tokens, store=a.store)
     return settings, a.host, a.port
 
 

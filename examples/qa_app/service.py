@@ -3,7 +3,7 @@
 Layout of the data directory::
 
     files/<id><ext>          uploaded files, under generated names
-    icae_rag_slots/          SlotStore: soft prompts precomputed at upload
+    icae_rag_slots/          SlotStore: soft prompts precomputed at upload (unless --store names another store)
     index/CURRENT.json       {"version": "v-..."}: the one index version in use, switched atomically
     index/v-<uuid>/          LlamaIndex persist dir (FAISS, docstore) + documents.json
 
@@ -47,6 +47,7 @@ from icae_rag import DEFAULT_KIND
 from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.generation import build_prompt
 from icae_rag.io import atomic_path, read_json, write_json
+from icae_rag.stores import open_store
 
 from .documents import UploadError, extract_text, file_kind, safe_display_name
 
@@ -80,6 +81,7 @@ class Settings:
     chunk_overlap: int = 32
     max_new_tokens: int = 64
     max_question_chars: int = 2000
+    store: str | None = None  # memory store path or URI (e.g. s3://bucket/memories.lance); None: in data_dir
 
 
 @dataclass
@@ -106,7 +108,7 @@ class QAService:
         self.index_root.mkdir(parents=True, exist_ok=True)
         self.compressor = compressor if compressor is not None else load_app_compressor(settings)
         self.embed_model = embed_model if embed_model is not None else default_embed_model()
-        self.store = SlotStore.in_persist_dir(self.data_dir)
+        self.store = open_store(settings.store) if settings.store else SlotStore.in_persist_dir(self.data_dir)
         self.slots = SlotCache(self.compressor, self.store)
         self.splitter = SentenceSplitter(chunk_size=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
         self.ingestion = SoftPromptIngestion(self.compressor, self.store)

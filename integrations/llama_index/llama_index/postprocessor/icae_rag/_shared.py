@@ -97,14 +97,15 @@ def load_compressor_arg(compressor: Any, device: str) -> tuple[Compressor, str]:
 
 
 def open_store_arg(slot_store: Any) -> SlotStore | None:
-    """A SlotStore as is, a directory path opened as one, or None."""
-    from icae_rag.slot_store import SlotStore
+    """A memory store (SlotStore, LanceMemoryStore) as is, a directory or store URI opened by `open_store`, or None."""
+    from icae_rag.stores import MemoryStore, open_store
 
-    if slot_store is None or isinstance(slot_store, SlotStore):
+    if slot_store is None or isinstance(slot_store, MemoryStore):
         return slot_store
     if not isinstance(slot_store, (str, os.PathLike)):
-        raise InvalidInputError(f"slot_store must be a SlotStore or a directory path, got {type(slot_store).__name__}")
-    return SlotStore(slot_store)
+        raise InvalidInputError(f"slot_store must be a SlotStore, a LanceMemoryStore, a directory path or a store URI, "
+                                f"got {type(slot_store).__name__}")
+    return open_store(slot_store)
 
 
 @dataclass
