@@ -60,7 +60,7 @@ def read_documents(paths: Sequence[str | os.PathLike], *, chunk_tokens: int = 0,
     Chunk sizes count tokens of the compressor's decoder, so `chunk_tokens` loads the compressor
     named by `compressor_spec` (on the CPU) in this process for its tokenizer.
     """
-    from .data import read_text_file
+    from .datasets import read_text_file
 
     files = [Path(p) for p in paths]
     for path in files:
