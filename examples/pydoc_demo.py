@@ -1,7 +1,8 @@
 """Demo on a real document every Python install has: the language reference's pydoc topics.
 
 Writes a ~2,000-token document about Python's compound statements, then answers the same
-question from raw text, from ICAE memory slots and from E2LLM chunk tokens, via the CLI.
+question from raw text, from the default kvzip memory (the decoder's own kept keys and values) and
+from the shipped ICAE and E2LLM soft prompts, via the CLI.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from icae_rag import DEFAULT_KIND
 from icae_rag.compressors import compressor_kinds, shipped_kinds
 
 TOPICS = ("if", "while", "for", "with", "context-managers")
@@ -24,8 +26,8 @@ def main() -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n\n".join(pydoc_data.topics.topics[t].strip() for t in TOPICS), encoding="utf-8")
     print(f"document: {doc} (pydoc topics {', '.join(TOPICS)})\nquestion: {QUESTION}\n")
-    # The raw-text baseline first, then each kind that ships a trained checkpoint.
-    for kind in [*compressor_kinds(reads_text=True), *shipped_kinds()]:
+    # The raw-text baseline first, then the default kind and each kind that ships a trained checkpoint.
+    for kind in dict.fromkeys([*compressor_kinds(reads_text=True), DEFAULT_KIND, *shipped_kinds()]):
         out = subprocess.run([sys.executable, "-m", "icae_rag.cli", "ask", "--json", "--context", str(doc),
                               "--compressor", kind, QUESTION], capture_output=True, text=True, check=False)
         if out.returncode:
