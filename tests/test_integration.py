@@ -57,7 +57,22 @@ def test_default_icae_and_e2llm_ratios(document):
     assert e2llm.compress(text).compression_ratio >= 16
 
 
-@pytest.mark.parametrize("kind,min_ratio", [("raw", 1.0), ("icae", 3.9), ("e2llm", 16)])
+def test_default_kvzip_answers_from_a_quarter_of_the_entries(raw):
+    kvzip = load_compressor(device="cpu")
+    assert kvzip.kind == "kvzip" and kvzip.decoder.name == raw.decoder.name
+    memory = kvzip.compress(PARAGRAPH)
+    assert 3.9 <= memory.compression_ratio <= 4.1
+    ans = kvzip.answer("Where was Super Bowl 50 played?", [memory], max_new_tokens=24)
+    assert "Levi's Stadium" in ans.text and ans.soft_tokens == memory.num_soft_tokens
+    # Nothing evicted, stored exactly: the same greedy tokens as the raw paragraph.
+    full = new_compressor("kvzip", device="cpu", keep_fraction=1.0, storage="float32").compress(PARAGRAPH)
+    question = "Which team won Super Bowl 50?"
+    assert kvzip.answer(question, [full], max_new_tokens=16).token_ids == raw.answer(
+        question, [PARAGRAPH], max_new_tokens=16).token_ids
+    assert "Denver" in kvzip.reconstruct(memory)
+
+
+@pytest.mark.parametrize("kind,min_ratio", [("raw", 1.0), ("kvzip", 3.9), ("icae", 3.9), ("e2llm", 16)])
 def test_cli_ask_on_a_2000_token_file(document, kind, min_ratio):
     out = subprocess.run([sys.executable, "-m", "icae_rag.cli", "ask", "--json", "--context", str(document),
                           "--compressor", kind, "--max-new-tokens", "16",
