@@ -65,3 +65,11 @@ class NotAFileError(InvalidInputError):
 
 class ContextTooLongError(InvalidInputError):
     """A context needs more decoder positions than the decoder has."""
+
+
+class UsageError(InvalidInputError):
+    """The command line is malformed: an unknown option, a missing argument or a value not allowed."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage

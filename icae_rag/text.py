@@ -59,15 +59,21 @@ def decode_text(data: bytes, what: str = "file") -> str:
     return text
 
 
-def read_document(path: str | os.PathLike) -> str:
-    """The checked text of a UTF-8 file: a regular, non-empty, non-binary file, decoded in 1 MB blocks."""
+def check_file(path: str | os.PathLike) -> Path:
+    """The path, if it names an existing regular file; MissingFileError or NotAFileError otherwise."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: check the path")
     if path.is_dir():
-        raise NotAFileError(f"{path} is a directory: pass a text file inside it")
+        raise NotAFileError(f"{path} is a directory: pass a file inside it")
     if not path.is_file():
-        raise NotAFileError(f"{path} is not a regular file (a device, socket or pipe?): pass a text file")
+        raise NotAFileError(f"{path} is not a regular file (a device, socket or pipe?): pass a file")
+    return path
+
+
+def read_document(path: str | os.PathLike) -> str:
+    """The checked text of a UTF-8 file: a regular, non-empty, non-binary file, decoded in 1 MB blocks."""
+    path = check_file(path)
     # Strict incremental decoding: a bad byte is reported with its offset as soon as its block is
     # read, and no second copy of a large file's bytes is held.
     decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
