@@ -41,8 +41,10 @@ class Passage:
     score: float | None = None
 
 
-def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[tuple[int, int]]:
-    """(start, end) character spans covering `text`, cut after a blank line, newline or space near `piece_chars`."""
+def text_pieces(text: str, piece_chars: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) character spans covering `text`, cut after a blank line, newline or space near
+    `piece_chars` (default `PIECE_CHARS`)."""
+    piece_chars = piece_chars or PIECE_CHARS
     spans, start, n = [], 0, len(text)
     while start < n:
         end = min(start + piece_chars, n)
@@ -82,7 +84,9 @@ def chunk_passages(texts: Sequence[str], tokenizer: Any, passage_tokens: int = P
                 enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
                 offsets = [tuple(o) for o in enc["offset_mapping"]]
                 for s, e in sentence_chunks(offsets, piece, passage_tokens):
-                    passages.append(Passage(doc, start + offsets[s][0], start + offsets[e - 1][1], e - s))
+                    # The chunker can leave a paragraph break as a chunk of its own: nothing to retrieve.
+                    if piece[offsets[s][0] : offsets[e - 1][1]].strip():
+                        passages.append(Passage(doc, start + offsets[s][0], start + offsets[e - 1][1], e - s))
                 bar.update(end - start)
     return passages
 
