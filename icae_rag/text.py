@@ -50,13 +50,11 @@ def check_not_binary(text: str, what: str = "text") -> None:
 
 def decode_text(data: bytes, what: str = "file") -> str:
     """Bytes -> str as strict UTF-8 (a leading BOM dropped), with NotTextError naming the first bad byte."""
-    # Decoding first, so a UTF-16 file (full of NUL bytes) is named as such.
+    _refuse_nul(data, 0, f"the {what}")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise NotTextError(_not_utf8(f"the {what}", e.start, data[e.start : e.start + 4])) from None
-    _refuse_nul(data, 0, f"the {what}")
-    return text
 
 
 def check_file(path: str | os.PathLike) -> Path:
@@ -81,11 +79,11 @@ def read_document(path: str | os.PathLike) -> str:
     offset = 0
     with path.open("rb") as f:
         while block := f.read(READ_BLOCK_BYTES):
+            _refuse_nul(block, offset, str(path))
             try:
                 parts.append(decoder.decode(block))
             except UnicodeDecodeError as e:
                 raise NotTextError(_not_utf8(str(path), offset + e.start, block[e.start : e.start + 4])) from None
-            _refuse_nul(block, offset, str(path))
             offset += len(block)
         try:
             parts.append(decoder.decode(b"", final=True))
@@ -104,9 +102,13 @@ def _refuse_nul(block: bytes, offset: int, what: str) -> None:
     nul = block.find(b"\0")
     if nul >= 0:
         raise NotTextError(f"{what} contains NUL bytes (first at byte {offset + nul}): it is a binary file, "
-                           "not text; pass a UTF-8 text file")
+                           f"not text{_utf16_hint(offset, block)}; pass a UTF-8 text file")
 
 
 def _not_utf8(what: str, offset: int, head: bytes) -> str:
-    hint = " (it starts like UTF-16: re-save it as UTF-8)" if offset == 0 and head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-    return f"{what} is not UTF-8 text: undecodable byte {head[:1]!r} at byte {offset}{hint}; re-save it as UTF-8"
+    return (f"{what} is not UTF-8 text: undecodable byte {head[:1]!r} at byte {offset}"
+            f"{_utf16_hint(offset, head)}; re-save it as UTF-8")
+
+
+def _utf16_hint(offset: int, head: bytes) -> str:
+    return " (it starts like UTF-16: re-save it as UTF-8)" if offset == 0 and head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
