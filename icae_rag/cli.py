@@ -50,6 +50,8 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     texts = [read_document(p) for p in args.context]
     _positive("--max-new-tokens", args.max_new_tokens)
     _positive("--budget", args.budget)
+    # Progress bars go to stderr: shown with --json too when a person is watching the terminal.
+    progress = not args.json or sys.stderr.isatty()
     t0 = time.perf_counter()
     compressor = _load(args)
     t1 = time.perf_counter()
@@ -62,9 +64,9 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     chosen, passages = select_context(texts, question, compressor.decoder.tokenizer, budget=args.budget,
                                       window=decoder_window(compressor), max_new_tokens=args.max_new_tokens,
                                       whole=args.whole, names=args.context, encoder_loader=encoder,
-                                      progress=not args.json)
+                                      progress=progress)
     t2 = time.perf_counter()
-    contexts = chosen if compressor.reads_text else compressor.compress_many(chosen, progress=not args.json)
+    contexts = chosen if compressor.reads_text else compressor.compress_many(chosen, progress=progress)
     t3 = time.perf_counter()
     ans = compressor.answer(question, contexts, max_new_tokens=args.max_new_tokens)
     return {
