@@ -99,7 +99,7 @@ def run(url: str, upload_path: Path | None, concurrency: int, repeats: int, time
 
 
 @contextmanager
-def tiny_app(max_new_tokens: int):
+def tiny_app(max_new_tokens: int, max_batch: int):
     """The app on tiny random models (untrained ICAE on tiny-llama, mock embeddings), served on a free port."""
     import socket
 
@@ -117,7 +117,7 @@ def tiny_app(max_new_tokens: int):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        app = create_app(Settings(data_dir=Path(data_dir), max_new_tokens=max_new_tokens), compressor=compressor,
+        app = create_app(Settings(data_dir=Path(data_dir), max_new_tokens=max_new_tokens, max_batch=max_batch), compressor=compressor,
                          embed_model=MockEmbedding(embed_dim=64))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -142,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3, help="lone questions timed (median)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length with --tiny")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="with --tiny: the app's --max-batch (1: questions one at a time, as before batching)")
     p.add_argument("--timeout", type=float, default=600.0)
     a = p.parse_args(argv)
     if bool(a.url) == a.tiny:
         p.error("pass exactly one of --url and --tiny")
     if a.tiny:
-        with tiny_app(a.max_new_tokens) as url:
+        with tiny_app(a.max_new_tokens, a.max_batch) as url:
             report = run(url, a.upload, a.concurrency, a.repeats, a.timeout)
     else:
         report = run(a.url, a.upload, a.concurrency, a.repeats, a.timeout)
