@@ -201,6 +201,10 @@ def _print_human(result: dict[str, Any]) -> None:
         print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
 
 
+# The kinds icae_rag.compressors registers on import.
+BUILTIN_KINDS = ("e2llm", "icae", "kvzip", "raw")
+
+
 class _RegisteredKinds:
     """argparse choices: the registered compressor kinds with these traits, listed only when argparse
     checks a value or prints help, so `--version` and `--help` do not import torch (registering the
@@ -217,7 +221,13 @@ class _RegisteredKinds:
 
     def __contains__(self, kind: object) -> bool:
         # "kvzip:ratio=8" names a kind with config values (see load_compressor).
-        return isinstance(kind, str) and kind.partition(":")[0] in self._names()
+        if not isinstance(kind, str):
+            return False
+        # A built-in kind is accepted without importing torch, so `ask --compressor raw` still checks
+        # its input files in a fraction of a second (tests/test_cli_input.py keeps this list in sync).
+        if not self._traits and kind.partition(":")[0] in BUILTIN_KINDS:
+            return True
+        return kind.partition(":")[0] in self._names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())

@@ -111,6 +111,16 @@ def test_bad_numbers_are_refused_before_any_model(good):
         assert not probe["torch"]
 
 
+def test_an_explicit_builtin_compressor_does_not_import_torch_before_the_checks(tmp_path):
+    from icae_rag.cli import BUILTIN_KINDS
+    from icae_rag.compressors import compressor_kinds
+
+    assert set(BUILTIN_KINDS) <= set(compressor_kinds()), "BUILTIN_KINDS names a kind that is not registered"
+    for kind in ("raw", "kvzip:ratio=8"):
+        error, probe, seconds = run_cli("ask", "--json", "--compressor", kind, "--context", str(tmp_path), "What?")
+        assert probe["code"] == 2 and error["type"] == "NotAFileError" and not probe["torch"] and seconds < 3
+
+
 def test_reconstruct_of_a_directory_is_refused_before_any_model(tmp_path):
     error, probe, _ = run_cli("reconstruct", "--json", str(tmp_path))
     assert probe["code"] == 2 and error["type"] == "NotAFileError" and not probe["torch"]
