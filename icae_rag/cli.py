@@ -36,10 +36,9 @@ def _load(args: argparse.Namespace, kind: str | None = None):
     return load_compressor(args.checkpoint or kind or args.compressor, device=args.device, dtype=args.dtype)
 
 
-def _positive(flag: str, value: int) -> int:
+def _positive(flag: str, value: int) -> None:
     if value <= 0:
         raise InvalidInputError(f"{flag} must be positive, got {value}")
-    return value
 
 
 def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,7 +197,7 @@ def _print_human(result: dict[str, Any]) -> None:
         if key in result:
             print(result.pop(key))
     for key, value in result.items():
-        print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
 # The kinds icae_rag.compressors registers on import.

@@ -131,7 +131,8 @@ def check_budget(budget: int, window: int, max_new_tokens: int) -> None:
 
 def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budget: int = DEFAULT_BUDGET,
                    window: int, max_new_tokens: int, whole: bool = False, names: Sequence[str] | None = None,
-                   encoder_loader: Callable[[], Any] | None = None, passage_tokens: int = PASSAGE_TOKENS, progress: bool = False
+                   encoder_loader: Callable[[], Any] | None = None, passage_tokens: int = PASSAGE_TOKENS,
+                   progress: bool = False
                    ) -> tuple[list[str], list[Passage]]:
     """The context texts a question is answered from, and the passages they are.
 

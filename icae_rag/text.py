@@ -111,4 +111,5 @@ def _not_utf8(what: str, offset: int, head: bytes) -> str:
 
 
 def _utf16_hint(offset: int, head: bytes) -> str:
-    return " (it starts like UTF-16: re-save it as UTF-8)" if offset == 0 and head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+    utf16 = offset == 0 and head[:2] in (b"\xff\xfe", b"\xfe\xff")
+    return " (it starts like UTF-16: re-save it as UTF-8)" if utf16 else ""

@@ -117,7 +117,8 @@ def tiny_app(max_new_tokens: int, max_batch: int):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        app = create_app(Settings(data_dir=Path(data_dir), max_new_tokens=max_new_tokens, max_batch=max_batch), compressor=compressor,
+        settings = Settings(data_dir=Path(data_dir), max_new_tokens=max_new_tokens, max_batch=max_batch)
+        app = create_app(settings, compressor=compressor,
                          embed_model=MockEmbedding(embed_dim=64))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -385,8 +385,9 @@ class QAService:
             return int(vectors), len(self._index.docstore.docs)
 
     def close(self) -> None:
-        """Finish the queued uploads and questions, then close the slot store."""
-        self._uploads.shutdown(wait=True)
+        """Finish the running upload (queued ones are dropped: upload them again) and the queued
+        questions, then close the slot store."""
+        self._uploads.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()
         self.store.close()
 
