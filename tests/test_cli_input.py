@@ -175,3 +175,18 @@ def test_read_document_streams_blocks(tmp_path, monkeypatch):
         read_document(tmp_path)
     with pytest.raises(MissingFileError):
         read_document(tmp_path / "nope.txt")
+
+
+def test_the_checks_import_no_model_library():
+    code = ("import sys, icae_rag.cli, icae_rag.text, icae_rag.retrieval; "
+            "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_library_refuses_binary_text_before_encoding(tiny_raw):
+    with pytest.raises(NotTextError, match="NUL"):
+        tiny_raw.compress_many(["fine text", "bad\x00text"])
+    with pytest.raises(EmptyTextError):
+        tiny_raw.compress_many([" \n"])
