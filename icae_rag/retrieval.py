@@ -72,9 +72,11 @@ def count_tokens(tokenizer: Any, text: str, limit: int | None = None) -> int:
 
 
 def chunk_passages(texts: Sequence[str], tokenizer: Any, passage_tokens: int = PASSAGE_TOKENS, *,
-                   progress: bool = False) -> list[Passage]:
-    """Sentence-packed passages of at most `passage_tokens` tokens over every text, in document order."""
+                   encoder: Any = None, progress: bool = False) -> list[Passage]:
+    """Sentence-packed passages of at most `passage_tokens` tokens over every text, in document order;
+    with `encoder`, passages are also cut to fit its `max_seq_length`."""
     passages: list[Passage] = []
+    limit = getattr(getattr(encoder, "model", None), "max_seq_length", None)
     total = sum(len(t) for t in texts)
     with tqdm(total=total, unit="char", unit_scale=True, desc="chunking", disable=not progress,
               file=sys.stderr) as bar:
@@ -83,7 +85,14 @@ def chunk_passages(texts: Sequence[str], tokenizer: Any, passage_tokens: int = P
                 piece = text[start:end]
                 enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
                 offsets = [tuple(o) for o in enc["offset_mapping"]]
-                for s, e in sentence_chunks(offsets, piece, passage_tokens):
+
+                def fits(s: int, e: int, piece: str = piece, offsets: list = offsets) -> bool:
+                    # The sentence encoder truncates silently past max_seq_length: a passage's
+                    # tail would then never be searched.
+                    span = piece[offsets[s][0] : offsets[e - 1][1]]
+                    return len(encoder.tokenizer(span, add_special_tokens=True)["input_ids"]) <= limit
+
+                for s, e in sentence_chunks(offsets, piece, passage_tokens, fits if limit else None):
                     # The chunker can leave a paragraph break as a chunk of its own: nothing to retrieve.
                     if piece[offsets[s][0] : offsets[e - 1][1]].strip():
                         passages.append(Passage(doc, start + offsets[s][0], start + offsets[e - 1][1], e - s))
@@ -164,10 +173,10 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
             f"{what} more than {room} tokens (counted up to {sum(counts)}): with the prompt and a "
             f"{max_new_tokens}-token answer that does not fit the decoder's {window} positions; drop --whole to "
             "answer from the passages retrieved for the question, or pass a shorter document")
-    passages = chunk_passages(texts, tokenizer, passage_tokens, progress=progress)
     if encoder_loader is None:
         from .backbones import load_encoder as encoder_loader
     encoder = encoder_loader()
+    passages = chunk_passages(texts, tokenizer, passage_tokens, encoder=encoder, progress=progress)
     ranked = search(encoder, [texts[p.doc][p.start : p.end] for p in passages], question,
                     top_k=min(len(passages), budget), progress=progress)
     chosen, used = [], 0

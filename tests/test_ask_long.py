@@ -53,6 +53,17 @@ def test_chunking_tokenizes_in_bounded_pieces(tiny_raw, monkeypatch):
     assert passages == sorted(passages, key=lambda p: (p.doc, p.start))
 
 
+def test_passages_fit_the_sentence_encoder(tiny_raw):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+
+    encoder = load_encoder(TINY_ENCODER, device="cpu")
+    encoder.model.max_seq_length = 40
+    text = long_text(30)
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 256, encoder=encoder)
+    lengths = [len(encoder.tokenizer(text[p.start : p.end])["input_ids"]) for p in passages]
+    assert max(lengths) <= 40 and max(p.tokens for p in passages) < 256
+
+
 def test_count_tokens_stops_past_the_limit(tiny_raw):
     text = long_text(400)
     tokenizer = tiny_raw.decoder.tokenizer
