@@ -176,7 +176,8 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
     if encoder_loader is None:
         from .backbones import load_encoder as encoder_loader
     encoder = encoder_loader()
-    passages = chunk_passages(texts, tokenizer, passage_tokens, encoder=encoder, progress=progress)
+    # A budget below the passage size still gets whole passages, just smaller ones.
+    passages = chunk_passages(texts, tokenizer, min(passage_tokens, budget), encoder=encoder, progress=progress)
     ranked = search(encoder, [texts[p.doc][p.start : p.end] for p in passages], question,
                     top_k=min(len(passages), budget), progress=progress)
     chosen, used = [], 0

@@ -89,6 +89,14 @@ def test_ask_retrieves_passages_within_the_budget(capsys, tmp_path):
     assert result["decoder_positions"] < 300 + 256 + 2
 
 
+def test_a_small_budget_gets_small_passages(capsys, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_text(40))
+    code, result = run(capsys, "--compressor", RAW, "--budget", "20", "--max-new-tokens", "1",
+                       "--context", str(doc), "Where?")
+    assert code == 0 and result["retrieved"] and 0 < sum(c["tokens"] for c in result["chunks"]) <= 20
+
+
 def test_ask_reads_a_short_file_whole_without_the_encoder(capsys, tmp_path, monkeypatch):
     import icae_rag.backbones
 
