@@ -133,3 +133,13 @@ def test_ask_kvzip_compresses_the_retrieved_passages(capsys, tmp_path):
                        "--max-new-tokens", "2", "--context", str(doc), "What does the plant release?")
     assert code == 0 and result["retrieved"] and result["compressor"] == "kvzip"
     assert result["soft_tokens"] < sum(c["tokens"] for c in result["chunks"])
+
+
+def test_the_bench_retrieve_uses_the_same_search(tiny_raw):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+    from icae_rag.eval.qa import QAItem, retrieve
+
+    doc = long_text(20)
+    item = QAItem("q", "Where does the barge go?", ("x",), [doc])
+    retrieve([item], load_encoder(TINY_ENCODER, device="cpu"), tiny_raw.decoder.tokenizer, 64, 3)
+    assert len(item.passages) == 3 and all(p in doc for p in item.passages)
