@@ -69,8 +69,9 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_document(path: str | os.PathLike) -> str:
-    """The checked text of a UTF-8 file: a regular, non-empty, non-binary file, decoded in 1 MB blocks."""
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file (a leading BOM dropped), decoded strictly in 1 MB blocks; typed errors
+    for a missing path, a directory, NUL bytes or bytes that are not UTF-8."""
     path = check_file(path)
     # Strict incremental decoding: a bad byte is reported with its offset as soon as its block is
     # read, and no second copy of a large file's bytes is held.
@@ -90,9 +91,15 @@ def read_document(path: str | os.PathLike) -> str:
         except UnicodeDecodeError:
             raise NotTextError(f"{path} ends inside a UTF-8 character: it is truncated or not UTF-8; "
                                "re-save it as UTF-8") from None
-    text = "".join(parts)
+    return "".join(parts)
+
+
+def read_document(path: str | os.PathLike) -> str:
+    """The checked text of a document file: `read_text`, and not empty, whitespace or binary."""
+    text = read_text(path)
     if not text.strip():
-        raise EmptyTextError(f"{path} is empty or only whitespace ({offset} bytes): pass a file with text in it")
+        raise EmptyTextError(f"{path} is empty or only whitespace ({Path(path).stat().st_size} bytes): "
+                             "pass a file with text in it")
     check_not_binary(text, str(path))
     return text
 
