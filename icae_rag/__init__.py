@@ -42,6 +42,8 @@ _EXPORTS = {
     "load_encoder": "backbones",
     "new_compressor": "compressors",
     "open_store": "stores",
+    "read_document": "text",
+    "select_context": "retrieval",
 }
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 

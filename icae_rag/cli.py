@@ -10,52 +10,87 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import DEFAULT_KIND, __version__
-from .errors import IcaeRagError, InvalidInputError
+from .errors import IcaeRagError, InvalidInputError, UsageError
+from .retrieval import DEFAULT_BUDGET
+from .text import check_file, check_text, read_document
+
+# This module imports no torch or transformers at import time: every check of the command line and
+# of the input files runs before a model (or torch) loads, so bad input is refused in well under a second.
 
 
-def _read_text(path: str) -> str:
-    from .datasets import read_text_file
+def _quiet_transformers() -> None:
+    # Say what matters once, plainly: no Hugging Face progress bars or advisory warnings.
+    from transformers.utils import logging as hf_logging
 
-    return read_text_file(Path(path))
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _load(args: argparse.Namespace, kind: str | None = None):
     from .compressors import load_compressor
 
+    _quiet_transformers()
     return load_compressor(args.checkpoint or kind or args.compressor, device=args.device, dtype=args.dtype)
 
 
+def _positive(flag: str, value: int) -> None:
+    if value <= 0:
+        raise InvalidInputError(f"{flag} must be positive, got {value}")
+
+
 def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
-    """Answer a question from one or more context files, raw or compressed."""
-    texts = [_read_text(p) for p in args.context]
+    """Answer a question from context files: whole if they fit the budget, else from retrieved passages."""
+    from .retrieval import decoder_window, select_context
+
+    question = check_text(args.question, what="question")
+    texts = [read_document(p) for p in args.context]
+    _positive("--max-new-tokens", args.max_new_tokens)
+    _positive("--budget", args.budget)
+    # Progress bars go to stderr: shown with --json too when a person is watching the terminal.
+    progress = not args.json or sys.stderr.isatty()
     t0 = time.perf_counter()
     compressor = _load(args)
     t1 = time.perf_counter()
-    contexts = texts if compressor.reads_text else compressor.compress_many(texts)
+
+    def encoder():
+        from .backbones import load_encoder
+
+        return load_encoder(args.encoder, device=args.device)
+
+    chosen, passages = select_context(texts, question, compressor.decoder.tokenizer, budget=args.budget,
+                                      window=decoder_window(compressor), max_new_tokens=args.max_new_tokens,
+                                      whole=args.whole, names=args.context, encoder_loader=encoder,
+                                      progress=progress)
     t2 = time.perf_counter()
-    ans = compressor.answer(args.question, contexts, max_new_tokens=args.max_new_tokens)
+    contexts = chosen if compressor.reads_text else compressor.compress_many(chosen, progress=progress)
+    t3 = time.perf_counter()
+    ans = compressor.answer(question, contexts, max_new_tokens=args.max_new_tokens)
     return {
         "answer": ans.text,
         "compressor": compressor.kind,
         "trained": compressor.trained,
+        "retrieved": any(p.score is not None for p in passages),
+        "chunks": [{"file": args.context[p.doc], "start": p.start, "end": p.end, "tokens": p.tokens,
+                    "score": p.score} for p in passages],
         "input_tokens": ans.source_tokens,
         "soft_tokens": ans.soft_tokens,
         "decoder_positions": ans.input_positions,
         "compression_ratio": round(ans.compression_ratio, 3),
         "new_tokens": ans.new_tokens,
         "load_seconds": round(t1 - t0, 3),
-        "compress_seconds": round(t2 - t1, 3),
+        "retrieve_seconds": round(t2 - t1, 3),
+        "compress_seconds": round(t3 - t2, 3),
         "answer_seconds": round(ans.seconds, 3),
-        "seconds": round(ans.seconds + (t2 - t1), 3),
+        "seconds": round(ans.seconds + (t3 - t1), 3),
     }
 
 
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     """Compress a text file into a soft-prompt safetensors file."""
-    text = _read_text(args.file)
+    text = read_document(args.file)
     compressor = _load(args)
     prompt = compressor.compress(text, progress=not args.json)
     prompt.save(args.output)
@@ -66,6 +101,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     """Decode a saved memory (soft prompt or KV memory) back to text with the compressor that made it."""
+    check_file(args.file)
     from .memory import Memory
 
     prompt = Memory.load(args.file)
@@ -102,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .training.config import load_config
     from .training.trainer import train
 
+    _quiet_transformers()
     overrides: dict[str, Any] = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -122,6 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run a benchmark suite and write results.json, results.md and plots into --out."""
     from .eval.bench import BenchOptions, run_bench
 
+    _quiet_transformers()
     opts = BenchOptions(suite=args.suite, out=args.out, data=args.data, limit=args.limit, seed=args.seed,
                         device=args.device, longllmlingua=not args.no_longllmlingua)
     if args.compressor:
@@ -141,6 +179,7 @@ def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
     """Compress documents into a memory store (skipping what it holds), in this process or on Ray workers."""
     from .distributed import index, read_documents
 
+    _quiet_transformers()
     texts = read_documents(args.docs, chunk_tokens=args.chunk_tokens, compressor_spec=args.compressor)
     workers = args.workers or (2 if args.engine == "ray" else 1)
     options: dict[str, Any] = {"concurrency": workers, "batch_size": args.batch_size, "device": args.device,
@@ -158,7 +197,11 @@ def _print_human(result: dict[str, Any]) -> None:
         if key in result:
             print(result.pop(key))
     for key, value in result.items():
-        print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+# The kinds icae_rag.compressors registers on import.
+BUILTIN_KINDS = ("e2llm", "icae", "kvzip", "raw")
 
 
 class _RegisteredKinds:
@@ -177,17 +220,32 @@ class _RegisteredKinds:
 
     def __contains__(self, kind: object) -> bool:
         # "kvzip:ratio=8" names a kind with config values (see load_compressor).
-        return isinstance(kind, str) and kind.partition(":")[0] in self._names()
+        if not isinstance(kind, str):
+            return False
+        # A built-in kind is accepted without importing torch, so `ask --compressor raw` still checks
+        # its input files in a fraction of a second (tests/test_cli_input.py keeps this list in sync).
+        if not self._traits and kind.partition(":")[0] in BUILTIN_KINDS:
+            return True
+        return kind.partition(":")[0] in self._names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UsageError, so `main` reports them like any other error
+    (as JSON with --json)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise UsageError carrying this (sub)command's usage line."""
+        raise UsageError(f"{message} (see `{self.prog} --help`)", usage=self.format_usage())
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
     from .datasets import dataset_names
 
-    parser = argparse.ArgumentParser(prog="icae-rag", description="Answer from compressed context.")
+    parser = _Parser(prog="icae-rag", description="Answer from compressed context.")
     parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -204,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer a question from context files")
     ask.add_argument("--context", required=True, action="append", help="UTF-8 text file (repeatable)")
     ask.add_argument("--max-new-tokens", type=int, default=64)
+    ask.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                     help="context tokens read: longer files are chunked and the passages nearest the question "
+                          "kept up to this many tokens (default %(default)s)")
+    ask.add_argument("--whole", action="store_true",
+                     help="read every file whole; refused if they do not fit the decoder's positions")
+    ask.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder that ranks passages")
     ask.add_argument("question")
     common(ask)
     ask.set_defaults(func=cmd_ask)
@@ -268,21 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `icae-rag` console script."""
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Known before parsing, so a malformed command line is reported as JSON too.
+    as_json = "--json" in argv
     try:
+        args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
             # Say "untrained" once, plainly, instead of a Python warning with a stack location.
             warnings.simplefilter("ignore")
             result = args.func(args)
     except IcaeRagError as e:
-        if getattr(args, "json", False):
+        if as_json:
             print(json.dumps({"error": str(e), "type": type(e).__name__}))
         else:
-            print(f"icae-rag: error: {e}", file=sys.stderr)
+            print(f"{getattr(e, 'usage', '')}icae-rag: error: {e}", file=sys.stderr)
         return 2
     if result.get("trained") is False:
         print(f"icae-rag: warning: the {result['compressor']} compressor is untrained; its soft prompts carry "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import DataError, InvalidInputError, MissingFileError
+from .text import read_text
 
 __all__ = [
     "SQUAD_HELDOUT_ARTICLES",
@@ -150,14 +151,9 @@ def _resolve(root: str | os.PathLike | None, *parts: str) -> Path:
 
 
 def read_text_file(path: Path) -> str:
-    """Read a UTF-8 text file (BOM dropped), with typed errors for a missing or non-UTF-8 file."""
-    if not path.is_file():
-        raise MissingFileError(f"{path} does not exist: check the path")
-    try:
-        # utf-8-sig drops the BOM that valid.txt/test.txt and some Gutenberg books start with.
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}): re-save it as UTF-8") from e
+    """Read a UTF-8 text file (BOM dropped), with typed errors for a missing, binary or non-UTF-8 file."""
+    # The check the CLI and the QA app use (icae_rag.text); a NotTextError is a DataError.
+    return read_text(path)
 
 
 def _read_json(path: Path) -> Any:

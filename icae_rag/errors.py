@@ -49,3 +49,27 @@ class DataError(InvalidInputError):
 
 class UnsupportedModelError(InvalidInputError):
     """The decoder lacks what an operation needs (e.g. rotary positions for kvzip memories)."""
+
+
+class EmptyTextError(InvalidInputError):
+    """A text, question or file holds nothing but whitespace."""
+
+
+class NotTextError(DataError):
+    """A file or string is not text: bytes that are not UTF-8, NUL bytes, or mostly control characters."""
+
+
+class NotAFileError(InvalidInputError):
+    """A path names a directory or a special file where a regular file is needed."""
+
+
+class ContextTooLongError(InvalidInputError):
+    """A context needs more decoder positions than the decoder has."""
+
+
+class UsageError(InvalidInputError):
+    """The command line is malformed: an unknown option, a missing argument or a value not allowed."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage

@@ -58,7 +58,7 @@ def test_errors_are_typed_and_json(capsys, tmp_path):
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
     code, out, _ = run(capsys, "ask", "--json", "--context", str(binary), "Q?")
-    assert code == 2 and json.loads(out)["type"] == "DataError" and "UTF-8" in json.loads(out)["error"]
+    assert code == 2 and json.loads(out)["type"] == "NotTextError" and "UTF-8" in json.loads(out)["error"]
     code, _, err = run(capsys, "ask", "--checkpoint", str(tmp_path), "--context", str(binary), "Q?")
     assert code == 2 and "error" in err
     corrupt = tmp_path / "c.safetensors"
@@ -68,5 +68,5 @@ def test_errors_are_typed_and_json(capsys, tmp_path):
 
 
 def test_unknown_compressor_is_rejected_by_the_parser(capsys):
-    with pytest.raises(SystemExit):
-        main(["ask", "--compressor", "zip", "--context", "x", "Q?"])
+    code, out, _ = run(capsys, "ask", "--json", "--compressor", "zip", "--context", "x", "Q?")
+    assert code == 2 and json.loads(out)["type"] == "UsageError" and "zip" in json.loads(out)["error"]

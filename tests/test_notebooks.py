@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,12 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "examples" / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = {"01_quickstart.ipynb", "02_llamaindex_rag.ipynb", "03_training.ipynb", "04_benchmark.ipynb"}
-CELL_TIMEOUT = 300  # seconds per cell; each whole notebook takes about 1-2 minutes on 2 CPU cores
+# Seconds per cell. Measured baseline: each whole notebook runs in about 1-2 minutes on 2 idle CPU
+# cores (04_benchmark, the slowest, in 52 s), but a loaded machine once pushed one cell of 04 past
+# 300 s. The limit is only there to fail a hung kernel, so it is set far above any cell's idle time
+# (30x the slowest whole notebook) and never decides a pass on a busy machine; set
+# ICAE_RAG_NOTEBOOK_CELL_TIMEOUT to change it. It does not lengthen an idle run.
+CELL_TIMEOUT = int(os.environ.get("ICAE_RAG_NOTEBOOK_CELL_TIMEOUT", "1800"))
 
 
 def _client(nb: nbformat.NotebookNode, cwd: Path, timeout: int) -> NotebookClient:

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from examples.qa_app.documents import (
     read_limited,
     safe_display_name,
 )
+from icae_rag import DEFAULT_KIND
 
 APOLLO = ("The Apollo program was the third United States human spaceflight program. Apollo 11 landed the first "
           "humans on the Moon in July 1969. Neil Armstrong and Buzz Aldrin walked on the lunar surface while "
@@ -48,10 +50,50 @@ def make_app(data_dir: Path, compressor, embed_model=None, **settings):
                       embed_model=embed_model or HashEmbedding())
 
 
-def upload(client, name: str, data: bytes | str):
-    """POST a file's bytes to /api/documents."""
+@dataclass
+class Uploaded:
+    """An upload's outcome in the old synchronous shape: 201 + {"document"} once its job is done, the
+    immediate refusal (4xx), or the failed job's status + {"error"}."""
+
+    status_code: int
+    body: dict
+    job: dict | None = None
+
+    def json(self) -> dict:
+        return self.body
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.body)
+
+
+def start_upload(client, name: str, data: bytes | str):
+    """POST a file's bytes to /api/documents: the response (202 + job, or a refusal)."""
     body = data.encode() if isinstance(data, str) else data
     return client.post("/api/documents", params={"filename": name}, content=body)
+
+
+def wait_for_job(client, job_id: str, timeout: float = 120.0) -> tuple[dict, list[dict]]:
+    """Poll GET /api/jobs/<id> until the job ends: (final job, every state seen)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()["job"]
+        seen.append(job)
+        if job["status"] in ("done", "failed"):
+            return job, seen
+        time.sleep(0.02)
+    raise AssertionError(f"upload job {job_id} did not end in {timeout} s: {seen[-1]}")
+
+
+def upload(client, name: str, data: bytes | str) -> Uploaded:
+    """Upload a file and wait for its job to end."""
+    r = start_upload(client, name, data)
+    if r.status_code != 202:
+        return Uploaded(r.status_code, r.json())
+    job, _ = wait_for_job(client, r.json()["job"]["id"])
+    if job["status"] == "done":
+        return Uploaded(201, {"document": job["document"]}, job)
+    return Uploaded(job["error_status"], {"error": job["error"]}, job)
 
 
 def ask(client, question, mode="compressed") -> tuple[int, list[dict] | dict]:
@@ -398,7 +440,7 @@ def test_questions_are_answered_while_a_document_uploads(tmp_path, compressor):
 def test_command_line_defaults_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv("QA_APP_DATA_DIR", raising=False)
     settings, host, port = parse_args([])
-    assert (host, port, settings.compressor, settings.checkpoint) == ("127.0.0.1", 8000, "icae", None)
+    assert (host, port, settings.compressor, settings.checkpoint) == ("127.0.0.1", 8000, DEFAULT_KIND, None)
     assert settings.data_dir == Path("qa_app_data") and settings.max_upload_bytes == 10 << 20
     monkeypatch.setenv("QA_APP_DATA_DIR", str(tmp_path))
     settings, _, _ = parse_args(["--compressor", "e2llm", "--max-upload-mb", "1", "--port", "9000"])
@@ -407,3 +449,105 @@ def test_command_line_defaults_and_env(monkeypatch, tmp_path):
         parse_args(["--compressor", "raw"])
     with pytest.raises(SystemExit):
         parse_args(["--top-k", "0"])
+
+
+# --- uploads as jobs, batched questions, metadata kept from the decoder --------------------------
+
+def test_upload_returns_at_once_and_its_job_reports_progress(tmp_path, compressor):
+    embed = HashEmbedding()
+    app = make_app(tmp_path, compressor, embed_model=embed, chunk_tokens=32, chunk_overlap=0)
+    big = " ".join(f"Paragraph {i} is about canal locks, barges and river number {i}." for i in range(80))
+    with TestClient(app) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        embed.delay = 0.02
+        start = time.perf_counter()
+        r = start_upload(client, "canals.txt", big)
+        assert r.status_code == 202 and time.perf_counter() - start < 1.0
+        job = r.json()["job"]
+        assert job["status"] in ("queued", "running") and r.headers["location"] == f"/api/jobs/{job['id']}"
+        # Questions are answered from what is indexed while the job runs.
+        status, evs = ask(client, "Who walked on the Moon?", "raw")
+        assert status == 200 and {s["file"] for s in evs[0]["sources"]} == {"apollo.txt"}
+        final, seen = wait_for_job(client, job["id"])
+        assert final["status"] == "done" and final["document"]["name"] == "canals.txt"
+        assert final["progress"]["done"] == final["progress"]["total"] == 2 * final["document"]["chunks"]
+        stages = [j["stage"] for j in seen]
+        assert "embedding" in stages and stages[-1] == "done"
+        dones = [j["progress"]["done"] for j in seen]
+        assert dones == sorted(dones)
+        assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == ["apollo.txt", "canals.txt"]
+        missing = client.get("/api/jobs/nope")
+        assert missing.status_code == 404 and "no upload job" in missing.json()["error"]
+
+
+def test_bad_files_are_refused_at_once_not_in_a_job(tmp_path, compressor):
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        r = start_upload(client, "nul.txt", b"\x00" * 100)
+        assert r.status_code == 400 and "binary" in r.json()["error"]
+        assert start_upload(client, "a.exe", b"MZ").status_code == 415
+
+
+def test_concurrent_questions_are_answered_in_one_batch(tmp_path, compressor, monkeypatch):
+    app = make_app(tmp_path, compressor, batch_window_ms=400, max_new_tokens=4)
+    batches = []
+    original = compressor.answer_many
+
+    def spy(questions, contexts, **kwargs):
+        batches.append(list(questions))
+        return original(questions, contexts, **kwargs)
+
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        assert upload(client, "rhine.txt", RHINE).status_code == 201
+        monkeypatch.setattr(compressor, "answer_many", spy)
+        results = {}
+
+        def do_ask(i):
+            results[i] = ask(client, f"Question {i}: where does the Rhine rise?", "raw" if i % 2 else "compressed")
+
+        threads = [threading.Thread(target=do_ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert sorted(results) == [0, 1, 2, 3]
+    assert all(status == 200 and evs[-1]["type"] == "done" for status, evs in results.values())
+    # Nothing lost: every question was answered, in batches larger than one.
+    assert sorted(q for batch in batches for q in batch) == sorted(f"Question {i}: where does the Rhine rise?"
+                                                                   for i in range(4))
+    assert max(len(b) for b in batches) > 1 and max(app.state.service.batcher.batch_sizes) > 1
+
+
+def test_a_failed_batch_is_reported_in_every_stream(tmp_path, compressor, monkeypatch):
+    app = make_app(tmp_path, compressor, batch_window_ms=400)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder on fire")
+
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        monkeypatch.setattr(compressor, "answer_many", broken)
+        results = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(client, f"Q{i}?"))) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    for status, evs in results.values():
+        assert status == 200 and evs[-1]["type"] == "error" and "decoder on fire" in evs[-1]["error"]
+
+
+def test_metadata_labels_stay_out_of_the_decoder_text(tmp_path, compressor, monkeypatch):
+    seen: list[str] = []
+    original = compressor.stream
+
+    def spy(question, contexts, **kwargs):
+        seen.extend(c for c in contexts if isinstance(c, str))
+        return original(question, contexts, **kwargs)
+
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert upload(client, "apollo.txt", APOLLO).status_code == 201
+        monkeypatch.setattr(compressor, "stream", spy)
+        status, evs = ask(client, "Who walked on the Moon?", "raw")
+        assert status == 200 and evs[0]["sources"][0]["file"] == "apollo.txt"  # still shown to the user
+    assert seen and not any("file_name" in text or "apollo.txt" in text for text in seen)

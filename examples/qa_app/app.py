@@ -5,7 +5,10 @@ API (errors are HTTP 4xx/5xx with a JSON body ``{"error": "..."}``):
     GET  /                          the page (plain HTML + vanilla JS)
     GET  /api/info                  compressor, limits
     GET  /api/documents             indexed documents
-    POST /api/documents?filename=N  the file's bytes as the request body -> 201 {"document": {...}}
+    POST /api/documents?filename=N  the file's bytes as the request body -> 202 {"job": {...}} at once;
+                                    bad files are refused at once (4xx), the indexing runs in the job
+    GET  /api/jobs/<id>             {"job": {"status": queued|running|done|failed, "stage",
+                                    "progress": {"done", "total"}, "document" (when done), "error"}}
     POST /api/ask                   {"question": "...", "mode": "compressed"|"raw"} -> NDJSON stream:
                                     {"type": "sources", ...}, {"type": "token", "text"}..., {"type": "done", ...}
 """
@@ -106,15 +109,19 @@ def create_app(settings: Settings, *, compressor: Any = None, embed_model: Any =
     def documents() -> dict[str, Any]:
         return {"documents": service.documents()}
 
-    @app.post("/api/documents", status_code=201)
+    @app.post("/api/documents", status_code=202)
     async def upload(request: Request, filename: str = "") -> JSONResponse:
         limit = settings.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise UploadTooLargeError(f"the file is larger than the upload limit of {format_bytes(limit)}")
         data = await read_limited(request.stream(), limit)
-        record = await run_in_threadpool(service.add_document, filename, data)
-        return JSONResponse({"document": record}, status_code=201)
+        job = await run_in_threadpool(service.start_upload, filename, data)
+        return JSONResponse({"job": job}, status_code=202, headers={"Location": f"/api/jobs/{job['id']}"})
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: str) -> dict[str, Any]:
+        return {"job": service.job(job_id)}
 
     @app.post("/api/ask")
     async def ask(request: Request) -> StreamingResponse:
@@ -174,16 +181,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     p.add_argument("--top-k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--chunk-tokens", type=int, default=256, help="passage size when indexing (default 256)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in tokens (default 64)")
+    p.add_argument("--batch-window-ms", type=float, default=50.0,
+                   help="how long a question waits for others to be answered with it (default 50)")
+    p.add_argument("--max-batch", type=int, default=8, help="questions answered together at most (default 8)")
     p.add_argument("--store", help="memory store path or URI, e.g. one filled by `icae-rag index` (default: in --data-dir)")
     a = p.parse_args(argv)
     for flag, value in (("--max-upload-mb", a.max_upload_mb), ("--top-k", a.top_k),
-                        ("--chunk-tokens", a.chunk_tokens), ("--max-new-tokens", a.max_new_tokens)):
+                        ("--chunk-tokens", a.chunk_tokens), ("--max-new-tokens", a.max_new_tokens),
+                        ("--max-batch", a.max_batch)):
         if value <= 0:
             p.error(f"{flag} must be positive")
     settings = Settings(data_dir=a.data_dir, compressor=a.compressor, checkpoint=a.checkpoint, device=a.device,
                         max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), top_k=a.top_k,
                         chunk_tokens=a.chunk_tokens, chunk_overlap=min(32, a.chunk_tokens // 4),
-                        max_new_tokens=a.max_new_tokens, store=a.store)
+                        max_new_tokens=a.max_new_tokens, store=a.store, batch_window_ms=max(0.0, a.batch_window_ms),
+                        max_batch=a.max_batch)
     return settings, a.host, a.port
 
 

@@ -11,7 +11,8 @@ import io
 import re
 from collections.abc import AsyncIterator
 
-from icae_rag.errors import InvalidInputError
+from icae_rag.errors import InvalidInputError, NotTextError
+from icae_rag.text import check_not_binary, decode_text
 
 SUPPORTED = {".txt": "text", ".md": "markdown", ".pdf": "pdf", ".html": "html", ".htm": "html"}
 MAX_NAME_CHARS = 255
@@ -101,18 +102,19 @@ def extract_text(name: str, data: bytes) -> str:
     text = text.strip()
     if not text:
         raise UploadError(f"{name!r} contains no text to index")
+    try:
+        check_not_binary(text, what=f"file {name!r}")
+    except NotTextError as e:
+        raise UploadError(str(e)) from None
     return text
 
 
 def _decode_text(name: str, data: bytes) -> str:
-    # NUL bytes never occur in UTF-8 text files; they mark binaries renamed to .txt.
-    if b"\x00" in data:
-        raise UploadError(f"{name!r} looks like a binary file (it contains NUL bytes), not text")
+    # The library's check, so the CLI, the library and the app refuse the same bytes the same way.
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UploadError(f"{name!r} is not UTF-8 text (undecodable byte at offset {e.start}): "
-                          "save it as UTF-8") from None
+        return decode_text(data, what=f"file {name!r}")
+    except NotTextError as e:
+        raise UploadError(str(e)) from None
 
 
 def _pdf_text(name: str, data: bytes) -> str:

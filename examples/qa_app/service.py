@@ -9,8 +9,11 @@ Layout of the data directory::
 
 Concurrency: embedding calls hold `_embed_lock` (tokenizers are not thread-safe); every use of the
 compressor holds its per-compressor lock from the LlamaIndex integration (shared with
-`SoftPromptIngestion`); reading or changing the index holds `_index_lock`. An upload does its slow
-work (parsing, compressing, embedding) outside `_index_lock`, so questions keep being answered.
+`SoftPromptIngestion`); reading or changing the index holds `_index_lock`. Questions go through
+one `AnswerBatcher`, which answers those that arrive together in one batch. An upload is checked at
+once (name, type, text), then compressed, embedded and indexed by a background job whose progress
+`job()` reports; that slow work runs outside `_index_lock`, so questions keep being answered from
+what is indexed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,11 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
 # SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
-# component using the same compressor object share; TokenStream decodes under that lock.
+# component using the same compressor object share; the AnswerBatcher decodes under that lock.
 from llama_index.postprocessor.icae_rag import (
     SlotCache,
     SlotStore,
     SoftPromptIngestion,
-    TokenStream,
     build_faiss_index,
     default_embed_model,
     load_faiss_index,
@@ -48,7 +51,9 @@ from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.generation import build_prompt
 from icae_rag.io import atomic_path, read_json, write_json
 from icae_rag.stores import open_store
+from icae_rag.text import check_text
 
+from .batching import AnswerBatcher
 from .documents import UploadError, extract_text, file_kind, safe_display_name
 
 logger = logging.getLogger(__name__)
@@ -59,12 +64,47 @@ SNIPPET_CHARS = 300
 # Nodes compressed / embedded per hold of the compressor / embedding lock, so questions interleave with uploads.
 INGEST_BATCH = 4
 EMBED_BATCH = 16
+# Metadata the decoder never reads: labels like "file_name: x.txt" were echoed in answers.
+LLM_HIDDEN_METADATA = ["file_name", "doc_id"]
+# Upload jobs kept for GET /api/jobs/<id> after they end (oldest finished ones dropped first).
+MAX_FINISHED_JOBS = 100
 
 
 class DuplicateDocumentError(UploadError):
     """The same text is already indexed."""
 
     status = 409
+
+
+class UnknownJobError(InvalidInputError):
+    """No upload job has this id (it never existed, or ended long ago)."""
+
+    status = 404
+
+
+@dataclass
+class UploadJob:
+    """One upload being compressed and indexed: its state and progress, as GET /api/jobs/<id> shows it."""
+
+    id: str
+    name: str
+    status: str = "queued"  # queued, running, done or failed
+    stage: str = "queued"  # queued, compressing, embedding, indexing, done, failed
+    done: int = 0
+    total: int = 0
+    document: dict[str, Any] | None = None
+    error: str | None = None
+    error_status: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The job as the API returns it."""
+        out = {"id": self.id, "name": self.name, "status": self.status, "stage": self.stage,
+               "progress": {"done": self.done, "total": self.total}}
+        if self.document is not None:
+            out["document"] = self.document
+        if self.error is not None:
+            out["error"], out["error_status"] = self.error, self.error_status
+        return out
 
 
 @dataclass
@@ -81,6 +121,8 @@ class Settings:
     chunk_overlap: int = 32
     max_new_tokens: int = 64
     max_question_chars: int = 2000
+    batch_window_ms: float = 50.0  # how long the first question waits for others to join its batch
+    max_batch: int = 8
     store: str | None = None  # memory store path or URI (e.g. s3://bucket/memories.lance); None: in data_dir
 
 
@@ -114,6 +156,12 @@ class QAService:
         self.ingestion = SoftPromptIngestion(self.compressor, self.store)
         self._index_lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        self.batcher = AnswerBatcher(self.compressor, self.slots.lock, max_new_tokens=settings.max_new_tokens,
+                                     window_ms=settings.batch_window_ms, max_batch=settings.max_batch)
+        # One upload compresses at a time: compression is CPU-bound and shares the compressor lock.
+        self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-upload")
+        self._jobs: dict[str, UploadJob] = {}
+        self._jobs_lock = threading.Lock()
         self._index, self._documents = self._load_current()
         self._remove_stale_files()
 
@@ -167,18 +215,70 @@ class QAService:
         with self._index_lock:
             return [public(d) for d in self._documents]
 
-    def add_document(self, filename: str | None, data: bytes) -> dict[str, Any]:
-        """Validate, store, compress and index one uploaded file; the index on disk changes atomically.
+    def start_upload(self, filename: str | None, data: bytes) -> dict[str, Any]:
+        """Check an upload now (UploadError with its HTTP status), then index it in a background job; the job."""
+        name, ext, kind, text, sha = self._check_upload(filename, data)
+        job = UploadJob(id=uuid.uuid4().hex, name=name)
+        with self._jobs_lock:
+            self._jobs[job.id] = job
+            self._forget_old_jobs()
+        self._uploads.submit(self._run_job, job, name, ext, kind, text, sha, data)
+        return job.public()
 
-        Raises UploadError (with its HTTP status) for bad input; on any failure nothing already
-        indexed is lost and the uploaded file is not kept.
-        """
+    def job(self, job_id: str) -> dict[str, Any]:
+        """An upload job's state and progress; UnknownJobError (404) for an unknown id."""
+        with self._jobs_lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise UnknownJobError(f"no upload job {job_id!r}: it never existed or ended long ago")
+            return job.public()
+
+    def _run_job(self, job: UploadJob, name: str, ext: str, kind: str, text: str, sha: str, data: bytes) -> None:
+        def progress(stage: str, done: int, total: int) -> None:
+            with self._jobs_lock:
+                job.status, job.stage, job.done, job.total = "running", stage, done, total
+
+        try:
+            record = self._index_upload(name, ext, kind, text, sha, data, progress)
+        except Exception as e:  # reported through the job; the index is unchanged (see _index_upload)
+            if not isinstance(e, InvalidInputError):
+                logger.exception("indexing %s failed", name)
+            with self._jobs_lock:
+                job.status, job.stage = "failed", "failed"
+                job.error = str(e) if isinstance(e, InvalidInputError) else (
+                    f"indexing failed ({type(e).__name__}): see the server log")
+                job.error_status = getattr(e, "status", 400) if isinstance(e, InvalidInputError) else 500
+            return
+        with self._jobs_lock:
+            job.status, job.stage, job.document = "done", "done", record
+            job.done = job.total
+
+    def _forget_old_jobs(self) -> None:
+        """Drop the oldest finished jobs past MAX_FINISHED_JOBS; the caller holds `_jobs_lock`."""
+        finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]
+        for old in finished[: max(0, len(finished) - MAX_FINISHED_JOBS)]:
+            del self._jobs[old.id]
+
+    def add_document(self, filename: str | None, data: bytes) -> dict[str, Any]:
+        """Validate, store, compress and index one uploaded file now, in this thread (scripts and tests)."""
+        return self._index_upload(*self._check_upload(filename, data), data, None)
+
+    def _check_upload(self, filename: str | None, data: bytes) -> tuple[str, str, str, str, str]:
+        """(name, extension, kind, text, sha256) of an acceptable upload; UploadError otherwise."""
         name = safe_display_name(filename)
         ext, kind = file_kind(name)
         text = extract_text(name, data)
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         with self._index_lock:
             self._check_duplicate(sha)  # early, to skip compressing; checked again before inserting
+        return name, ext, kind, text, sha
+
+    def _index_upload(self, name: str, ext: str, kind: str, text: str, sha: str, data: bytes,
+                      progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+        """Store, compress and index one checked upload; the index on disk changes atomically.
+
+        On any failure nothing already indexed is lost and the uploaded file is not kept.
+        """
         record = {"id": uuid.uuid4().hex, "name": name, "kind": kind, "bytes": len(data), "chars": len(text),
                   "sha256": sha, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         record["stored_as"] = record["id"] + ext  # generated: the user's name never reaches the filesystem
@@ -186,8 +286,10 @@ class QAService:
         with atomic_path(stored) as tmp:
             tmp.write_bytes(data)
         try:
-            nodes = self._prepare_nodes(record, text)
+            nodes = self._prepare_nodes(record, text, progress)
             record["chunks"] = len(nodes)
+            if progress is not None:
+                progress("indexing", 2 * len(nodes), 2 * len(nodes))
             with self._index_lock:
                 self._check_duplicate(sha)
                 try:
@@ -210,13 +312,21 @@ class QAService:
             if d["sha256"] == sha:
                 raise DuplicateDocumentError(f"this text is already indexed as {d['name']!r}")
 
-    def _prepare_nodes(self, record: dict[str, Any], text: str) -> list[BaseNode]:
-        """Chunks of the text with their soft prompts precomputed into the slot store and their embeddings."""
+    def _prepare_nodes(self, record: dict[str, Any], text: str,
+                       progress: Callable[[str, int, int], None] | None = None) -> list[BaseNode]:
+        """Chunks of the text with their soft prompts precomputed into the slot store and their embeddings.
+
+        `progress(stage, done, total)` counts steps: one per node compressed, one per node embedded.
+        """
         doc = Document(text=text, id_=record["id"], metadata={"file_name": record["name"], "doc_id": record["id"]},
-                       excluded_llm_metadata_keys=["doc_id"], excluded_embed_metadata_keys=["doc_id"])
+                       excluded_llm_metadata_keys=LLM_HIDDEN_METADATA, excluded_embed_metadata_keys=["doc_id"])
         nodes = list(self.splitter([doc]))
+        report = progress or (lambda stage, done, total: None)
+        total = 2 * len(nodes)
+        report("compressing", 0, total)
         for start in range(0, len(nodes), INGEST_BATCH):
             self.ingestion(nodes[start:start + INGEST_BATCH])
+            report("compressing", min(start + INGEST_BATCH, len(nodes)), total)
         for start in range(0, len(nodes), EMBED_BATCH):
             batch = nodes[start:start + EMBED_BATCH]
             contents = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch]
@@ -224,6 +334,7 @@ class QAService:
                 embeddings = self.embed_model.get_text_embedding_batch(contents)
             for node, embedding in zip(batch, embeddings, strict=True):
                 node.embedding = embedding
+            report("embedding", len(nodes) + start + len(batch), total)
         return nodes
 
     # --- questions --------------------------------------------------------------------------
@@ -245,18 +356,17 @@ class QAService:
         contexts = self.slots.resolve(texts).prompts if mode == "compressed" else texts
         with self.slots.lock:
             prompt = build_prompt(self.compressor, contexts, question=question)
-        compressor, max_new = self.compressor, self.settings.max_new_tokens
-        stream = TokenStream(lambda: compressor.stream(question, contexts, max_new_tokens=max_new), self.slots.lock)
+        pieces = self.batcher.submit(question, contexts)
         sources = [{"file": h.node.metadata.get("file_name", "?"), "doc_id": h.node.metadata.get("doc_id"),
                     "score": None if h.score is None else round(float(h.score), 4),
                     "snippet": _snippet(h.node.get_content(metadata_mode=MetadataMode.NONE))} for h in hits]
-        return PreparedAnswer(mode, sources, prompt.positions, prompt.soft_tokens, stream.tokens())
+        return PreparedAnswer(mode, sources, prompt.positions, prompt.soft_tokens, pieces)
 
     def check_question(self, question: Any) -> str:
         """The stripped question, or InvalidInputError if it is missing, empty or too long."""
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):  # missing from the JSON body, or not a string
             raise InvalidInputError("the question is empty: type a question")
-        question = question.strip()
+        question = check_text(question, what="question").strip()
         if len(question) > self.settings.max_question_chars:
             raise InvalidInputError(f"the question is longer than {self.settings.max_question_chars} characters")
         return question
@@ -275,7 +385,10 @@ class QAService:
             return int(vectors), len(self._index.docstore.docs)
 
     def close(self) -> None:
-        """Close the slot store."""
+        """Finish the running upload (queued ones are dropped: upload them again) and the queued
+        questions, then close the slot store."""
+        self._uploads.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()
         self.store.close()
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..chunking import sentence_chunks
 from ..compressors.base import Compressor
 from ..errors import DataError
+from ..retrieval import search
 from .metrics import answer_contained, bootstrap_ci, exact_match, is_abstention, token_f1
 
 
@@ -54,21 +55,13 @@ def load_items(dataset: str, data: str | None, limit: int, seed: int, root: Path
 
 def retrieve(items: list[QAItem], encoder, tokenizer, passage_tokens: int, top_k: int) -> None:
     """Replace each item's document by its top-k passages (FAISS inner product, normalised MiniLM)."""
-    import faiss
-    import numpy as np
-
     for item in items:
         doc = item.passages[0]
         enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         chunks = sentence_chunks(offsets, doc, passage_tokens)
         passages = [doc[offsets[s][0] : offsets[e - 1][1]] for s, e in chunks]
-        vectors = np.asarray(encoder.model.encode(passages, normalize_embeddings=True), dtype="float32")
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
-        query = np.asarray(encoder.model.encode([item.question], normalize_embeddings=True), dtype="float32")
-        _, ids = index.search(query, min(top_k, len(passages)))
-        item.passages = [passages[i] for i in ids[0] if i >= 0]
+        item.passages = [passages[i] for i, _ in search(encoder, passages, item.question, top_k)]
 
 
 def score_predictions(predictions: list[str], items: list[QAItem], seed: int) -> dict[str, Any]:

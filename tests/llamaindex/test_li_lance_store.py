@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from li_helpers import TEXTS, spy_compress
 from llama_index.core import Document, VectorStoreIndex
@@ -70,7 +72,14 @@ def test_qa_app_answers_from_a_lance_store(tmp_path, _icae_proto, monkeypatch):
     with TestClient(create_app(settings, compressor=compressor, embed_model=HashEmbedding())) as client:
         assert isinstance(client.app.state.service.store, LanceMemoryStore)
         r = client.post("/api/documents", params={"filename": "apollo.txt"}, content=TEXTS[0].encode())
-        assert r.status_code == 201
+        assert r.status_code == 202
+        job_id = r.json()["job"]["id"]
+        for _ in range(600):  # the upload is indexed by a background job
+            job = client.get(f"/api/jobs/{job_id}").json()["job"]
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "done", job
     assert len(LanceMemoryStore(uri)) >= 1
     calls = spy_compress(compressor, monkeypatch)
     with TestClient(create_app(settings, compressor=compressor, embed_model=HashEmbedding())) as client:

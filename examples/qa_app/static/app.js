@@ -69,9 +69,19 @@ async function upload(event) {
       method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
     });
     if (!r.ok) return setUploadStatus(`Upload refused: ${await errorOf(r)}`, true);
-    const { document: d } = await r.json();
-    setUploadStatus(`Indexed ${d.name}: ${d.chunks} passages.`, false);
+    let { job } = await r.json();
     $("file").value = "";
+    // The upload returns at once; questions keep working while the job compresses and indexes.
+    while (job.status === "queued" || job.status === "running") {
+      const { done, total } = job.progress;
+      setUploadStatus(`${job.name}: ${job.stage}${total ? ` ${Math.round((100 * done) / total)}%` : ""}…`, false);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const poll = await fetch(`/api/jobs/${encodeURIComponent(job.id)}`);
+      if (!poll.ok) return setUploadStatus(`Upload status unknown: ${await errorOf(poll)}`, true);
+      ({ job } = await poll.json());
+    }
+    if (job.status === "failed") return setUploadStatus(`Indexing ${job.name} failed: ${job.error}`, true);
+    setUploadStatus(`Indexed ${job.document.name}: ${job.document.chunks} passages.`, false);
     await loadDocuments();
   } catch (e) {
     setUploadStatus(`Upload failed: ${e.message}`, true);

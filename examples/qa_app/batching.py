@@ -1,0 +1,113 @@
+"""Concurrent questions answered together: a queue that collects questions for a short window and
+answers them in one batch (the library's `answer_many`), so eight users wait about as long as one.
+
+A batch of one is streamed token by token (`Compressor.stream`); a larger batch is decoded in one
+`answer_many` call and each answer is sent as one piece when the batch ends. One worker thread does
+all decoding, holding the compressor's lock (shared with uploads, which compress under it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass
+class _Request:
+    question: str
+    contexts: Sequence[Any]
+    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class AnswerBatcher:
+    """Answers questions in batches of up to `max_batch`, collected for up to `window_ms` after the first."""
+
+    def __init__(self, compressor: Any, lock: Any, *, max_new_tokens: int, window_ms: float = 50.0,
+                 max_batch: int = 8) -> None:
+        """Start the worker thread; `lock` guards every use of `compressor`."""
+        self.compressor = compressor
+        self.lock = lock
+        self.max_new_tokens = max_new_tokens
+        self.window = window_ms / 1000.0
+        self.max_batch = max_batch
+        self.batch_sizes: list[int] = []  # every batch answered, for the logs and the tests
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="qa-answer-batcher")
+        self._thread.start()
+
+    def submit(self, question: str, contexts: Sequence[Any]) -> Iterator[str]:
+        """Queue a question; iterate the result for its answer's text pieces (errors re-raised there)."""
+        if self._closed.is_set():
+            raise RuntimeError("the answer batcher is closed")
+        request = _Request(question, list(contexts))
+        self._queue.put(request)
+        return self._pieces(request)
+
+    def close(self) -> None:
+        """Stop the worker once the questions already queued are answered."""
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    @staticmethod
+    def _pieces(request: _Request) -> Iterator[str]:
+        while (item := request.pieces.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, stop = [first], False
+            deadline = time.monotonic() + self.window
+            while len(batch) < self.max_batch and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._answer(batch)
+            if stop:
+                return
+
+    def _answer(self, batch: list[_Request]) -> None:
+        self.batch_sizes.append(len(batch))
+        logger.info("answering %d question(s) together", len(batch))
+        try:
+            with self.lock:
+                if len(batch) == 1:
+                    request = batch[0]
+                    for piece in self.compressor.stream(request.question, request.contexts,
+                                                        max_new_tokens=self.max_new_tokens):
+                        request.pieces.put(piece)
+                else:
+                    answers = self.compressor.answer_many([r.question for r in batch], [r.contexts for r in batch],
+                                                          max_new_tokens=self.max_new_tokens)
+                    for request, answer in zip(batch, answers, strict=True):
+                        if answer.text:
+                            request.pieces.put(answer.text)
+        except Exception as e:  # each waiting request reports it in its own stream
+            logger.exception("answering a batch of %d failed", len(batch))
+            for request in batch:
+                request.pieces.put(_Failure(e))
+            return
+        for request in batch:
+            request.pieces.put(_END)

@@ -1,0 +1,190 @@
+"""Long documents -> the passages a question needs: streamed chunking, MiniLM vectors, FAISS top passages.
+
+Memory stays bounded by the documents' own size: text is tokenized in pieces of `PIECE_CHARS`
+(never one tensor of a whole file's tokens), passages are kept as character spans, and vectors are
+added to the FAISS index batch by batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .chunking import sentence_chunks
+from .errors import ContextTooLongError, InvalidInputError
+
+# Characters tokenized at a time: about 16k tokens, a few MB of offsets.
+PIECE_CHARS = 64 * 1024
+# Context tokens `ask` retrieves by default: well inside SmolLM2's 8,192 positions, and what a 135M
+# decoder can still read (the issue measured 0/9 answers from whole long documents, about a third
+# from three 256-token passages).
+DEFAULT_BUDGET = 1536
+PASSAGE_TOKENS = 256
+# Positions kept free for the chat template and the question; longer questions are refused.
+PROMPT_RESERVE = 256
+QUESTION_TEMPLATE_TOKENS = 64
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A span of one document: `doc` indexes the documents list, start/end are character offsets."""
+
+    doc: int
+    start: int
+    end: int
+    tokens: int
+    score: float | None = None
+
+
+def text_pieces(text: str, piece_chars: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) character spans covering `text`, cut after a blank line, newline or space near
+    `piece_chars` (default `PIECE_CHARS`)."""
+    piece_chars = piece_chars or PIECE_CHARS
+    spans, start, n = [], 0, len(text)
+    while start < n:
+        end = min(start + piece_chars, n)
+        if end < n:
+            # Cutting where a reader pauses keeps sentences whole; the second half of the piece is
+            # searched so pieces stay at least half full.
+            for sep in ("\n\n", "\n", " "):
+                cut = text.rfind(sep, start + piece_chars // 2, end)
+                if cut >= 0:
+                    end = cut + len(sep)
+                    break
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def count_tokens(tokenizer: Any, text: str, limit: int | None = None) -> int:
+    """Tokens of `text` (no special tokens), counted piece by piece; stops once the count passes `limit`."""
+    total = 0
+    for start, end in text_pieces(text):
+        total += len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+        if limit is not None and total > limit:
+            break
+    return total
+
+
+def chunk_passages(texts: Sequence[str], tokenizer: Any, passage_tokens: int = PASSAGE_TOKENS, *,
+                   encoder: Any = None, progress: bool = False) -> list[Passage]:
+    """Sentence-packed passages of at most `passage_tokens` tokens over every text, in document order;
+    with `encoder`, passages are also cut to fit its `max_seq_length`."""
+    passages: list[Passage] = []
+    limit = getattr(getattr(encoder, "model", None), "max_seq_length", None)
+    total = sum(len(t) for t in texts)
+    with tqdm(total=total, unit="char", unit_scale=True, desc="chunking", disable=not progress,
+              file=sys.stderr) as bar:
+        for doc, text in enumerate(texts):
+            for start, end in text_pieces(text):
+                piece = text[start:end]
+                enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                offsets = [tuple(o) for o in enc["offset_mapping"]]
+
+                def fits(s: int, e: int, piece: str = piece, offsets: list = offsets) -> bool:
+                    # The sentence encoder truncates silently past max_seq_length: a passage's
+                    # tail would then never be searched.
+                    span = piece[offsets[s][0] : offsets[e - 1][1]]
+                    return len(encoder.tokenizer(span, add_special_tokens=True)["input_ids"]) <= limit
+
+                for s, e in sentence_chunks(offsets, piece, passage_tokens, fits if limit else None):
+                    # The chunker can leave a paragraph break as a chunk of its own: nothing to retrieve.
+                    if piece[offsets[s][0] : offsets[e - 1][1]].strip():
+                        passages.append(Passage(doc, start + offsets[s][0], start + offsets[e - 1][1], e - s))
+                bar.update(end - start)
+    return passages
+
+
+def search(encoder: Any, passages: Sequence[str], query: str, top_k: int, *, progress: bool = False
+           ) -> list[tuple[int, float]]:
+    """(passage index, score) of the `top_k` passages nearest the query, best first (FAISS inner product
+    over normalised encoder vectors)."""
+    import faiss
+    import numpy as np
+
+    if not passages:
+        raise InvalidInputError("there are no passages to search: pass a text with words in it")
+    index = None
+    for b in tqdm(range(0, len(passages), EMBED_BATCH), desc="embedding passages", unit="batch",
+                  disable=not progress, file=sys.stderr):
+        batch = list(passages[b : b + EMBED_BATCH])
+        vectors = np.asarray(encoder.model.encode(batch, normalize_embeddings=True), dtype="float32")
+        if index is None:
+            index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+    query_vector = np.asarray(encoder.model.encode([query], normalize_embeddings=True), dtype="float32")
+    scores, ids = index.search(query_vector, min(top_k, len(passages)))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+
+def decoder_window(compressor: Any) -> int:
+    """The decoder's maximum positions (`max_position_embeddings`)."""
+    return int(compressor.decoder.model.config.max_position_embeddings)
+
+
+def check_budget(budget: int, window: int, max_new_tokens: int) -> None:
+    """Refuse a context budget that, with the prompt and the answer, does not fit the decoder's window."""
+    if budget <= 0:
+        raise InvalidInputError(f"the context budget must be positive, got {budget}")
+    room = window - PROMPT_RESERVE - max_new_tokens
+    if budget > room:
+        raise ContextTooLongError(f"a budget of {budget} tokens does not fit the decoder's {window} positions "
+                                  f"with the prompt ({PROMPT_RESERVE}) and the answer ({max_new_tokens}): "
+                                  f"use a budget of at most {room}")
+
+
+def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budget: int = DEFAULT_BUDGET,
+                   window: int, max_new_tokens: int, whole: bool = False, names: Sequence[str] | None = None,
+                   encoder_loader: Callable[[], Any] | None = None, passage_tokens: int = PASSAGE_TOKENS,
+                   progress: bool = False
+                   ) -> tuple[list[str], list[Passage]]:
+    """The context texts a question is answered from, and the passages they are.
+
+    Documents whose tokens fit `budget` together are read whole. Longer ones are chunked and the best
+    passages for the question are kept, best first, until `budget` tokens are used, then put back in
+    document order. `whole=True` reads every document whole and raises ContextTooLongError when
+    they do not fit the decoder's `window`. `encoder_loader()` gives the sentence encoder, called only
+    when retrieval is needed.
+    """
+    names = list(names) if names is not None else [f"text {i}" for i in range(len(texts))]
+    room = window - PROMPT_RESERVE - max_new_tokens
+    question_tokens = count_tokens(tokenizer, question)
+    if question_tokens > PROMPT_RESERVE - QUESTION_TEMPLATE_TOKENS:
+        raise InvalidInputError(f"the question is {question_tokens} tokens: shorten it to at most "
+                                f"{PROMPT_RESERVE - QUESTION_TEMPLATE_TOKENS}")
+    if not whole:
+        check_budget(budget, window, max_new_tokens)
+    limit = room if whole else budget
+    counts: list[int] = []
+    for text in texts:
+        counts.append(count_tokens(tokenizer, text, limit=limit - sum(counts)))
+        if sum(counts) > limit:
+            break
+    if sum(counts) <= limit:
+        return list(texts), [Passage(i, 0, len(t), n) for i, (t, n) in enumerate(zip(texts, counts, strict=True))]
+    if whole:
+        what = "the documents are" if len(texts) > 1 else f"{names[0]} is"
+        raise ContextTooLongError(
+            f"{what} more than {room} tokens (counted up to {sum(counts)}): with the prompt and a "
+            f"{max_new_tokens}-token answer that does not fit the decoder's {window} positions; drop --whole to "
+            "answer from the passages retrieved for the question, or pass a shorter document")
+    if encoder_loader is None:
+        from .backbones import load_encoder as encoder_loader
+    encoder = encoder_loader()
+    # A budget below the passage size still gets whole passages, just smaller ones.
+    passages = chunk_passages(texts, tokenizer, min(passage_tokens, budget), encoder=encoder, progress=progress)
+    ranked = search(encoder, [texts[p.doc][p.start : p.end] for p in passages], question,
+                    top_k=min(len(passages), budget), progress=progress)
+    chosen, used = [], 0
+    for i, score in ranked:
+        p = passages[i]
+        if used + p.tokens <= budget:
+            chosen.append(Passage(p.doc, p.start, p.end, p.tokens, round(score, 4)))
+            used += p.tokens
+    chosen.sort(key=lambda p: (p.doc, p.start))
+    return [texts[p.doc][p.start : p.end] for p in chosen], chosen

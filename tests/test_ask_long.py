@@ -1,0 +1,145 @@
+"""`icae-rag ask` on long documents, on tiny models: streamed chunking, retrieval within a budget, --whole refused."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from icae_rag import retrieval
+from icae_rag.cli import main
+from icae_rag.errors import ContextTooLongError
+from icae_rag.retrieval import chunk_passages, count_tokens, select_context, text_pieces
+
+RAW = "raw:decoder=tiny-llama"
+WORDS = "apollo moon river rhine barge grain coal oxygen plant light energy orbit lunar surface program".split()
+
+
+def long_text(paragraphs: int, seed: int = 0) -> str:
+    """Paragraphs of random words: about 12 tokens per 10 words."""
+    rng = random.Random(seed)
+    return "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(40)).capitalize() + "." for _ in range(paragraphs))
+
+
+def run(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(["ask", "--json", "--device", "cpu", "--encoder", "tiny-bert", *argv])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_text_pieces_cover_the_text_and_cut_where_a_reader_pauses():
+    text = long_text(200)
+    spans = text_pieces(text, 1000)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(500 <= e - s <= 1000 for s, e in spans[:-1])
+    assert all(text[e - 2 : e] == "\n\n" for _, e in spans[:-1])
+    assert text_pieces("x" * 2500, 1000) == [(0, 1000), (1000, 2000), (2000, 2500)]  # no break: hard cut
+
+
+def test_chunking_tokenizes_in_bounded_pieces(tiny_raw, monkeypatch):
+    monkeypatch.setattr(retrieval, "PIECE_CHARS", 2000)
+    tokenizer, seen = tiny_raw.decoder.tokenizer, []
+
+    def spy(text, **kwargs):
+        seen.append(len(text))
+        return tokenizer(text, **kwargs)
+
+    texts = [long_text(60), "A short second document about the Rhine."]
+    passages = chunk_passages(texts, spy, 48)
+    assert max(seen) <= 2000 and len(seen) > 5
+    assert {p.doc for p in passages} == {0, 1}
+    assert all(0 < p.tokens <= 48 and texts[p.doc][p.start : p.end].strip() for p in passages)
+    assert passages == sorted(passages, key=lambda p: (p.doc, p.start))
+
+
+def test_passages_fit_the_sentence_encoder(tiny_raw):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+
+    encoder = load_encoder(TINY_ENCODER, device="cpu")
+    encoder.model.max_seq_length = 40
+    text = long_text(30)
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 256, encoder=encoder)
+    lengths = [len(encoder.tokenizer(text[p.start : p.end])["input_ids"]) for p in passages]
+    assert max(lengths) <= 40 and max(p.tokens for p in passages) < 256
+
+
+def test_count_tokens_stops_past_the_limit(tiny_raw):
+    text = long_text(400)
+    tokenizer = tiny_raw.decoder.tokenizer
+    full = count_tokens(tokenizer, text)
+    assert 100 < count_tokens(tokenizer, text, limit=100) < full
+
+
+def test_whole_past_the_window_is_refused_before_compressing(tiny_raw):
+    text = long_text(300)  # ~14k tokens > tiny-llama's 8,192 positions
+    with pytest.raises(ContextTooLongError, match="drop --whole"):
+        select_context([text], "Where?", tiny_raw.decoder.tokenizer, window=8192, max_new_tokens=8, whole=True,
+                       encoder_loader=lambda: pytest.fail("no encoder is needed to refuse"))
+
+
+def test_ask_retrieves_passages_within_the_budget(capsys, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_text(200))
+    code, result = run(capsys, "--compressor", RAW, "--budget", "300", "--max-new-tokens", "2",
+                       "--context", str(doc), "Where does the barge carry grain?")
+    assert code == 0 and result["retrieved"]
+    assert 0 < sum(c["tokens"] for c in result["chunks"]) <= 300
+    assert all(c["file"] == str(doc) and c["score"] is not None for c in result["chunks"])
+    assert result["decoder_positions"] < 300 + 256 + 2
+
+
+def test_a_small_budget_gets_small_passages(capsys, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_text(40))
+    code, result = run(capsys, "--compressor", RAW, "--budget", "20", "--max-new-tokens", "1",
+                       "--context", str(doc), "Where?")
+    assert code == 0 and result["retrieved"] and 0 < sum(c["tokens"] for c in result["chunks"]) <= 20
+
+
+def test_ask_reads_a_short_file_whole_without_the_encoder(capsys, tmp_path, monkeypatch):
+    import icae_rag.backbones
+
+    monkeypatch.setattr(icae_rag.backbones, "load_encoder", lambda *a, **k: pytest.fail("encoder loaded"))
+    doc = tmp_path / "short.txt"
+    doc.write_text("The Rhine flows north to the North Sea.")
+    code, result = run(capsys, "--compressor", RAW, "--max-new-tokens", "2", "--context", str(doc), "Where?")
+    assert code == 0 and not result["retrieved"]
+    assert result["chunks"] == [{"file": str(doc), "start": 0, "end": len(doc.read_text()),
+                                 "tokens": result["input_tokens"], "score": None}]
+
+
+def test_ask_whole_past_the_window_exits_2(capsys, tmp_path, monkeypatch):
+    from icae_rag.compressors.base import Compressor
+
+    monkeypatch.setattr(Compressor, "compress_many", lambda *a, **k: pytest.fail("compressed a refused document"))
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_text(300))
+    code, result = run(capsys, "--compressor", "kvzip:decoder=tiny-llama", "--whole", "--context", str(doc), "Where?")
+    assert code == 2 and result["type"] == "ContextTooLongError" and "8192" in result["error"]
+
+
+def test_ask_budget_past_the_window_exits_2(capsys, tmp_path):
+    doc = tmp_path / "short.txt"
+    doc.write_text("The Rhine flows north.")
+    code, result = run(capsys, "--compressor", RAW, "--budget", "9000", "--context", str(doc), "Where?")
+    assert code == 2 and result["type"] == "ContextTooLongError" and "at most" in result["error"]
+
+
+def test_ask_kvzip_compresses_the_retrieved_passages(capsys, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_text(120))
+    code, result = run(capsys, "--compressor", "kvzip:decoder=tiny-llama", "--budget", "256",
+                       "--max-new-tokens", "2", "--context", str(doc), "What does the plant release?")
+    assert code == 0 and result["retrieved"] and result["compressor"] == "kvzip"
+    assert result["soft_tokens"] < sum(c["tokens"] for c in result["chunks"])
+
+
+def test_the_bench_retrieve_uses_the_same_search(tiny_raw):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+    from icae_rag.eval.qa import QAItem, retrieve
+
+    doc = long_text(20)
+    item = QAItem("q", "Where does the barge go?", ("x",), [doc])
+    retrieve([item], load_encoder(TINY_ENCODER, device="cpu"), tiny_raw.decoder.tokenizer, 64, 3)
+    assert len(item.passages) == 3 and all(p in doc for p in item.passages)
