@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptFileError, InvalidInputError, MissingFileError
 from .memory import Memory
+from .memory_store import LANCE_PREFIX, MemoryStore, SlotStats, check_put, matches_key
 from .slot_store import SlotKey, compressor_identity
 from .soft_prompt import text_sha256
-from .stores import LANCE_PREFIX, MemoryStore, SlotStats, check_put, matches_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -373,6 +373,6 @@ class LanceMemoryStore(MemoryStore):
 
 
 def _check(text: object) -> str:
-    from .compressors.base import check_text
+    from .text import check_text
 
     return check_text(text)

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 
 from .errors import CorruptFileError, InvalidInputError, MissingFileError
 from .memory import Memory
+from .memory_store import MemoryStore, SlotStats, check_put, matches_key
 from .soft_prompt import text_sha256
-from .stores import MemoryStore, SlotStats, check_put, matches_key
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
