@@ -199,18 +199,8 @@ class KvMemory(Memory):
     def save(self, path: str | os.PathLike) -> None:
         """Write as one safetensors file; provenance and a checksum of the tensors go in its header."""
         tensors = {k: t.contiguous() for k, t in self.tensors().items()}
-        header = {
-            "format": self.format_name,
-            "format_version": FORMAT_VERSION,
-            "compressor": self.compressor,
-            "compressor_version": self.compressor_version,
-            "backbone": self.backbone,
-            "pieces": [list(vars(p).values()) for p in self.pieces],
-            "prefix_tokens": self.prefix_tokens,
-            "prefix_sha256": self.prefix_sha256,
-            "sha256": _checksum(tensors),
-            "metadata": self.metadata,
-        }
+        header = self.file_header(FORMAT_VERSION) | {
+            "prefix_tokens": self.prefix_tokens, "prefix_sha256": self.prefix_sha256, "sha256": _checksum(tensors)}
         write_tensors(path, tensors, {"icae_rag": json.dumps(header)})
 
     @classmethod

@@ -42,14 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptFileError, InvalidInputError, MissingFileError
 from .memory import Memory
-from .memory_store import LANCE_PREFIX, MemoryStore, SlotStats, check_put, matches_key
-from .slot_store import SlotKey, compressor_identity
-from .soft_prompt import text_sha256
+from .memory_store import LANCE_PREFIX, MemoryStore, SlotKey, SlotStats, matches_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .compressors.base import Compressor
 
 logger = logging.getLogger(__name__)
 
@@ -186,45 +183,12 @@ class LanceMemoryStore(MemoryStore):
         # Lance commits appends optimistically and retries them itself when another writer committed first.
         _lance().write_dataset(table, self.uri, mode="append", storage_options=self.storage_options or None)
 
-    # --- lookups --------------------------------------------------------------------------------
-    def get(self, text: str, compressor: Compressor) -> Memory | None:
-        """The stored memory of `text` made by this compressor version, or None."""
-        key = SlotKey.of(_check(text), compressor)
-        found = self._load_many([key], compressor.decoder.device).get(key)
-        with self._lock:
-            if found is None:
-                self._stats.misses += 1
-            else:
-                self._stats.hits += 1
-        if found is None:
-            self._note_other_versions([key])
-        return found
-
-    def has(self, text: str, compressor: Compressor) -> bool:
-        """Whether an entry exists for `text` and this compressor version (its bytes are read only by `get`)."""
-        key = SlotKey.of(_check(text), compressor)
-        return bool(self._rows(key.identity, [key.text_sha256], ["text_sha256"]))
-
-    def get_or_compress(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                        progress: bool = False) -> list[Memory]:
-        """One memory per text: stored ones loaded, the misses compressed in batches and stored."""
-        if isinstance(texts, str):
-            raise InvalidInputError("get_or_compress takes a list of texts; use get() for one")
-        texts = [_check(t) for t in texts]
-        identity = compressor_identity(compressor)
-        keys = [SlotKey(text_sha256(t), *identity) for t in texts]
-        distinct = dict(zip(keys, texts, strict=True))
-        found = self._load_many(list(distinct), compressor.decoder.device)
-        missing = {k: t for k, t in distinct.items() if k not in found}
-        with self._lock:
-            self._stats.hits += len(found)
-            self._stats.misses += len(missing)
-        if missing:
-            self._note_other_versions(list(missing))
-            made = compressor.compress_many(list(missing.values()), batch_size=batch_size, progress=progress)
-            self._write(list(missing), made)
-            found.update(zip(missing, made, strict=True))
-        return [found[k] for k in keys]
+    # --- storage primitives (lookups and writes are MemoryStore's) -----------------------------
+    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
+        if not keys:
+            return set()
+        present = {r["text_sha256"] for r in self._rows(keys[0].identity, [k.text_sha256 for k in keys], ["text_sha256"])}
+        return {k for k in keys if k.text_sha256 in present}
 
     def _load_many(self, keys: Sequence[SlotKey], device: Any) -> dict[SlotKey, Memory]:
         """The memories of `keys` that are stored and valid (bad rows are deleted with a warning)."""
@@ -256,27 +220,6 @@ class LanceMemoryStore(MemoryStore):
         if bad:
             self._delete_rows(bad)
         return found
-
-    # --- writes ---------------------------------------------------------------------------------
-    def put(self, text: str, compressor: Compressor, memory: Memory) -> None:
-        """Store `memory` as the compression of `text` by `compressor` (an older row of the key is kept until `compact`)."""
-        key = SlotKey.of(_check(text), compressor)
-        check_put(key, memory)
-        self._write([key], [memory])
-
-    def compress_missing(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                         progress: bool = False) -> int:
-        """Compress and store the texts that have no entry yet (nothing is read back); returns how many."""
-        if isinstance(texts, str):
-            raise InvalidInputError("compress_missing takes a list of texts")
-        identity = compressor_identity(compressor)
-        todo = {SlotKey(text_sha256(t), *identity): t for t in (_check(t) for t in texts)}
-        present = {r["text_sha256"] for r in self._rows(identity, [k.text_sha256 for k in todo], ["text_sha256"])}
-        todo = {k: t for k, t in todo.items() if k.text_sha256 not in present}
-        if todo:
-            made = compressor.compress_many(list(todo.values()), batch_size=batch_size, progress=progress)
-            self._write(list(todo), made)
-        return len(todo)
 
     def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
         """Append all rows in one commit, so a killed writer leaves all of them or none."""
@@ -371,8 +314,3 @@ class LanceMemoryStore(MemoryStore):
     def __repr__(self) -> str:
         return f"LanceMemoryStore({self.path!r})"
 
-
-def _check(text: object) -> str:
-    from .text import check_text
-
-    return check_text(text)

@@ -61,6 +61,12 @@ class Memory:
         """Write the memory as one safetensors file (atomic)."""
         raise NotImplementedError
 
+    def file_header(self, format_version: int) -> dict[str, Any]:
+        """The provenance every memory file's JSON header holds; kinds add their own fields."""
+        return {"format": self.format_name, "format_version": format_version, "compressor": self.compressor,
+                "compressor_version": self.compressor_version, "backbone": self.backbone,
+                "pieces": [list(vars(p).values()) for p in self.pieces], "metadata": self.metadata}
+
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Memory:
         """Read a file written by `save`; a truncated, edited or foreign file raises CorruptFileError."""

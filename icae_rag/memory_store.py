@@ -14,18 +14,69 @@ serve a memory whose bytes do not load or whose identity differs from its key.
 from __future__ import annotations
 
 import abc
+import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import BackboneMismatchError, InvalidInputError
 from .memory import Memory
+from .soft_prompt import text_sha256
+from .text import check_text
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
-    from .slot_store import SlotKey
 
 LANCE_PREFIX = "lance://"
+BLOB_DIR = "blobs"
+
+
+@dataclass(frozen=True)
+class SlotKey:
+    """What a soft prompt is cached under: the text's sha256 and the compressor's identity."""
+
+    text_sha256: str
+    compressor: str
+    version: str
+    backbone: str
+
+    @classmethod
+    def of(cls, text: str, compressor: Compressor) -> SlotKey:
+        """The key of `text` compressed by `compressor`."""
+        return cls(text_sha256(text), *compressor_identity(compressor))
+
+    @classmethod
+    def parse(cls, value: str) -> SlotKey:
+        """Read a key written by `str(key)`: "sha256/kind/version/backbone"."""
+        parts = value.split("/", 3) if isinstance(value, str) else []
+        if len(parts) != 4 or len(parts[0]) != 64 or not all(parts):
+            raise InvalidInputError(f"{value!r} is not a slot key: expected 'sha256/kind/version/backbone'")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.text_sha256}/{self.compressor}/{self.version}/{self.backbone}"
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """(compressor kind, version, backbone id) without the text part."""
+        return self.compressor, self.version, self.backbone
+
+    @property
+    def blob(self) -> str:
+        """Path of the blob inside the store directory (deterministic, so a rewrite replaces it)."""
+        digest = hashlib.sha256(str(self).encode("utf-8")).hexdigest()
+        return f"{BLOB_DIR}/{digest[:2]}/{digest}.safetensors"
+
+    def _row(self) -> tuple[str, str, str, str]:
+        return self.text_sha256, self.compressor, self.version, self.backbone
+
+
+def compressor_identity(compressor: Compressor) -> tuple[str, str, str]:
+    """(kind, version, backbone id): soft prompts are only interchangeable when all three match."""
+    return compressor.kind, compressor.version, compressor.backbone_id
+
+
 
 
 @dataclass
@@ -45,28 +96,84 @@ class MemoryStore(abc.ABC):
     """
 
     path: Any
+    _lock: threading.RLock
+    _stats: SlotStats
 
-    @abc.abstractmethod
+    # --- lookups and writes, the same for every store: each store reads and writes its own way ---
     def get(self, text: str, compressor: Compressor) -> Memory | None:
         """The stored memory of `text` made by this compressor version, or None."""
+        key = SlotKey.of(check_text(text), compressor)
+        found = self._load_many([key], compressor.decoder.device).get(key)
+        self._count(hits=int(found is not None), misses=int(found is None))
+        if found is None:
+            self._note_other_versions([key])
+        return found
 
-    @abc.abstractmethod
-    def has(self, text: str, compressor: Compressor) -> bool:
-        """Whether an entry exists for `text` and this compressor version (its bytes are read only by `get`)."""
-
-    @abc.abstractmethod
     def get_or_compress(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
                         progress: bool = False) -> list[Memory]:
         """One memory per text: stored ones loaded, the misses compressed in batches and stored."""
+        keys, distinct = self._keys(texts, compressor, "get_or_compress")
+        found = self._load_many(list(distinct), compressor.decoder.device)
+        missing = {k: t for k, t in distinct.items() if k not in found}
+        self._count(hits=len(found), misses=len(missing))
+        if missing:
+            self._note_other_versions(list(missing))
+            made = compressor.compress_many(list(missing.values()), batch_size=batch_size, progress=progress)
+            self._write(list(missing), made)
+            found.update(zip(missing, made, strict=True))
+        return [found[k] for k in keys]
 
-    @abc.abstractmethod
     def put(self, text: str, compressor: Compressor, memory: Memory) -> None:
         """Store `memory` as the compression of `text` by `compressor`."""
+        key = SlotKey.of(check_text(text), compressor)
+        check_put(key, memory)
+        self._write([key], [memory])
 
-    @abc.abstractmethod
     def compress_missing(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
                          progress: bool = False) -> int:
         """Compress and store the texts that have no entry yet (nothing is read back); returns how many."""
+        _, distinct = self._keys(texts, compressor, "compress_missing")
+        present = self._present(list(distinct))
+        todo = {k: t for k, t in distinct.items() if k not in present}
+        if todo:
+            made = compressor.compress_many(list(todo.values()), batch_size=batch_size, progress=progress)
+            self._write(list(todo), made)
+        return len(todo)
+
+    def has(self, text: str, compressor: Compressor) -> bool:
+        """Whether an entry exists for `text` and this compressor version (its bytes are read only by `get`)."""
+        key = SlotKey.of(check_text(text), compressor)
+        return key in self._present([key])
+
+    @staticmethod
+    def _keys(texts: Sequence[str], compressor: Compressor, caller: str) -> tuple[list[SlotKey], dict[SlotKey, str]]:
+        if isinstance(texts, str):
+            raise InvalidInputError(f"{caller} takes a list of texts")
+        texts = [check_text(t) for t in texts]
+        identity = compressor_identity(compressor)
+        keys = [SlotKey(text_sha256(t), *identity) for t in texts]
+        return keys, dict(zip(keys, texts, strict=True))  # each distinct text once
+
+    def _count(self, *, hits: int, misses: int) -> None:
+        with self._lock:
+            self._stats.hits += hits
+            self._stats.misses += misses
+
+    @abc.abstractmethod
+    def _load_many(self, keys: Sequence[SlotKey], device: Any) -> dict[SlotKey, Memory]:
+        """The memories of `keys` that are stored and valid (a bad entry is dropped with a warning)."""
+
+    @abc.abstractmethod
+    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
+        """Which of `keys` have an entry (nothing is read but the index)."""
+
+    @abc.abstractmethod
+    def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
+        """Store the memories under their keys (replacing or shadowing older entries)."""
+
+    @abc.abstractmethod
+    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
+        """Warn when another compressor version, not this one, has entries for these texts."""
 
     @property
     @abc.abstractmethod

@@ -23,30 +23,33 @@ directory on a local file system (WAL needs shared memory between processes).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CorruptFileError, InvalidInputError, MissingFileError
 from .memory import Memory
-from .memory_store import MemoryStore, SlotStats, check_put, matches_key
-from .soft_prompt import text_sha256
+from .memory_store import (
+    BLOB_DIR,
+    MemoryStore,
+    SlotKey,
+    SlotStats,
+    compressor_identity,
+    matches_key,
+)
 
 if TYPE_CHECKING:
-    from .compressors.base import Compressor
+    pass
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "slots.sqlite3"
-BLOB_DIR = "blobs"
 PERSIST_SUBDIR = "icae_rag_slots"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -62,51 +65,6 @@ CREATE TABLE IF NOT EXISTS slots (
 ) WITHOUT ROWID
 """
 _PK = "text_sha256 = ? AND compressor = ? AND version = ? AND backbone = ?"
-
-
-@dataclass(frozen=True)
-class SlotKey:
-    """What a soft prompt is cached under: the text's sha256 and the compressor's identity."""
-
-    text_sha256: str
-    compressor: str
-    version: str
-    backbone: str
-
-    @classmethod
-    def of(cls, text: str, compressor: Compressor) -> SlotKey:
-        """The key of `text` compressed by `compressor`."""
-        return cls(text_sha256(text), *compressor_identity(compressor))
-
-    @classmethod
-    def parse(cls, value: str) -> SlotKey:
-        """Read a key written by `str(key)`: "sha256/kind/version/backbone"."""
-        parts = value.split("/", 3) if isinstance(value, str) else []
-        if len(parts) != 4 or len(parts[0]) != 64 or not all(parts):
-            raise InvalidInputError(f"{value!r} is not a slot key: expected 'sha256/kind/version/backbone'")
-        return cls(*parts)
-
-    def __str__(self) -> str:
-        return f"{self.text_sha256}/{self.compressor}/{self.version}/{self.backbone}"
-
-    @property
-    def identity(self) -> tuple[str, str, str]:
-        """(compressor kind, version, backbone id) without the text part."""
-        return self.compressor, self.version, self.backbone
-
-    @property
-    def blob(self) -> str:
-        """Path of the blob inside the store directory (deterministic, so a rewrite replaces it)."""
-        digest = hashlib.sha256(str(self).encode("utf-8")).hexdigest()
-        return f"{BLOB_DIR}/{digest[:2]}/{digest}.safetensors"
-
-    def _row(self) -> tuple[str, str, str, str]:
-        return self.text_sha256, self.compressor, self.version, self.backbone
-
-
-def compressor_identity(compressor: Compressor) -> tuple[str, str, str]:
-    """(kind, version, backbone id): soft prompts are only interchangeable when all three match."""
-    return compressor.kind, compressor.version, compressor.backbone_id
 
 
 __all__ = ["SlotKey", "SlotStats", "SlotStore", "compressor_identity"]
@@ -175,78 +133,20 @@ class SlotStore(MemoryStore):
             raise
         return db
 
-    # --- lookups --------------------------------------------------------------------------------
-    def get(self, text: str, compressor: Compressor) -> Memory | None:
-        """The cached soft prompt of `text` made by this compressor version, or None."""
-        key = SlotKey.of(_check(text), compressor)
-        prompt = self._load(key, compressor.decoder.device)
+    # --- storage primitives (lookups and writes are MemoryStore's) -----------------------------
+    def _load_many(self, keys: Sequence[SlotKey], device) -> dict[SlotKey, Memory]:
+        found = {key: self._load(key, device) for key in keys}
+        return {key: memory for key, memory in found.items() if memory is not None}
+
+    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
         with self._lock:
-            if prompt is None:
-                self._stats.misses += 1
-            else:
-                self._stats.hits += 1
-        if prompt is None:
-            self._note_other_versions([key])
-        return prompt
+            return {k for k in keys if self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", k._row()).fetchone()}
 
-    def has(self, text: str, compressor: Compressor) -> bool:
-        """Whether an entry exists for `text` and this compressor version (its blob is read only by `get`)."""
-        key = SlotKey.of(_check(text), compressor)
-        with self._lock:
-            return self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", key._row()).fetchone() is not None
+    def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
+        for key, memory in zip(keys, memories, strict=True):
+            self._write_one(key, memory)
 
-    def get_or_compress(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                        progress: bool = False) -> list[Memory]:
-        """One soft prompt per text: cached ones loaded, the misses compressed in batches and stored."""
-        if isinstance(texts, str):
-            raise InvalidInputError("get_or_compress takes a list of texts; use get() for one")
-        texts = [_check(t) for t in texts]
-        identity = compressor_identity(compressor)
-        keys = [SlotKey(text_sha256(t), *identity) for t in texts]
-        found: dict[SlotKey, Memory] = {}
-        missing: dict[SlotKey, str] = {}
-        device = compressor.decoder.device
-        for key, text in dict(zip(keys, texts, strict=True)).items():  # each distinct text once
-            prompt = self._load(key, device)
-            if prompt is None:
-                missing[key] = text
-            else:
-                found[key] = prompt
-        with self._lock:
-            self._stats.hits += len(found)
-            self._stats.misses += len(missing)
-        if missing:
-            self._note_other_versions(list(missing))
-            made = compressor.compress_many(list(missing.values()), batch_size=batch_size, progress=progress)
-            for key, prompt in zip(missing, made, strict=True):
-                self._write(key, prompt)
-                found[key] = prompt
-        return [found[k] for k in keys]
-
-    # --- writes ---------------------------------------------------------------------------------
-    def put(self, text: str, compressor: Compressor, soft_prompt: Memory) -> None:
-        """Store `soft_prompt` as the compression of `text` by `compressor` (replaces an older entry)."""
-        key = SlotKey.of(_check(text), compressor)
-        check_put(key, soft_prompt)
-        self._write(key, soft_prompt)
-
-    def compress_missing(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                         progress: bool = False) -> int:
-        """Compress and store the texts that have no entry yet (nothing is read back); returns how many."""
-        if isinstance(texts, str):
-            raise InvalidInputError("compress_missing takes a list of texts")
-        identity = compressor_identity(compressor)
-        todo = {SlotKey(text_sha256(t), *identity): t for t in (_check(t) for t in texts)}
-        with self._lock:
-            todo = {k: t for k, t in todo.items()
-                    if self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", k._row()).fetchone() is None}
-        if todo:
-            made = compressor.compress_many(list(todo.values()), batch_size=batch_size, progress=progress)
-            for key, memory in zip(todo, made, strict=True):
-                self._write(key, memory)
-        return len(todo)
-
-    def _write(self, key: SlotKey, prompt: Memory) -> None:
+    def _write_one(self, key: SlotKey, prompt: Memory) -> None:
         prompt.save(self.path / key.blob)  # atomic: temp file + rename, before the row exists
         row = (*key._row(), key.blob, prompt.num_soft_tokens, prompt.source_tokens, time.time())
         with self._lock:
@@ -335,8 +235,3 @@ class SlotStore(MemoryStore):
     def __repr__(self) -> str:
         return f"SlotStore({str(self.path)!r})"
 
-
-def _check(text: object) -> str:
-    from .text import check_text
-
-    return check_text(text)

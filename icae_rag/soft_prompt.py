@@ -110,15 +110,7 @@ class SoftPrompt(Memory):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as one safetensors file; provenance goes in its JSON header metadata."""
-        header = {
-            "format": self.format_name,
-            "format_version": FORMAT_VERSION,
-            "compressor": self.compressor,
-            "compressor_version": self.compressor_version,
-            "backbone": self.backbone,
-            "pieces": [list(vars(p).values()) for p in self.pieces],
-            "metadata": self.metadata,
-        }
+        header = self.file_header(FORMAT_VERSION)
         write_tensors(path, {"embeddings": self.embeddings}, {"icae_rag": json.dumps(header)})
 
     @classmethod
