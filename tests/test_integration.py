@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from icae_rag import load_compressor, new_compressor
+from icae_rag.eval.metrics import token_f1
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +70,15 @@ def test_default_kvzip_answers_from_a_quarter_of_the_entries(raw):
     question = "Which team won Super Bowl 50?"
     assert kvzip.answer(question, [full], max_new_tokens=16).token_ids == raw.answer(
         question, [PARAGRAPH], max_new_tokens=16).token_ids
-    assert "Denver" in kvzip.reconstruct(memory)
+    # The decoder restates rather than copies (it may drop a clause), so measure overlap, not equality.
+    assert token_f1(kvzip.reconstruct(memory), (PARAGRAPH,)) >= 0.5
 
 
 @pytest.mark.parametrize("kind,min_ratio", [("raw", 1.0), ("kvzip", 3.9), ("icae", 3.9), ("e2llm", 16)])
 def test_cli_ask_on_a_2000_token_file(document, kind, min_ratio):
+    # --whole: the whole ~2,000-token file, not the passages retrieved within the default budget.
     out = subprocess.run([sys.executable, "-m", "icae_rag.cli", "ask", "--json", "--context", str(document),
-                          "--compressor", kind, "--max-new-tokens", "16",
+                          "--whole", "--compressor", kind, "--max-new-tokens", "16",
                           "Which statement wraps a block with methods defined by a context manager?"],
                          capture_output=True, text=True, check=True, timeout=300)
     result = json.loads(out.stdout)
