@@ -110,7 +110,7 @@ class SlotStore(MemoryStore):
                 raise CorruptFileError(
                     f"slot store {self.path} was written by a newer icae-rag (schema {version}, this "
                     f"version reads {SCHEMA_VERSION}): upgrade icae-rag, or delete the directory to rebuild it")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _set_wal(db, busy_timeout)
             if mode.lower() != "wal":
                 logger.warning("slot store %s: SQLite refused WAL mode (got %r); concurrent readers will "
                                "wait for writers", self.path, mode)
@@ -235,3 +235,16 @@ class SlotStore(MemoryStore):
     def __repr__(self) -> str:
         return f"SlotStore({str(self.path)!r})"
 
+
+def _set_wal(db: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL and return the journal mode SQLite reports. Two processes opening a new store at
+    once can get "database is locked" here without SQLite waiting (the busy handler does not cover
+    this switch), so retry until `busy_timeout`."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
