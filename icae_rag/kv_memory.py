@@ -119,7 +119,7 @@ class KvMemory(Memory):
         if storage != "int8":
             dtype = STORAGE_DTYPES[storage]
             return cls(keys.to(dtype), values.to(dtype), positions, counts, **provenance)
-        owner = _owners(counts)
+        owner = entry_owners(counts)
         absmax = torch.zeros(counts.numel(), keys.shape[1]).index_reduce_(0, owner, keys.abs(), "amax")
         key_scale = (absmax / 127).clamp(min=1e-8)
         value_scale = (values.abs().amax(dim=1) / 127).clamp(min=1e-8)
@@ -132,7 +132,7 @@ class KvMemory(Memory):
         """(keys, values) as float32, de-quantised if stored as int8."""
         if self.key_scale is None:
             return self.keys.float(), self.values.float()
-        owner = _owners(self.counts).to(self.keys.device)
+        owner = entry_owners(self.counts).to(self.keys.device)
         keys = self.keys.float() * self.key_scale.float().reshape(-1, self.keys.shape[1])[owner]
         return keys, self.values.float() * self.value_scale.float()[:, None]
 
@@ -150,7 +150,7 @@ class KvMemory(Memory):
         keys = rerotate(keys.to(device), delta, rotary_emb).to(dtype)
         values = values.to(device, dtype)
         flat = self.counts.reshape(-1).long().to(device)
-        owner = _owners(self.counts).to(device)
+        owner = entry_owners(self.counts).to(device)
         rank = torch.arange(self.kept_entries, device=device) - (flat.cumsum(0) - flat)[owner]
         dim, out_k, out_v, out_ok = keys.shape[1], [], [], []
         bounds = [0, *self.counts.sum(1).long().cumsum(0).tolist()]
@@ -181,7 +181,7 @@ class KvMemory(Memory):
 
         if kept.numel() == self.kept_entries:
             return self
-        counts = torch.bincount(_owners(self.counts)[kept], minlength=self.counts.numel()).view(self.counts.shape)
+        counts = torch.bincount(entry_owners(self.counts)[kept], minlength=self.counts.numel()).view(self.counts.shape)
         return replace(self, keys=self.keys[kept], values=self.values[kept], positions=self.positions[kept],
                        counts=counts.to(torch.int32), scores=None if self.scores is None else self.scores[kept],
                        value_scale=None if self.value_scale is None else self.value_scale[kept])
@@ -251,7 +251,7 @@ def token_ids_sha256(ids: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
 
 
-def _owners(counts: torch.Tensor) -> torch.Tensor:
+def entry_owners(counts: torch.Tensor) -> torch.Tensor:
     """For each entry, the flat (layer * kv_heads + head) index it belongs to."""
     flat = counts.reshape(-1).long().cpu()
     return torch.repeat_interleave(torch.arange(flat.numel()), flat)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BackboneMismatchError, InvalidInputError
 from .memory import Memory
 from .soft_prompt import text_sha256
-from .text import check_text
+from .text import check_text, check_texts_and_leads
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
@@ -110,17 +110,21 @@ class MemoryStore(abc.ABC):
         return found
 
     def get_or_compress(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                        progress: bool = False) -> list[Memory]:
-        """One memory per text: stored ones loaded, the misses compressed in batches and stored."""
-        keys, distinct = self._keys(texts, compressor, "get_or_compress")
+                        progress: bool = False, leads: Sequence[str | None] | None = None) -> list[Memory]:
+        """One memory per text: stored ones loaded, the misses compressed in batches and stored.
+
+        `leads` (kinds with `uses_leads`): per text, the text before it in its document; a miss is
+        encoded after it. The entry is still keyed by the text alone, so a later lookup of the text
+        finds the memory made in context.
+        """
+        keys, distinct = self._keys(texts, compressor, "get_or_compress", leads)
         found = self._load_many(list(distinct), compressor.decoder.device)
-        missing = {k: t for k, t in distinct.items() if k not in found}
+        missing = [k for k in distinct if k not in found]
         self._count(hits=len(found), misses=len(missing))
         if missing:
-            self._note_other_versions(list(missing))
-            made = compressor.compress_many(list(missing.values()), batch_size=batch_size, progress=progress)
-            self._write(list(missing), made)
-            found.update(zip(missing, made, strict=True))
+            self._note_other_versions(missing)
+            found.update(zip(missing, self._compress(compressor, distinct, missing, leads, batch_size, progress),
+                             strict=True))
         return [found[k] for k in keys]
 
     def put(self, text: str, compressor: Compressor, memory: Memory) -> None:
@@ -130,14 +134,14 @@ class MemoryStore(abc.ABC):
         self._write([key], [memory])
 
     def compress_missing(self, texts: Sequence[str], compressor: Compressor, *, batch_size: int = 8,
-                         progress: bool = False) -> int:
-        """Compress and store the texts that have no entry yet (nothing is read back); returns how many."""
-        _, distinct = self._keys(texts, compressor, "compress_missing")
+                         progress: bool = False, leads: Sequence[str | None] | None = None) -> int:
+        """Compress and store the texts that have no entry yet (nothing is read back); returns how many.
+        `leads` as in `get_or_compress`."""
+        _, distinct = self._keys(texts, compressor, "compress_missing", leads)
         present = self._present(list(distinct))
-        todo = {k: t for k, t in distinct.items() if k not in present}
+        todo = [k for k in distinct if k not in present]
         if todo:
-            made = compressor.compress_many(list(todo.values()), batch_size=batch_size, progress=progress)
-            self._write(list(todo), made)
+            self._compress(compressor, distinct, todo, leads, batch_size, progress)
         return len(todo)
 
     def has(self, text: str, compressor: Compressor) -> bool:
@@ -146,13 +150,28 @@ class MemoryStore(abc.ABC):
         return key in self._present([key])
 
     @staticmethod
-    def _keys(texts: Sequence[str], compressor: Compressor, caller: str) -> tuple[list[SlotKey], dict[SlotKey, str]]:
+    def _keys(texts: Sequence[str], compressor: Compressor, caller: str,
+              leads: Sequence[str | None] | None) -> tuple[list[SlotKey], dict[SlotKey, tuple[str, str | None]]]:
+        """Keys in order, and each distinct key once with its (text, lead): the first lead seen for it."""
         if isinstance(texts, str):
             raise InvalidInputError(f"{caller} takes a list of texts")
-        texts = [check_text(t) for t in texts]
+        texts = check_texts_and_leads(texts, leads)
         identity = compressor_identity(compressor)
         keys = [SlotKey(text_sha256(t), *identity) for t in texts]
-        return keys, dict(zip(keys, texts, strict=True))  # each distinct text once
+        distinct: dict[SlotKey, tuple[str, str | None]] = {}
+        for key, text, lead in zip(keys, texts, leads or [None] * len(texts), strict=True):
+            distinct.setdefault(key, (text, lead))
+        return keys, distinct
+
+    def _compress(self, compressor: Compressor, distinct: dict[SlotKey, tuple[str, str | None]], todo: list[SlotKey],
+                  leads: Sequence[str | None] | None, batch_size: int, progress: bool) -> list[Memory]:
+        """Compress the texts of `todo` (after their leads, when leads were given) and store them."""
+        texts = [distinct[k][0] for k in todo]
+        # Leads are passed only when given, so a compressor without them keeps its plain signature.
+        with_leads = {} if leads is None else {"leads": [distinct[k][1] for k in todo]}
+        made = compressor.compress_many(texts, batch_size=batch_size, progress=progress, **with_leads)
+        self._write(todo, made)
+        return made
 
     def _count(self, *, hits: int, misses: int) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import EmptyTextError, InvalidInputError, MissingFileError, NotAFileError, NotTextError
@@ -120,3 +121,13 @@ def _not_utf8(what: str, offset: int, head: bytes) -> str:
 def _utf16_hint(offset: int, head: bytes) -> str:
     utf16 = offset == 0 and head[:2] in (b"\xff\xfe", b"\xfe\xff")
     return " (it starts like UTF-16: re-save it as UTF-8)" if utf16 else ""
+
+
+def check_texts_and_leads(texts: Sequence[str], leads: Sequence[str | None] | None) -> list[str]:
+    """The checked texts of a `compress_many` call; raises unless there is one lead (or None) per text."""
+    if isinstance(texts, str):
+        raise InvalidInputError("compress_many takes a list of texts; use compress() for one")
+    texts = [check_text(t) for t in texts]
+    if leads is not None and (isinstance(leads, str) or len(leads) != len(texts)):
+        raise InvalidInputError(f"{len(texts)} texts need {len(texts)} leads (a lead, or None, per text)")
+    return texts

@@ -26,7 +26,7 @@ from ..errors import (
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..memory import Memory
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
-from ..text import check_text
+from ..text import check_text, check_texts_and_leads
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class Compressor(nn.Module):
     reads_text: ClassVar[bool] = False
     # True when `icae-rag train` can train the kind (it has tensors in `trainable_state_dict`).
     trainable: ClassVar[bool] = False
+    # True when `compress_many` reads `leads`: the text before each passage in its document, which
+    # the memory is encoded after (so it is computed in context, as raw text in a long prompt is).
+    uses_leads: ClassVar[bool] = False
 
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()
@@ -100,11 +103,13 @@ class Compressor(nn.Module):
         return self.compress_many([text], progress=progress)[0]
 
     @torch.no_grad()
-    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> list[SoftPrompt]:
+    def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+                      leads: Sequence[str | None] | None = None) -> list[SoftPrompt]:
         """Compress several texts, batching their spans/chunks; one soft prompt per text."""
-        if isinstance(texts, str):
-            raise InvalidInputError("compress_many takes a list of texts; use compress() for one")
-        texts = [check_text(t) for t in texts]
+        texts = check_texts_and_leads(texts, leads)
+        if leads is not None and any(leads):
+            raise InvalidInputError(f"the {self.kind!r} compressor encodes each text on its own and cannot use leads; "
+                                    f"pass leads only to kinds with uses_leads (kvzip)")
         encoded = self.encode(texts, batch_size=batch_size, progress=progress)
         version, backbone, out = self.version, self.backbone_id, []
         for text, (rows, spans) in zip(texts, encoded, strict=True):

@@ -30,15 +30,15 @@ from tqdm.auto import tqdm
 
 from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError
 from ..kv_attention import KvView, rerotate
-from ..kv_memory import STORAGE_DTYPES, KvMemory, prune_jointly, token_ids_sha256
+from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ..soft_prompt import Piece, text_sha256
-from ..text import check_text
+from ..text import check_texts_and_leads
 from .base import Compressor, register_compressor
 
 
-@dataclass
+@dataclass(frozen=True)  # the compressor hashes it once into its version
 class KvzipConfig:
     """How much of each passage's KV cache to keep, and how it is stored."""
 
@@ -86,10 +86,16 @@ class KvzipConfig:
 class KvzipCompressor(Compressor):
     """Compresses a passage into the decoder's kept KV entries (`KvMemory`); nothing is trained."""
 
+    uses_leads = True
+
     def __init__(self, config: KvzipConfig, decoder: DecoderBackbone) -> None:
         super().__init__(config, decoder)
         kv_attention.require(decoder.model)
         self.trained = True  # training-free: what it claims is what it is
+        # Every store lookup asks for the version: render the prefix and hash the config once.
+        settings = {k: v for k, v in asdict(config).items() if k != "decoder"}
+        settings["prefix"] = token_ids_sha256(self._prefix_ids())
+        self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def build(cls, config: KvzipConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> KvzipCompressor:
@@ -108,9 +114,7 @@ class KvzipCompressor(Compressor):
     @property
     def version(self) -> str:
         """Scoring settings + prompt prefix: memories of another version hold other entries."""
-        settings = {k: v for k, v in asdict(self.config).items() if k != "decoder"}
-        settings["prefix"] = token_ids_sha256(self._prefix_ids())
-        return "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        return self._version
 
     def _prefix_ids(self) -> list[int]:
         from ..generation import context_prefix_ids
@@ -126,12 +130,8 @@ class KvzipCompressor(Compressor):
 
         from ..generation import prompt_texts
 
-        if isinstance(texts, str):
-            raise InvalidInputError("compress_many takes a list of texts; use compress() for one")
-        texts = [check_text(t) for t in texts]
+        texts = check_texts_and_leads(texts, leads)
         leads = [None] * len(texts) if leads is None else list(leads)
-        if len(leads) != len(texts):
-            raise InvalidInputError(f"{len(texts)} texts but {len(leads)} leads: pass one lead (or None) per text")
         tok, model = self.decoder.tokenizer, self.decoder.model
         prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
@@ -207,7 +207,7 @@ def _join_windows(parts: list, n_tokens: int, sha: str, storage: str, provenance
     positions = torch.cat([p[2] for p in parts]).cpu()
     scores = torch.cat([p[4] for p in parts]).cpu()
     counts = torch.stack([p[3] for p in parts]).sum(0).cpu()
-    owners = torch.cat([torch.repeat_interleave(torch.arange(p[3].numel()), p[3].reshape(-1).cpu()) for p in parts])
+    owners = torch.cat([entry_owners(p[3]) for p in parts])
     order = torch.argsort(owners * n_tokens + positions, stable=True)
     pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
     return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],

@@ -142,3 +142,35 @@ def test_faiss_vector_stores_score_by_inner_product():
     assert hnsw.hnsw.efSearch == 32
     with pytest.raises(InvalidInputError, match="'flat' or 'hnsw'"):
         faiss_vector_store(8, "ivf")
+
+
+def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, monkeypatch):
+    from icae_rag import new_compressor
+    from icae_rag.backbones import TINY_DECODER
+
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER)
+    seen: list = []
+    original = type(kvzip).compress_many
+
+    def spy(self, texts, **kw):
+        seen.append((list(texts), kw.get("leads")))
+        return original(self, texts, **kw)
+
+    monkeypatch.setattr(type(kvzip), "compress_many", spy)
+    nodes = SentenceSplitter(chunk_size=32, chunk_overlap=0).get_nodes_from_documents([Document(text=" ".join(TEXTS))])
+    assert len(nodes) >= 2, "the document must split into several nodes"
+    store = SlotStore(tmp_path)
+    SoftPromptIngestion(kvzip, store)(nodes)
+    texts, leads = seen[-1]
+    assert leads[0] is None and leads[1:] == [n.get_content() for n in nodes[:-1]]
+    assert store.get(texts[1], kvzip).metadata["lead_sha256"], "a query finds the node's in-context memory"
+    seen.clear()
+    SoftPromptIngestion(kvzip, SlotStore(tmp_path / "apart"), in_context=False)(nodes)
+    assert seen[-1][1] is None
+
+
+def test_kinds_that_encode_texts_alone_refuse_leads(tiny_icae):
+    with pytest.raises(InvalidInputError, match="cannot use leads"):
+        tiny_icae.compress_many(["Apollo 11 landed in 1969."], leads=["Before it came Apollo 10."])
+    with pytest.raises(InvalidInputError, match="1 texts need 1 leads"):
+        tiny_icae.compress_many(["Apollo 11 landed in 1969."], leads=[None, None])

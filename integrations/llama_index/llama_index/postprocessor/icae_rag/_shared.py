@@ -185,13 +185,15 @@ class SlotCache:
                 recent.popitem(last=False)
             return Resolved([found[k] for k in keys], keys, compressed)
 
-    def precompute(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> int:
-        """Put the soft prompts of `texts` into the store (not into memory); returns how many were compressed."""
+    def precompute(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+                   leads: Sequence[str | None] | None = None) -> int:
+        """Put the soft prompts of `texts` (encoded after `leads`, if given) into the store, not into
+        memory; returns how many were compressed."""
         if self.store is None:
             raise InvalidInputError("precomputing soft prompts needs a slot store to keep them in")
         with self.lock:
             before = self.store.stats.misses
-            self.store.get_or_compress(texts, self.compressor, batch_size=batch_size, progress=progress)
+            self.store.get_or_compress(texts, self.compressor, batch_size=batch_size, progress=progress, leads=leads)
             return self.store.stats.misses - before
 
     def count_tokens(self, text: str) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.bridge.pydantic import Field
-from llama_index.core.schema import BaseNode, TransformComponent
+from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
 from ._shared import SoftPromptComponent, node_text
 
@@ -36,6 +36,10 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
 
     needs_slot_store = True
     slot_store_dir: str = Field(description="Slot store directory the soft prompts are written to.")
+    in_context: bool = Field(
+        default=True, description="For kinds that use leads (kvzip): encode each node after the node before it in "
+                                  "its document (its PREVIOUS relationship, when that node is in the same call), as "
+                                  "the node's text would be read inside the whole document.")
 
     @classmethod
     def class_name(cls) -> str:
@@ -43,11 +47,25 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Compress the nodes missing from the store; return the nodes unchanged."""
-        texts = [t for t in (node_text(n, quiet=True) for n in nodes) if t is not None]
-        if texts:
-            n = self._cache.precompute(texts, batch_size=self.batch_size, progress=bool(kwargs.get("show_progress")))
+        kept = [(n, t) for n, t in ((n, node_text(n, quiet=True)) for n in nodes) if t is not None]
+        if kept:
+            leads = self._leads(nodes, [n for n, _ in kept]) if self.in_context and self.compressor.uses_leads else None
+            texts = [t for _, t in kept]
+            n = self._cache.precompute(texts, batch_size=self.batch_size, progress=bool(kwargs.get("show_progress")),
+                                       leads=leads)
             logger.debug("precomputed %d of %d soft prompts into %s", n, len(texts), self.slot_store_dir)
         return nodes
+
+    @staticmethod
+    def _leads(nodes: Sequence[BaseNode], kept: list[BaseNode]) -> list[str | None]:
+        """Per kept node, the document text of its previous node, if that node is among `nodes`."""
+        by_id = {n.node_id: n for n in nodes}
+        leads = []
+        for node in kept:
+            before = node.prev_node and by_id.get(node.prev_node.node_id)
+            text = before.get_content(metadata_mode=MetadataMode.NONE) if before else ""
+            leads.append(text if text.strip() else None)
+        return leads
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """As __call__, off the event loop."""
