@@ -78,6 +78,10 @@ def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     apart = kv_full.compress(TEXT).cache_tensors(0, rotary(model), dec.dtype, dec.device)[0]
     assert not torch.allclose(keys[-1], apart[-1])
+    no_lead = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32",
+                             lead_tokens=0).compress_many([TEXT], leads=[SECOND])[0]
+    assert "lead_sha256" not in no_lead.metadata, "lead_tokens=0 encodes the passage apart"
+    torch.testing.assert_close(no_lead.cache_tensors(0, rotary(model), dec.dtype, dec.device)[0][-1], apart[-1])
 
 
 def test_rerotated_keys_equal_keys_computed_at_the_shifted_position(kvzip):

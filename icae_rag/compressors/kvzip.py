@@ -143,6 +143,7 @@ class KvzipCompressor(Compressor):
         step, lead_tokens = self.config.window_tokens, self.config.lead_tokens
         for text, lead in tqdm(list(zip(texts, leads, strict=True)), desc="kvzip: scoring passages", unit="passage",
                                disable=not progress):
+            lead = lead if lead_tokens else None  # lead_tokens=0: encoded apart, whatever the caller passed
             ids, sha = self.tokenize(text), text_sha256(text)
             before = self.tokenize(lead) if lead else []
             parts = []
