@@ -15,7 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import InvalidInputError
 from .memory_store import SlotKey, compressor_identity
@@ -201,19 +201,15 @@ class TokenStream:
         finally:
             self._queue.put(_DONE)
 
-    @staticmethod
-    def _piece(item: Any) -> str:
-        if isinstance(item, _Failure):
-            raise item.error
-        return item
-
     def tokens(self, default: str | None = None) -> Generator[str, None, None]:
         """The answer's text pieces as they are decoded; `default`, if given, when the decoder yields none."""
         empty = True
         try:
-            while (item := self._queue.get()) is not _DONE:
+            for item in iter(self._queue.get, _DONE):
+                if isinstance(item, _Failure):
+                    raise item.error
                 empty = False
-                yield self._piece(item)
+                yield item
         finally:
             self._stop.set()
         if empty and default is not None:
@@ -221,12 +217,10 @@ class TokenStream:
 
     async def atokens(self, default: str | None = None) -> AsyncGenerator[str, None]:
         """The same, without blocking the event loop."""
-        empty = True
+        pieces = self.tokens(default)
         try:
-            while (item := await asyncio.to_thread(self._queue.get)) is not _DONE:
-                empty = False
-                yield self._piece(item)
+            while (piece := await asyncio.to_thread(next, pieces, _DONE)) is not _DONE:
+                yield piece
         finally:
+            # Not pieces.close(): a cancelled read may still be running it in its thread.
             self._stop.set()
-        if empty and default is not None:
-            yield default
