@@ -637,16 +637,23 @@ def load_covid_qa(root: str | os.PathLike | None = None) -> list[LongDocQA]:
     return out
 
 
+def _split_records(
+    name: str, folder: str, split: str, splits: tuple[str, ...], root: str | os.PathLike | None
+) -> list[tuple[str, Any]]:
+    """(where, record) per line of `folder/<split>.jsonl`, once `split` is checked to be one of `splits`."""
+    if split not in splits:
+        use = ", ".join(repr(s) for s in splits[:-1]) + f" or {splits[-1]!r}"
+        raise DataError(f"unknown {name} split {split!r}: use {use}")
+    path = _resolve(root, folder, f"{split}.jsonl")
+    return [(f"{path}, line {lineno}", obj) for lineno, obj in _read_jsonl(path)]
+
+
 def load_squality(
     split: Literal["train", "dev", "test"], root: str | os.PathLike | None = None
 ) -> list[LongDocQA]:
     """Load SQuALITY: 5 questions per Gutenberg story, each with its 4 reference answers."""
-    if split not in ("train", "dev", "test"):
-        raise DataError(f"unknown SQuALITY split {split!r}: use 'train', 'dev' or 'test'")
-    path = _resolve(root, "longqa-squality", f"{split}.jsonl")
     out = []
-    for lineno, obj in _read_jsonl(path):
-        where = f"{path}, line {lineno}"
+    for where, obj in _split_records("SQuALITY", "longqa-squality", split, ("train", "dev", "test"), root):
         doc_id = str(_get(_get(obj, "metadata", dict, where), "passage_id", (str, int), where))
         document = _get(obj, "document", str, where)
         for k, q in enumerate(_get(obj, "questions", list, where)):
@@ -673,12 +680,8 @@ def load_qmsum(
     split: Literal["train", "val", "test"], root: str | os.PathLike | None = None
 ) -> list[LongDocQA]:
     """Load QMSum: general and specific queries over whole meeting transcripts."""
-    if split not in ("train", "val", "test"):
-        raise DataError(f"unknown QMSum split {split!r}: use 'train', 'val' or 'test'")
-    path = _resolve(root, "longqa-qmsum", f"{split}.jsonl")
     out = []
-    for lineno, obj in _read_jsonl(path):
-        where = f"{path}, line {lineno}"
+    for where, obj in _split_records("QMSum", "longqa-qmsum", split, ("train", "val", "test"), root):
         turns = []
         for k, turn in enumerate(_get(obj, "meeting_transcripts", list, where)):
             twhere = f"{where}, meeting_transcripts[{k}]"

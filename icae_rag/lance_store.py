@@ -248,18 +248,10 @@ class LanceMemoryStore(MemoryStore):
             # Lance retries a delete that races with other commits (conflict_retries).
             ds.delete(f"row_id IN ({', '.join(_quote(r) for r in row_ids[i:i + IN_CHUNK])})")
 
-    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
-        """Warn once per foreign compressor when it, not this one, has entries for these texts."""
-        rows = self._rows(None, [k.text_sha256 for k in keys], list(KEY_COLUMNS[1:]))
-        others = {(r["compressor"], r["version"], r["backbone"]) for r in rows}
-        with self._lock:
-            others -= {keys[0].identity} | self._warned
-            self._warned |= others
-        for other in sorted(others):
-            logger.warning(
-                "memory store %s holds memories of these texts made by %s, but this compressor is %s: "
-                "they are not served and the texts are compressed again", self.uri, "/".join(other),
-                "/".join(keys[0].identity))
+    def _identities_of(self, shas: Sequence[str]) -> set[tuple[str, str, str]]:
+        """The (kind, version, backbone) of every compressor with entries for these text hashes."""
+        rows = self._rows(None, shas, list(KEY_COLUMNS[1:]))
+        return {(r["compressor"], r["version"], r["backbone"]) for r in rows}
 
     # --- maintenance ----------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from .text import check_text, check_texts_and_leads
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
+
+logger = logging.getLogger(__name__)
 
 LANCE_PREFIX = "lance://"
 BLOB_DIR = "blobs"
@@ -98,6 +101,7 @@ class MemoryStore(abc.ABC):
     path: Any
     _lock: threading.RLock
     _stats: SlotStats
+    _warned: set[tuple[str, str, str]]  # foreign compressor identities already warned about
 
     # --- lookups and writes, the same for every store: each store reads and writes its own way ---
     def get(self, text: str, compressor: Compressor) -> Memory | None:
@@ -173,6 +177,17 @@ class MemoryStore(abc.ABC):
         self._write(todo, made)
         return made
 
+    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
+        """Warn once per foreign compressor when it, not this one, has entries for these texts."""
+        others = self._identities_of(sorted({k.text_sha256 for k in keys}))
+        with self._lock:
+            others -= {keys[0].identity} | self._warned
+            self._warned |= others
+        for other in sorted(others):
+            logger.warning("%r holds memories of these texts made by %s, but this compressor is %s: they are not "
+                           "served and the texts are compressed again", self, "/".join(other),
+                           "/".join(keys[0].identity))
+
     def _count(self, *, hits: int, misses: int) -> None:
         with self._lock:
             self._stats.hits += hits
@@ -191,8 +206,8 @@ class MemoryStore(abc.ABC):
         """Store the memories under their keys (replacing or shadowing older entries)."""
 
     @abc.abstractmethod
-    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
-        """Warn when another compressor version, not this one, has entries for these texts."""
+    def _identities_of(self, shas: Sequence[str]) -> set[tuple[str, str, str]]:
+        """The (kind, version, backbone) of every compressor with entries for these text hashes."""
 
     @property
     @abc.abstractmethod

@@ -175,23 +175,16 @@ class SlotStore(MemoryStore):
         if deleted:
             (self.path / blob).unlink(missing_ok=True)
 
-    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
-        """Warn once per foreign compressor when it, not this one, has entries for these texts."""
-        shas = sorted({k.text_sha256 for k in keys})
-        others: set[tuple[str, str, str]] = set()
+    def _identities_of(self, shas: Sequence[str]) -> set[tuple[str, str, str]]:
+        """The (kind, version, backbone) of every compressor with entries for these text hashes."""
+        found: set[tuple[str, str, str]] = set()
         with self._lock:
             for i in range(0, len(shas), 500):  # stay under SQLite's bound-parameter limit
                 chunk = shas[i : i + 500]
                 rows = self._db.execute("SELECT DISTINCT compressor, version, backbone FROM slots WHERE "
                                         f"text_sha256 IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-                others.update(tuple(r) for r in rows)
-            others -= {keys[0].identity} | self._warned
-            self._warned |= others
-        for other in sorted(others):
-            logger.warning(
-                "slot store %s holds soft prompts of these texts made by %s, but this compressor is %s: "
-                "they are not served and the texts are compressed again", self.path, "/".join(other),
-                "/".join(keys[0].identity))
+                found.update(tuple(r) for r in rows)
+        return found
 
     # --- maintenance ----------------------------------------------------------------------------
     def __len__(self) -> int:

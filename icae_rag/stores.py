@@ -15,7 +15,7 @@ from .lance_store import LanceMemoryStore
 from .memory_store import LANCE_PREFIX, MemoryStore, SlotStats
 from .slot_store import SlotStore
 
-__all__ = ["MemoryStore", "SlotStats", "is_lance_uri", "open_store"]
+__all__ = ["MemoryStore", "SlotStats", "as_store", "is_lance_uri", "open_store"]
 
 LANCE_SUFFIX = ".lance"
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -47,3 +47,13 @@ def open_store(uri: str | os.PathLike, *, storage_options: dict[str, str] | None
         raise InvalidInputError(f"{os.fspath(uri)!r} opens a local SlotStore, which takes no storage_options: "
                                 "name a Lance table (a .lance path, lance://... or an object-store URI)")
     return SlotStore(uri)
+
+
+def as_store(store: MemoryStore | str | os.PathLike | None) -> MemoryStore | None:
+    """`store` as is if it is a MemoryStore (or None), else `open_store(store)`."""
+    if store is None or isinstance(store, MemoryStore):
+        return store
+    if not isinstance(store, (str, os.PathLike)):
+        raise InvalidInputError(f"slot_store must be a SlotStore, a LanceMemoryStore, a directory path or a store URI, "
+                                f"got {type(store).__name__}")
+    return open_store(store)

@@ -44,6 +44,7 @@ __all__ = [
     "KvzipConfig",
     "RawConfig",
     "RawTextCompressor",
+    "as_compressor",
     "compressor_kinds",
     "load_compressor",
     "new_compressor",
@@ -127,6 +128,17 @@ def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: st
         raise UnknownCompressorError(
             f"{str(target)!r} is neither a compressor kind ({compressor_kinds()}) nor an existing checkpoint directory")
     return _load_checkpoint(path, device=device, dtype=dtype)
+
+
+def as_compressor(compressor: Compressor | str | os.PathLike | None, *, device: str = "auto") -> Compressor:
+    """`compressor` as is if it is a Compressor, else `load_compressor(compressor)` (a kind, spec or checkpoint dir)."""
+    if isinstance(compressor, Compressor):
+        return compressor
+    if compressor is not None and not isinstance(compressor, (str, os.PathLike)):
+        raise InvalidInputError(
+            f"compressor must be an icae_rag Compressor, a kind {compressor_kinds()} or a checkpoint "
+            f"directory, got {type(compressor).__name__}")
+    return load_compressor(compressor, device=device)
 
 
 def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:

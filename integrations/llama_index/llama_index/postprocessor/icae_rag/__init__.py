@@ -6,14 +6,14 @@
 - `build_query_engine`: the three wired on one shared compressor, in one call.
 - `build_faiss_index` / `faiss_vector_store` / `default_embed_model` / `load_faiss_index`: an
   offline FAISS index over the packaged all-MiniLM-L6-v2.
-- `SlotCache`, `TokenStream`, `node_text`: the pieces the components are built from, for an
-  application that drives the decoder itself (examples/qa_app): one lock per compressor object,
-  soft prompts from memory or the slot store, decoding in a worker thread.
+
+An application that drives the decoder itself uses the core's `icae_rag.serving` (`SlotCache`,
+`TokenStream`) with the same compressor object, so it shares the components' lock and recent memories.
 """
 
 from icae_rag.slot_store import SlotStore
 
-from ._shared import SLOT_KEY, SlotCache, TokenStream, node_text
+from ._shared import SLOT_KEY, node_text
 from .engine import (
     build_faiss_index,
     build_query_engine,
@@ -27,13 +27,11 @@ from .synthesizer import SoftPromptSynthesizer
 
 __all__ = [
     "SLOT_KEY",
-    "SlotCache",
     "SlotStore",
     "SoftPromptCompressEndEvent",
     "SoftPromptCompressor",
     "SoftPromptIngestion",
     "SoftPromptSynthesizer",
-    "TokenStream",
     "build_faiss_index",
     "build_query_engine",
     "default_embed_model",

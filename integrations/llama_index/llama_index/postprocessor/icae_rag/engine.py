@@ -10,9 +10,10 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.prompts import BasePromptTemplate
 
+from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
+from icae_rag.stores import as_store
 
-from ._shared import load_compressor_arg, open_store_arg
 from .postprocessor import SoftPromptCompressor
 from .synthesizer import SoftPromptSynthesizer
 
@@ -24,17 +25,14 @@ def build_query_engine(index: Any, compressor: Any = None, slot_store: Any = Non
                        question_template: BasePromptTemplate | str | None = None,
                        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
                        generation: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any):
-    """`index.as_query_engine(node_postprocessors=[...], response_synthesizer=...)` wired for soft prompts.
+    """`index.as_query_engine` with a `SoftPromptCompressor` (after `node_postprocessors`) and a `SoftPromptSynthesizer`.
 
-    One `Compressor` (loaded once: an instance, a kind or a checkpoint dir; default `icae_rag.DEFAULT_KIND`, kvzip) and one
-    optional slot store are shared by a `SoftPromptCompressor`, run after `node_postprocessors`
-    (rerank first, then compress), and a `SoftPromptSynthesizer`. `generation` holds decoding
-    options (max_new_tokens, do_sample, ...); other `kwargs` go to `index.as_query_engine`
-    (e.g. similarity_top_k). A `MockLLM` is passed as the engine's llm, so `Settings.llm` (OpenAI by
-    default) is never resolved; it is never called either.
+    Both share one compressor (an instance, a kind or a checkpoint dir; default kvzip) and one
+    optional slot store. `generation`: decoding options (max_new_tokens, ...); other `kwargs` go to
+    `index.as_query_engine` (e.g. similarity_top_k). The engine's llm is a `MockLLM`, so
+    `Settings.llm` (OpenAI by default) is never resolved.
     """
-    loaded, _ = load_compressor_arg(compressor, device)
-    store = open_store_arg(slot_store)
+    loaded, store = as_compressor(compressor, device=device), as_store(slot_store)
     post = SoftPromptCompressor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
     synth = SoftPromptSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
                                   **(generation or {}))
@@ -55,10 +53,9 @@ def default_embed_model(*, device: str | None = None, **kwargs: Any):
 
 def faiss_vector_store(dim: int = MINILM_DIM, kind: Literal["flat", "hnsw"] = "flat", *, hnsw_m: int = 32,
                        ef_search: int = 64):
-    """A `FaissVectorStore` scoring by inner product: cosine similarity over normalised embeddings.
+    """A `FaissVectorStore` scoring by inner product (cosine over normalised embeddings): higher is better.
 
-    "flat" is exact (`IndexFlatIP`); "hnsw" is approximate (`IndexHNSWFlat` with `hnsw_m` links per
-    node, `ef_search` candidates per query). Scores are similarities: higher is better.
+    "flat" is exact (`IndexFlatIP`); "hnsw" is approximate (`hnsw_m` links per node, `ef_search` candidates).
     """
     import faiss
     from llama_index.vector_stores.faiss import FaissVectorStore
@@ -77,9 +74,8 @@ def build_faiss_index(documents: Sequence[Any], *, kind: Literal["flat", "hnsw"]
                       transformations: Sequence[Any] | None = None, **kwargs: Any):
     """A `VectorStoreIndex` of documents on a FAISS inner-product store, embedded offline by MiniLM.
 
-    `transformations` (e.g. ``[SentenceSplitter(), SoftPromptIngestion(...)]``; default
-    `Settings.transformations`) also apply to later `index.insert` calls. Persist with
-    ``index.storage_context.persist(dir)``; reload with `load_faiss_index`.
+    `transformations` (e.g. ``[SentenceSplitter(), SoftPromptIngestion(...)]``) also apply to later
+    `index.insert` calls. Persist with ``index.storage_context.persist(dir)``; reload with `load_faiss_index`.
     """
     from llama_index.core import StorageContext, VectorStoreIndex
 

@@ -16,22 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
-    """An ingestion transformation that precomputes each node's soft prompt into a SlotStore.
+    """An ingestion transformation that precomputes each node's soft prompt into a slot store.
 
-    It returns the nodes unchanged (same objects, no metadata added); their soft prompts are keyed
-    by the text the synthesizer will read (``node.get_content(MetadataMode.LLM)``), so a later query
-    finds them in the store and compresses nothing. Put it last, after anything that changes node
-    text or LLM-visible metadata; otherwise queries miss the store and compress again (correct, slower).
-    Nodes without text are skipped (debug log).
-
-    Note: an `IngestionPipeline` with a cache skips transformations whose output it has cached, so
-    on a cache hit this step does not run; point it at the same slot store as before.
-
-    Example::
-
-        index = VectorStoreIndex.from_documents(
-            docs, storage_context=storage_context, embed_model=default_embed_model(),
-            transformations=[SentenceSplitter(), SoftPromptIngestion(compressor, store)])
+    Nodes are returned unchanged; their soft prompts are keyed by the text the synthesizer reads, so
+    later queries compress nothing. Put it last, after anything that changes node text or
+    LLM-visible metadata (else queries compress again: correct, slower). An `IngestionPipeline`
+    cache hit skips this step: point it at the same slot store as before.
+    Example: ``transformations=[SentenceSplitter(), SoftPromptIngestion(compressor, store)]``.
     """
 
     needs_slot_store = True

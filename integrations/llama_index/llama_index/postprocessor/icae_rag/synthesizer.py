@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.response.schema import RESPONSE_TYPE
@@ -14,21 +14,18 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.response_synthesizers import BaseSynthesizer
-from llama_index.core.schema import NodeWithScore
+from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
+from icae_rag.compressors import as_compressor
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
+from icae_rag.generation import GenerationConfig
+from icae_rag.memory_store import SlotKey
+from icae_rag.serving import SlotCache, TokenStream
+from icae_rag.soft_prompt import text_sha256
+from icae_rag.stores import as_store
 
-from ._shared import (
-    RAW,
-    SLOT_KEY,
-    SlotCache,
-    TokenStream,
-    UsesCompressor,
-    load_compressor_arg,
-    node_text,
-    open_store_arg,
-)
+from ._shared import RAW, SLOT_KEY, UsesCompressor, node_text
 
 if TYPE_CHECKING:
     from icae_rag.memory import Memory
@@ -42,29 +39,16 @@ _NODES = "icae_rag_nodes"  # response kwarg through which synthesize() hands its
 class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     """Answers with the compressor's decoder reading the nodes' soft prompts instead of their text.
 
-    A node marked by `SoftPromptCompressor` is read as its soft prompt (looked up by its slot key in
-    memory, then in the slot store) or, if marked raw, as its text; an unmarked node is compressed
-    on the fly (and stored, with a slot store). Contexts keep the order of the nodes.
+    A node marked by `SoftPromptCompressor` is read as its soft prompt (from memory, then the slot
+    store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
+    question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
+    `get_prompts()`); instruction and context layout are `icae_rag.generation.build_prompt`'s.
+    ``streaming=True`` streams tokens as they are decoded (`query` and `aquery`).
 
-    The question passed to the decoder is `question_template` (a prompt with ``{query_str}`` only,
-    key ``"question_template"`` in `get_prompts()`) formatted with the query; the instruction and
-    the context layout are those of `icae_rag.generation.build_prompt`.
-
-    Streaming (``streaming=True``): `query` returns a `StreamingResponse`, `aquery` an
-    `AsyncStreamingResponse`; tokens arrive as they are decoded.
-
-    Errors and fallbacks: an empty query raises InvalidInputError; a node whose slot key was made by
-    another compressor version or decoder raises BackboneMismatchError; a node whose text changed
-    after it was compressed is compressed again (warning); when no node has text the answer is the
-    empty response (warning), never a closed-book answer.
-
-    No LlamaIndex LLM is used: a `MockLLM` satisfies the base class, so `Settings.llm` (OpenAI by
-    default) is never resolved by this synthesizer.
-
-    Example::
-
-        synth = SoftPromptSynthesizer(compressor, store, streaming=True, max_new_tokens=64)
-        engine = index.as_query_engine(llm=MockLLM(), node_postprocessors=[post], response_synthesizer=synth)
+    Errors: an empty query raises InvalidInputError; a node marked by another compressor version or
+    decoder raises BackboneMismatchError; a node whose text changed since is compressed again
+    (warning); with no node text the answer is the empty response, never a closed-book answer.
+    No LlamaIndex LLM is used: a `MockLLM` fills the base class, so `Settings.llm` is never resolved.
     """
 
     def __init__(self, compressor: Any = None, slot_store: Any = None, *, streaming: bool = False,
@@ -72,19 +56,16 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
                  batch_size: int = 8, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
         """`compressor`/`slot_store` as for SoftPromptCompressor; `generation`: max_new_tokens, do_sample, ..."""
-        from icae_rag.generation import GenerationConfig
-
         try:
-            self._generation = GenerationConfig(**generation)
+            self._generation = dataclasses.asdict(GenerationConfig(**generation))
         except TypeError as e:
             valid = [f.name for f in dataclasses.fields(GenerationConfig)]
             raise InvalidInputError(f"{e}: valid generation options are {valid}") from e
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
-        self._cache = SlotCache(load_compressor_arg(compressor, device)[0], open_store_arg(slot_store))
+        self._cache = SlotCache(as_compressor(compressor, device=device), as_store(slot_store))
 
-    # --- prompts --------------------------------------------------------------------------------
     def _get_prompts(self) -> PromptDictType:
         return {"question_template": self._question_template}
 
@@ -92,7 +73,6 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
         if "question_template" in prompts:
             self._question_template = _check_template(prompts["question_template"])
 
-    # --- synthesis ------------------------------------------------------------------------------
     def synthesize(self, query: Any, nodes: list[NodeWithScore], additional_source_nodes=None,
                    **response_kwargs: Any) -> RESPONSE_TYPE:
         """As BaseSynthesizer.synthesize; the nodes themselves (not only their text) reach get_response."""
@@ -108,74 +88,40 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
 
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
         """The answer (str, or a token generator when streaming) from the nodes' soft prompts."""
-        nodes = _pop_nodes(response_kwargs)
-        question = self._question(query_str)
-        contexts = self.contexts(nodes) if nodes is not None else self._chunk_contexts(text_chunks)
+        nodes, question = _pop_nodes(response_kwargs), self._question(query_str)
+        contexts = self._contexts(nodes, text_chunks)
         if not contexts:
             return self._no_context()
         if self._streaming:
-            return self._or_empty(self._stream(question, contexts).tokens())
-        with self._cache.lock:
-            answer = self.compressor.answer(question, contexts, **self._generation_kwargs())
-        return answer.text or self._empty_response
+            return self._stream(question, contexts).tokens(self._empty_response)
+        return self._answer(question, contexts)
 
     async def aget_response(self, query_str: str, text_chunks: Sequence[str],
                             **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
         """As get_response, with compression and decoding off the event loop."""
-        nodes = _pop_nodes(response_kwargs)
-        question = self._question(query_str)
-        if nodes is not None:
-            contexts = await asyncio.to_thread(self.contexts, nodes)
-        else:
-            contexts = await asyncio.to_thread(self._chunk_contexts, text_chunks)
+        nodes, question = _pop_nodes(response_kwargs), self._question(query_str)
+        contexts = await asyncio.to_thread(self._contexts, nodes, text_chunks)
         if not contexts:
             return self._no_context(asynchronous=True)
         if self._streaming:
-            return self._aor_empty(self._stream(question, contexts).atokens())
-
-        def answer() -> str:
-            with self._cache.lock:
-                return self.compressor.answer(question, contexts, **self._generation_kwargs()).text
-
-        return await asyncio.to_thread(answer) or self._empty_response
+            return self._stream(question, contexts).atokens(self._empty_response)
+        return await asyncio.to_thread(self._answer, question, contexts)
 
     def contexts(self, nodes: Sequence[NodeWithScore]) -> list[Memory | str]:
-        """What the decoder reads for these nodes, in order: SoftPrompts, and str for nodes kept raw."""
+        """What the decoder reads for these nodes, in order: soft prompts, and str for nodes kept raw."""
+        kept = [(nws.node, text) for nws in nodes if (text := node_text(nws.node)) is not None]
         identity = self._cache.identity()
-        slots: list[Memory | str | None] = []
-        to_compress: list[tuple[int, str]] = []
-        for nws in nodes:
-            text = node_text(nws.node)
-            if text is None:
-                continue
-            mark = nws.node.metadata.get(SLOT_KEY)
-            if mark == RAW:
-                slots.append(text)
-                continue
-            if mark is not None:
-                self._check_mark(nws.node.node_id, mark, text, identity)
-            to_compress.append((len(slots), text))
-            slots.append(None)
-        if to_compress:
-            resolved = self._cache.resolve([t for _, t in to_compress], batch_size=self._batch_size)
-            for (pos, _), prompt in zip(to_compress, resolved.prompts, strict=True):
-                slots[pos] = prompt
-        return slots
+        for node, text in kept:
+            if node.metadata.get(SLOT_KEY) not in (None, RAW):
+                _check_mark(node.node_id, node.metadata[SLOT_KEY], text, identity)
+        soft = [text for node, text in kept if node.metadata.get(SLOT_KEY) != RAW]
+        prompts = iter(self._cache.resolve(soft, batch_size=self._batch_size).prompts if soft else [])
+        return [text if node.metadata.get(SLOT_KEY) == RAW else next(prompts) for node, text in kept]
 
-    def _check_mark(self, node_id: str, mark: str, text: str, identity: tuple[str, str, str]) -> None:
-        from icae_rag.slot_store import SlotKey
-        from icae_rag.soft_prompt import text_sha256
-
-        key = SlotKey.parse(mark)
-        if key.identity != identity:
-            raise BackboneMismatchError(
-                f"node {node_id} was compressed by {'/'.join(key.identity)}, but this synthesizer's compressor is "
-                f"{'/'.join(identity)}: pass the same compressor to SoftPromptCompressor and "
-                "SoftPromptSynthesizer (build_query_engine does)")
-        if key.text_sha256 != text_sha256(text):
-            logger.warning("node %s: its text changed after it was compressed; compressing it again", node_id)
-
-    def _chunk_contexts(self, text_chunks: Sequence[str]) -> list[Memory | str]:
+    def _contexts(self, nodes: Sequence[NodeWithScore] | None, text_chunks: Sequence[str]) -> list[Memory | str]:
+        """The nodes' contexts; without nodes, every non-empty text chunk as a soft prompt."""
+        if nodes is not None:
+            return self.contexts(nodes)
         texts = [t for t in text_chunks if isinstance(t, str) and t.strip()]
         if len(texts) < len(text_chunks):
             logger.warning("%d empty text chunks are left out of the context", len(text_chunks) - len(texts))
@@ -186,41 +132,30 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
             raise InvalidInputError("the query is empty: pass a question")
         return self._question_template.format(query_str=query_str)
 
-    def _generation_kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self._generation)
+    def _answer(self, question: str, contexts: list[Memory | str]) -> str:
+        with self._cache.lock:
+            return self.compressor.answer(question, contexts, **self._generation).text or self._empty_response
 
     def _stream(self, question: str, contexts: list[Memory | str]) -> TokenStream:
-        compressor, kwargs = self.compressor, self._generation_kwargs()
+        compressor, kwargs = self.compressor, self._generation
         return TokenStream(lambda: compressor.stream(question, contexts, **kwargs), self._cache.lock)
-
-    def _or_empty(self, pieces: Generator[str, None, None]) -> Generator[str, None, None]:
-        """The pieces, or the empty response if the decoder ends at once (as the non-streaming answer)."""
-        empty = True
-        try:
-            for piece in pieces:
-                empty = False
-                yield piece
-        finally:
-            pieces.close()
-        if empty:
-            yield self._empty_response
-
-    async def _aor_empty(self, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
-        empty = True
-        try:
-            async for piece in pieces:
-                empty = False
-                yield piece
-        finally:
-            await pieces.aclose()
-        if empty:
-            yield self._empty_response
 
     def _no_context(self, asynchronous: bool = False) -> RESPONSE_TEXT_TYPE:
         logger.warning("no node has text to read: returning the empty response instead of a closed-book answer")
         if not self._streaming:
             return self._empty_response
         return self._empty_response_agenerator() if asynchronous else self._empty_response_generator()
+
+
+def _check_mark(node_id: str, mark: str, text: str, identity: tuple[str, str, str]) -> None:
+    key = SlotKey.parse(mark)
+    if key.identity != identity:
+        raise BackboneMismatchError(
+            f"node {node_id} was compressed by {'/'.join(key.identity)}, but this synthesizer's compressor is "
+            f"{'/'.join(identity)}: pass the same compressor to SoftPromptCompressor and "
+            "SoftPromptSynthesizer (build_query_engine does)")
+    if key.text_sha256 != text_sha256(text):
+        logger.warning("node %s: its text changed after it was compressed; compressing it again", node_id)
 
 
 def _check_template(template: BasePromptTemplate | str) -> BasePromptTemplate:
@@ -236,8 +171,6 @@ def _check_template(template: BasePromptTemplate | str) -> BasePromptTemplate:
 
 
 def _check_query(query: Any) -> None:
-    from llama_index.core.schema import QueryBundle
-
     if not isinstance(query, (str, QueryBundle)):
         raise InvalidInputError(f"SoftPromptSynthesizer needs a query (str or QueryBundle), got {type(query).__name__}")
 
