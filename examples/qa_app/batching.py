@@ -1,9 +1,9 @@
 """Concurrent questions answered together: a queue that collects questions for a short window and
-answers them in one batch (the library's `answer_many`), so eight users wait about as long as one.
+answers them in one batch (the library's `stream_many`), so eight users wait about as long as one.
 
-A batch of one is streamed token by token (`Compressor.stream`); a larger batch is decoded in one
-`answer_many` call and each answer is sent as one piece when the batch ends. One worker thread does
-all decoding, holding the compressor's lock (shared with uploads, which compress under it).
+Every answer of a batch streams: each decoding step's new text goes to its own user at once, so the
+first token arrives after the batch's prefill, not after its last token. One worker thread does all
+decoding, holding the compressor's lock (shared with uploads, which compress under it).
 """
 
 from __future__ import annotations
@@ -93,17 +93,9 @@ class AnswerBatcher:
         logger.info("answering %d question(s) together", len(batch))
         try:
             with self.lock:
-                if len(batch) == 1:
-                    request = batch[0]
-                    for piece in self.compressor.stream(request.question, request.contexts,
-                                                        max_new_tokens=self.max_new_tokens):
-                        request.pieces.put(piece)
-                else:
-                    answers = self.compressor.answer_many([r.question for r in batch], [r.contexts for r in batch],
-                                                          max_new_tokens=self.max_new_tokens)
-                    for request, answer in zip(batch, answers, strict=True):
-                        if answer.text:
-                            request.pieces.put(answer.text)
+                for i, piece in self.compressor.stream_many([r.question for r in batch], [r.contexts for r in batch],
+                                                            max_new_tokens=self.max_new_tokens):
+                    batch[i].pieces.put(piece)
         except Exception as e:  # each waiting request reports it in its own stream
             logger.exception("answering a batch of %d failed", len(batch))
             for request in batch:
