@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -307,15 +307,26 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     shared = _extend(dec, _RowCache.empty(), prefix)[1]
-    rows = []
-    for p in prompts:
-        same = p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
-        row = shared if same else _extend(dec, _RowCache.empty(), p.segments[0])[1]
-        logits = None
-        for seg in p.segments[1:]:
-            logits, row = _extend(dec, row, seg)
-        rows.append((logits, row))
-    return _stack_rows(dec, rows)
+    rows = [shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
+            else _extend(dec, _RowCache.empty(), p.segments[0])[1] for p in prompts]
+    logits: list[torch.Tensor | None] = [None] * len(prompts)
+    ahead = [1] * len(prompts)  # each prompt's next segment
+    while True:
+        # Memories are appended without running the decoder; then every prompt's next embeddings go
+        # through one batched forward: on a CPU, small forwards cost mostly per call, not per row.
+        for i, p in enumerate(prompts):
+            while ahead[i] < len(p.segments) and isinstance(p.segments[ahead[i]], KvMemory):
+                rows[i] = _extend(dec, rows[i], p.segments[ahead[i]])[1]
+                ahead[i] += 1
+        pending = [i for i, p in enumerate(prompts) if ahead[i] < len(p.segments)]
+        if not pending:
+            break
+        extended = _extend_rows(dec, [rows[i] for i in pending], [prompts[i].segments[ahead[i]] for i in pending])
+        for i, (row_logits, row) in zip(pending, extended, strict=True):
+            logits[i], rows[i], ahead[i] = row_logits, row, ahead[i] + 1
+    cache, positions, view = _stack_rows(dec, rows)
+    # A prompt ends with embeddings (the mode marker and the question), so every row has logits.
+    return torch.stack(logits), cache, None, positions, view
 
 
 @dataclass
@@ -341,46 +352,68 @@ class _RowCache:
 
 def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
     """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled."""
-    from transformers import DynamicCache
-
-    model = dec.model
     if isinstance(segment, KvMemory):
-        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(model),
+        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(dec.model),
                                          dec.dtype, dec.device)
         if row.keys:
             k = [torch.cat([a, b], dim=1) for a, b in zip(row.keys, k, strict=True)]
             v = [torch.cat([a, b], dim=1) for a, b in zip(row.values, v, strict=True)]
             ok = [torch.cat([a, b], dim=1) for a, b in zip(row.valid, ok, strict=True)]
         return None, _RowCache(k, v, ok, row.position + segment.source_tokens)
-    cache = DynamicCache(config=model.config)
-    for layer, (k, v) in enumerate(zip(row.keys, row.values, strict=True)):
-        cache.update(k[None], v[None], layer)
-    n = segment.shape[0]
-    positions = torch.arange(row.position, row.position + n, device=dec.device)[None]
-    view = KvView(valid=[m[None] for m in row.valid]) if row.valid else KvView()
-    out = model(inputs_embeds=segment[None], position_ids=positions, past_key_values=cache, use_cache=True,
-                logits_to_keep=1, kv_view=view)
+    return _extend_rows(dec, [row], [segment])[0]
+
+
+def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> list[tuple[torch.Tensor, _RowCache]]:
+    """Prefill `segments[i]` (T_i, d) after `rows[i]` in one forward: (last logits, extended row) per row.
+
+    The rows' caches are left-padded into one (padding masked by the KvView) and the inputs are
+    right-padded: causal attention keeps every real token from reading a pad, and each row keeps only
+    its own columns afterwards. All rows have a cache, or none does (the prefix).
+    """
+    from transformers import DynamicCache
+
+    lengths = [s.shape[0] for s in segments]
+    t = max(lengths)
+    x = segments[0].new_zeros(len(rows), t, segments[0].shape[-1])
+    for i, s in enumerate(segments):
+        x[i, : s.shape[0]] = s
+    positions = torch.tensor([[r.position] for r in rows], device=dec.device) + torch.arange(t, device=dec.device)
+    if rows[0].keys:
+        cache, _, view = _stack_rows(dec, rows)
+    else:
+        cache, view = DynamicCache(config=dec.model.config), KvView()
+    last = sorted({n - 1 for n in lengths})
+    out = dec.model(inputs_embeds=x, position_ids=positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
     layers = out.past_key_values.layers
-    valid = [torch.cat([m, m.new_ones(m.shape[0], n)], dim=1) for m in row.valid] if row.valid else \
-        [torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device) for layer in layers]
-    return out.logits[0, -1], _RowCache([layer.keys[0] for layer in layers], [layer.values[0] for layer in layers],
-                                         valid, row.position + n)
+    extended = []
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        keys, values, valid = [], [], []
+        for j, layer in enumerate(layers):
+            width = layer.keys.shape[2] - t  # the padded cache's columns before this forward
+            start = width - (row.keys[j].shape[1] if row.keys else 0)
+            keys.append(layer.keys[i, :, start : width + n])
+            values.append(layer.values[i, :, start : width + n])
+            new = torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device)
+            valid.append(torch.cat([row.valid[j], new], dim=1) if row.valid else new)
+        extended.append((out.logits[i, last.index(n - 1)], _RowCache(keys, values, valid, row.position + n)))
+    return extended
 
 
-def _stack_rows(dec, rows: list[tuple[torch.Tensor, _RowCache]]):
-    """Left-pad per-prompt caches into one batch cache, with its 2-D mask, positions and KvView."""
+def _stack_rows(dec, rows: list[_RowCache]) -> tuple[Any, torch.Tensor, KvView]:
+    """Left-pad per-prompt caches into one batch cache, with next positions (B, 1) and its KvView."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=dec.model.config)
     valid = []
-    for layer in range(len(rows[0][1].keys)):
-        width = max(r.keys[layer].shape[1] for _, r in rows)
-        keys = torch.stack([_left_pad(r.keys[layer], width) for _, r in rows])
-        values = torch.stack([_left_pad(r.values[layer], width) for _, r in rows])
-        valid.append(torch.stack([_left_pad(r.valid[layer], width) for _, r in rows]))
+    for layer in range(len(rows[0].keys)):
+        width = max(r.keys[layer].shape[1] for r in rows)
+        keys = torch.stack([_left_pad(r.keys[layer], width) for r in rows])
+        values = torch.stack([_left_pad(r.values[layer], width) for r in rows])
+        valid.append(torch.stack([_left_pad(r.valid[layer], width) for r in rows]))
         cache.update(keys, values, layer)
-    positions = torch.tensor([[r.position] for _, r in rows], device=dec.device)
-    return torch.stack([logits for logits, _ in rows]), cache, None, positions, KvView(valid=valid)
+    positions = torch.tensor([[r.position] for r in rows], device=dec.device)
+    return cache, positions, KvView(valid=valid)
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -162,3 +162,18 @@ def test_stream_many_bad_input(tiny_raw):
         next(tiny_raw.stream_many("Who?", [[TEXT]]))
     with pytest.raises(InvalidInputError, match="one list per question"):
         next(tiny_raw.stream_many(["a?", "b?"], [[TEXT]]))
+
+
+def test_memory_prompts_are_prefilled_together_as_one_by_one():
+    from icae_rag import new_compressor
+    from icae_rag.backbones import TINY_DECODER
+    from icae_rag.generation import _prefill
+
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
+    a, b = kvzip.compress(TEXT), kvzip.compress("The Saturn V rocket launched every crewed Apollo mission.")
+    prompts = [build_prompt(kvzip, ctx, question=q) for q, ctx in
+               [("Who?", [a]), ("Which rocket carried the crew?", [b, "A raw note."]), ("When?", [a, b])]]
+    with torch.no_grad(), kvzip.decoding():
+        together = _prefill(kvzip, prompts)[0]
+        alone = torch.cat([_prefill(kvzip, [p])[0] for p in prompts])
+    assert torch.allclose(together, alone, atol=1e-4)
