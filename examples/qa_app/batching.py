@@ -19,6 +19,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _END = object()
+# The longest a batch waits for more questions, in batch windows (see `_run`).
+MAX_WINDOWS = 4
 
 
 @dataclass
@@ -34,7 +36,8 @@ class _Failure:
 
 
 class AnswerBatcher:
-    """Answers questions in batches of up to `max_batch`, collected for up to `window_ms` after the first."""
+    """Answers questions in batches of up to `max_batch`, collected until `window_ms` pass without a new
+    one (at most MAX_WINDOWS windows after the first)."""
 
     def __init__(self, compressor: Any, lock: Any, *, max_new_tokens: int, window_ms: float = 50.0,
                  max_batch: int = 8) -> None:
@@ -74,8 +77,12 @@ class AnswerBatcher:
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
             batch, stop = [first], False
-            deadline = time.monotonic() + self.window
-            while len(batch) < self.max_batch and (remaining := deadline - time.monotonic()) > 0:
+            # Questions sent together reach the queue one by one (each is embedded and retrieved
+            # first), so the batch stays open while they keep coming: until `window` passes with no
+            # new one, and at most MAX_WINDOWS windows in all.
+            last = opened = time.monotonic()
+            while len(batch) < self.max_batch and (
+                    remaining := min(last + self.window, opened + MAX_WINDOWS * self.window) - time.monotonic()) > 0:
                 try:
                     item = self._queue.get(timeout=remaining)
                 except queue.Empty:
@@ -84,6 +91,7 @@ class AnswerBatcher:
                     stop = True
                     break
                 batch.append(item)
+                last = time.monotonic()
             self._answer(batch)
             if stop:
                 return
