@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 _END = object()
 # The longest a batch waits for more questions, in batch windows (see `_run`).
-MAX_WINDOWS = 4
+MAX_WINDOWS = 8
 
 
 @dataclass
@@ -92,13 +92,14 @@ class AnswerBatcher:
                     break
                 batch.append(item)
                 last = time.monotonic()
+            logger.info("answering %d question(s) together, collected over %.0f ms", len(batch),
+                        1000 * (time.monotonic() - opened))
             self._answer(batch)
             if stop:
                 return
 
     def _answer(self, batch: list[_Request]) -> None:
         self.batch_sizes.append(len(batch))
-        logger.info("answering %d question(s) together", len(batch))
         try:
             with self.lock:
                 for i, piece in self.compressor.stream_many([r.question for r in batch], [r.contexts for r in batch],
