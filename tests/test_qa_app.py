@@ -566,3 +566,29 @@ def test_metadata_labels_stay_out_of_the_decoder_text(tmp_path, compressor, monk
         status, evs = ask(client, "Who walked on the Moon?", "raw")
         assert status == 200 and evs[0]["sources"][0]["file"] == "apollo.txt"  # still shown to the user
     assert seen and not any("file_name" in text or "apollo.txt" in text for text in seen)
+
+
+def test_a_batch_waits_for_questions_still_being_retrieved():
+    from examples.qa_app.batching import AnswerBatcher
+
+    class Fake:
+        def __init__(self):
+            self.batches = []
+
+        def stream_many(self, questions, contexts, **kwargs):
+            self.batches.append(list(questions))
+            yield from ((i, f"answer {q}") for i, q in enumerate(questions))
+
+    fake = Fake()
+    batcher = AnswerBatcher(fake, threading.Lock(), max_new_tokens=4, window_ms=20)
+    try:
+        first = batcher.submit("a", [])
+        with batcher.incoming():  # retrieval of "b" takes 5 windows: the batch waits for it
+            time.sleep(0.1)
+            second = batcher.submit("b", [])
+        assert list(first) == ["answer a"] and list(second) == ["answer b"]
+        assert fake.batches == [["a", "b"]]
+        alone = batcher.submit("c", [])  # nobody on the way: answered after one window
+        assert list(alone) == ["answer c"] and fake.batches[-1] == ["c"]
+    finally:
+        batcher.close()

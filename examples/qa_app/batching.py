@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 _END = object()
 # The longest a batch waits for more questions, in batch windows (see `_run`).
-MAX_WINDOWS = 8
+MAX_WINDOWS = 20
+# How often the collecting worker looks again whether questions are still on their way.
+POLL_SECONDS = 0.01
 
 
 @dataclass
@@ -36,8 +39,8 @@ class _Failure:
 
 
 class AnswerBatcher:
-    """Answers questions in batches of up to `max_batch`, collected until `window_ms` pass without a new
-    one (at most MAX_WINDOWS windows after the first)."""
+    """Answers questions in batches of up to `max_batch`, collected while questions are on their way
+    (`incoming`) or until `window_ms` pass without a new one (at most MAX_WINDOWS windows in all)."""
 
     def __init__(self, compressor: Any, lock: Any, *, max_new_tokens: int, window_ms: float = 50.0,
                  max_batch: int = 8) -> None:
@@ -50,8 +53,21 @@ class AnswerBatcher:
         self.batch_sizes: list[int] = []  # every batch answered, for the logs and the tests
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
+        self._incoming = 0  # questions received but not yet submitted (being embedded and retrieved)
+        self._incoming_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name="qa-answer-batcher")
         self._thread.start()
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a question on its way (retrieval, then `submit`): a batch being collected waits for it."""
+        with self._incoming_lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._incoming_lock:
+                self._incoming -= 1
 
     def submit(self, question: str, contexts: Sequence[Any]) -> Iterator[str]:
         """Queue a question; iterate the result for its answer's text pieces (errors re-raised there)."""
@@ -78,15 +94,19 @@ class AnswerBatcher:
         while (first := self._queue.get()) is not None:
             batch, stop = [first], False
             # Questions sent together reach the queue one by one (each is embedded and retrieved
-            # first), so the batch stays open while they keep coming: until `window` passes with no
-            # new one, and at most MAX_WINDOWS windows in all.
+            # first), so the batch stays open while any is on its way (`incoming`) or until `window`
+            # passes with no new one; at most MAX_WINDOWS windows in all.
             last = opened = time.monotonic()
-            while len(batch) < self.max_batch and (
-                    remaining := min(last + self.window, opened + MAX_WINDOWS * self.window) - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
+            cap = opened + MAX_WINDOWS * self.window
+            while len(batch) < self.max_batch:
+                now = time.monotonic()
+                until = cap if self._incoming else min(last + self.window, cap)
+                if now >= until:
                     break
+                try:
+                    item = self._queue.get(timeout=min(until - now, POLL_SECONDS))
+                except queue.Empty:
+                    continue
                 if item is None:
                     stop = True
                     break
