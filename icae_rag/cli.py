@@ -161,7 +161,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     _quiet_transformers()
     opts = BenchOptions(suite=args.suite, out=args.out, data=args.data, limit=args.limit, seed=args.seed,
-                        device=args.device, longllmlingua=not args.no_longllmlingua)
+                        device=args.device, longllmlingua=not args.no_longllmlingua,
+                        no_repeat_ngram_size=args.no_repeat_ngram)
     if args.compressor:
         opts.compressors = list(args.compressor)
     if args.checkpoint:
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--no-longllmlingua", action="store_true", help="skip the LongLLMLingua baseline")
+    bench.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                       help="QA answers: forbid repeating any N generated tokens (default: generation's 4; 0: off)")
     common(bench, compressor=False)
     bench.set_defaults(func=cmd_bench)
 

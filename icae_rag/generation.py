@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,7 +45,13 @@ TrainingContext = Memory | str | torch.Tensor
 
 @dataclass
 class GenerationConfig:
-    """Decoding settings: greedy by default; sampling with temperature/top_p when do_sample."""
+    """Decoding settings: greedy by default; sampling with temperature/top_p when do_sample.
+
+    `no_repeat_ngram_size` (default 4; 0 turns it off) forbids any n-gram of generated tokens from
+    occurring twice in one answer, the rule of HF's `no_repeat_ngram_size`: a small decoder otherwise
+    loops ("The answer is: The answer is: ..."). Only the answer's own tokens count, not the prompt's,
+    so an answer may still copy any phrase of its context.
+    """
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -52,10 +59,15 @@ class GenerationConfig:
     top_p: float = 0.9
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    no_repeat_ngram_size: int = 4
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise InvalidInputError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if isinstance(self.no_repeat_ngram_size, bool) or not isinstance(self.no_repeat_ngram_size, int) \
+                or self.no_repeat_ngram_size < 0:
+            raise InvalidInputError("no_repeat_ngram_size must be a whole number >= 0 (0 turns the loop stop off), "
+                                    f"got {self.no_repeat_ngram_size!r}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise InvalidInputError("sampling needs temperature > 0 and 0 < top_p <= 1")
         self.stop = tuple(self.stop)
@@ -133,8 +145,6 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
 
     Training and inference share this layout, so a compressor is trained on exactly what it reads.
     """
-    if mode not in MODES:
-        raise InvalidInputError(f"unknown mode {mode!r}: use one of {list(MODES)}")
     if mode == "answer":
         check_text(question)
         if _PLACEHOLDER in question:
@@ -225,12 +235,18 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: Genera
         generator = torch.Generator(device=dec.device)
         generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
     finished = torch.zeros(b, dtype=torch.bool, device=dec.device)
+    repeats = _NgramBan(b, cfg.no_repeat_ngram_size) if cfg.no_repeat_ngram_size else None
     with compressor.decoding():
         logits, cache, mask, positions, view = _prefill(compressor, prompts)
         extra = {} if view is None else {"kv_view": view}
         for _ in range(cfg.max_new_tokens):
-            nxt = _pick(logits.float(), cfg, generator)
+            logits = logits.float()
+            if repeats is not None:
+                logits = repeats.mask(logits)
+            nxt = _pick(logits, cfg, generator)
             nxt = torch.where(finished, torch.full_like(nxt, int(stop_ids[0])), nxt)
+            if repeats is not None:
+                repeats.add(nxt.tolist(), finished.tolist())
             finished = finished | torch.isin(nxt, stop_ids)
             yield nxt, finished
             if bool(finished.all()):
@@ -240,6 +256,35 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: Genera
             out = model(inputs_embeds=dec.embed_ids(nxt[:, None]), attention_mask=mask, position_ids=positions,
                         past_key_values=cache, use_cache=True, **extra)
             logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+
+
+class _NgramBan:
+    """Per row, the tokens that would repeat an n-gram of the row's generated tokens (HF's
+    no-repeat-n-gram rule), kept incrementally: each step costs one dict lookup per row."""
+
+    def __init__(self, rows: int, n: int) -> None:
+        self.n = n
+        self.history: list[list[int]] = [[] for _ in range(rows)]
+        self.followers: list[dict[tuple[int, ...], set[int]]] = [{} for _ in range(rows)]
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (B, V) with every banned next token at -inf."""
+        k = self.n - 1
+        for i, hist in enumerate(self.history):
+            banned = self.followers[i].get(tuple(hist[len(hist) - k:])) if len(hist) >= k else None
+            if banned:
+                logits[i, list(banned)] = float("-inf")
+        return logits
+
+    def add(self, tokens: list[int], finished: list[bool]) -> None:
+        """Record this step's token of each row still generating."""
+        for i, tok in enumerate(tokens):
+            if finished[i]:
+                continue
+            hist = self.history[i]
+            hist.append(tok)
+            if len(hist) >= self.n:
+                self.followers[i].setdefault(tuple(hist[len(hist) - self.n:-1]), set()).add(tok)
 
 
 def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
@@ -262,15 +307,26 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     shared = _extend(dec, _RowCache.empty(), prefix)[1]
-    rows = []
-    for p in prompts:
-        same = p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
-        row = shared if same else _extend(dec, _RowCache.empty(), p.segments[0])[1]
-        logits = None
-        for seg in p.segments[1:]:
-            logits, row = _extend(dec, row, seg)
-        rows.append((logits, row))
-    return _stack_rows(dec, rows)
+    rows = [shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
+            else _extend(dec, _RowCache.empty(), p.segments[0])[1] for p in prompts]
+    logits: list[torch.Tensor | None] = [None] * len(prompts)
+    ahead = [1] * len(prompts)  # each prompt's next segment
+    while True:
+        # Memories are appended without running the decoder; then every prompt's next embeddings go
+        # through one batched forward: on a CPU, small forwards cost mostly per call, not per row.
+        for i, p in enumerate(prompts):
+            while ahead[i] < len(p.segments) and isinstance(p.segments[ahead[i]], KvMemory):
+                rows[i] = _extend(dec, rows[i], p.segments[ahead[i]])[1]
+                ahead[i] += 1
+        pending = [i for i, p in enumerate(prompts) if ahead[i] < len(p.segments)]
+        if not pending:
+            break
+        extended = _extend_rows(dec, [rows[i] for i in pending], [prompts[i].segments[ahead[i]] for i in pending])
+        for i, (row_logits, row) in zip(pending, extended, strict=True):
+            logits[i], rows[i], ahead[i] = row_logits, row, ahead[i] + 1
+    cache, positions, view = _stack_rows(dec, rows)
+    # A prompt ends with embeddings (the mode marker and the question), so every row has logits.
+    return torch.stack(logits), cache, None, positions, view
 
 
 @dataclass
@@ -296,46 +352,68 @@ class _RowCache:
 
 def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
     """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled."""
-    from transformers import DynamicCache
-
-    model = dec.model
     if isinstance(segment, KvMemory):
-        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(model),
+        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(dec.model),
                                          dec.dtype, dec.device)
         if row.keys:
             k = [torch.cat([a, b], dim=1) for a, b in zip(row.keys, k, strict=True)]
             v = [torch.cat([a, b], dim=1) for a, b in zip(row.values, v, strict=True)]
             ok = [torch.cat([a, b], dim=1) for a, b in zip(row.valid, ok, strict=True)]
         return None, _RowCache(k, v, ok, row.position + segment.source_tokens)
-    cache = DynamicCache(config=model.config)
-    for layer, (k, v) in enumerate(zip(row.keys, row.values, strict=True)):
-        cache.update(k[None], v[None], layer)
-    n = segment.shape[0]
-    positions = torch.arange(row.position, row.position + n, device=dec.device)[None]
-    view = KvView(valid=[m[None] for m in row.valid]) if row.valid else KvView()
-    out = model(inputs_embeds=segment[None], position_ids=positions, past_key_values=cache, use_cache=True,
-                logits_to_keep=1, kv_view=view)
+    return _extend_rows(dec, [row], [segment])[0]
+
+
+def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> list[tuple[torch.Tensor, _RowCache]]:
+    """Prefill `segments[i]` (T_i, d) after `rows[i]` in one forward: (last logits, extended row) per row.
+
+    The rows' caches are left-padded into one (padding masked by the KvView) and the inputs are
+    right-padded: causal attention keeps every real token from reading a pad, and each row keeps only
+    its own columns afterwards. All rows have a cache, or none does (the prefix).
+    """
+    from transformers import DynamicCache
+
+    lengths = [s.shape[0] for s in segments]
+    t = max(lengths)
+    x = segments[0].new_zeros(len(rows), t, segments[0].shape[-1])
+    for i, s in enumerate(segments):
+        x[i, : s.shape[0]] = s
+    positions = torch.tensor([[r.position] for r in rows], device=dec.device) + torch.arange(t, device=dec.device)
+    if rows[0].keys:
+        cache, _, view = _stack_rows(dec, rows)
+    else:
+        cache, view = DynamicCache(config=dec.model.config), KvView()
+    last = sorted({n - 1 for n in lengths})
+    out = dec.model(inputs_embeds=x, position_ids=positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
     layers = out.past_key_values.layers
-    valid = [torch.cat([m, m.new_ones(m.shape[0], n)], dim=1) for m in row.valid] if row.valid else \
-        [torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device) for layer in layers]
-    return out.logits[0, -1], _RowCache([layer.keys[0] for layer in layers], [layer.values[0] for layer in layers],
-                                         valid, row.position + n)
+    extended = []
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        keys, values, valid = [], [], []
+        for j, layer in enumerate(layers):
+            width = layer.keys.shape[2] - t  # the padded cache's columns before this forward
+            start = width - (row.keys[j].shape[1] if row.keys else 0)
+            keys.append(layer.keys[i, :, start : width + n])
+            values.append(layer.values[i, :, start : width + n])
+            new = torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device)
+            valid.append(torch.cat([row.valid[j], new], dim=1) if row.valid else new)
+        extended.append((out.logits[i, last.index(n - 1)], _RowCache(keys, values, valid, row.position + n)))
+    return extended
 
 
-def _stack_rows(dec, rows: list[tuple[torch.Tensor, _RowCache]]):
-    """Left-pad per-prompt caches into one batch cache, with its 2-D mask, positions and KvView."""
+def _stack_rows(dec, rows: list[_RowCache]) -> tuple[Any, torch.Tensor, KvView]:
+    """Left-pad per-prompt caches into one batch cache, with next positions (B, 1) and its KvView."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=dec.model.config)
     valid = []
-    for layer in range(len(rows[0][1].keys)):
-        width = max(r.keys[layer].shape[1] for _, r in rows)
-        keys = torch.stack([_left_pad(r.keys[layer], width) for _, r in rows])
-        values = torch.stack([_left_pad(r.values[layer], width) for _, r in rows])
-        valid.append(torch.stack([_left_pad(r.valid[layer], width) for _, r in rows]))
+    for layer in range(len(rows[0].keys)):
+        width = max(r.keys[layer].shape[1] for r in rows)
+        keys = torch.stack([_left_pad(r.keys[layer], width) for r in rows])
+        values = torch.stack([_left_pad(r.values[layer], width) for r in rows])
+        valid.append(torch.stack([_left_pad(r.valid[layer], width) for r in rows]))
         cache.update(keys, values, layer)
-    positions = torch.tensor([[r.position] for _, r in rows], device=dec.device)
-    return torch.stack([logits for logits, _ in rows]), cache, None, positions, KvView(valid=valid)
+    positions = torch.tensor([[r.position] for r in rows], device=dec.device)
+    return cache, positions, KvView(valid=valid)
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -369,8 +447,8 @@ def _config(generation: dict) -> GenerationConfig:
     try:
         return GenerationConfig(**generation)
     except TypeError as e:
-        raise InvalidInputError(f"{e}: valid generation options are max_new_tokens, do_sample, temperature, "
-                                "top_p, stop, seed") from e
+        options = ", ".join(f.name for f in fields(GenerationConfig))
+        raise InvalidInputError(f"{e}: valid generation options are {options}") from e
 
 
 def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[Answer]:
@@ -392,6 +470,19 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
                    len(ids[i]), prefill or 0.0, seconds, ids[i]) for i, p in enumerate(prompts)]
 
 
+def _answer_prompts(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]]
+                    ) -> list[Prompt]:
+    """The answer prompts of a batch of questions, `contexts[i]` belonging to `questions[i]`."""
+    if isinstance(questions, str):
+        raise InvalidInputError("pass a list of questions (one question: answer() or stream())")
+    if len(questions) != len(contexts):
+        raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} context lists: pass one list per question")
+    if not questions:
+        raise InvalidInputError("at least one question is needed")
+    with torch.no_grad():
+        return [build_prompt(compressor, ctx, question=q) for q, ctx in zip(questions, contexts, strict=True)]
+
+
 def answer(compressor: Compressor, question: str, contexts: Sequence[Context], **generation) -> Answer:
     """Answer one question from soft prompts and/or raw-text contexts."""
     return answer_many(compressor, [question], [contexts], **generation)[0]
@@ -400,43 +491,61 @@ def answer(compressor: Compressor, question: str, contexts: Sequence[Context], *
 def answer_many(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
                 **generation) -> list[Answer]:
     """Answer several questions in one batch; `contexts[i]` belongs to `questions[i]`."""
-    if isinstance(questions, str):
-        raise InvalidInputError("answer_many takes a list of questions; use answer() for one")
-    if len(questions) != len(contexts):
-        raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} context lists: pass one list per question")
-    if not questions:
-        raise InvalidInputError("answer_many needs at least one question")
     cfg = _config(generation)
-    with torch.no_grad():
-        prompts = [build_prompt(compressor, ctx, question=q) for q, ctx in zip(questions, contexts, strict=True)]
-    return generate_from_prompts(compressor, prompts, cfg)
+    return generate_from_prompts(compressor, _answer_prompts(compressor, questions, contexts), cfg)
 
 
 def stream(compressor: Compressor, question: str, contexts: Sequence[Context], **generation) -> Iterator[str]:
     """Yield the answer's text piece by piece as tokens are generated."""
+    for _, piece in stream_many(compressor, [question], [contexts], **generation):
+        yield piece
+
+
+def stream_many(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
+                **generation) -> Iterator[tuple[int, str]]:
+    """Answer several questions in one batch, yielding (question index, text piece) as each step's
+    tokens are generated, so every answer of the batch streams from the first step on."""
     cfg = _config(generation)
-    with torch.no_grad():
-        prompt = build_prompt(compressor, contexts, question=question)
+    prompts = _answer_prompts(compressor, questions, contexts)
     tok = compressor.decoder.tokenizer
     stop_ids = stop_token_ids(tok)
-    ids: list[int] = []
-    sent = ""
-    for nxt, _ in _decode_steps(compressor, [prompt], cfg):
-        token = int(nxt[0])
-        if token in stop_ids:
-            break
-        ids.append(token)
-        text = tok.decode(ids, skip_special_tokens=True).lstrip()
-        if any(s and s in text for s in cfg.stop):
-            text = text[: min(text.index(s) for s in cfg.stop if s and s in text)]
-            if len(text) > len(sent):
-                yield text[len(sent):]
+    rows = [_TextPieces(tok, stop_ids, cfg.stop) for _ in prompts]
+    for nxt, _ in _decode_steps(compressor, prompts, cfg):
+        for i, token in enumerate(nxt.tolist()):
+            if piece := rows[i].add(token):
+                yield i, piece
+        if all(r.done for r in rows):
             return
+
+
+class _TextPieces:
+    """One answer's text as its tokens arrive: each call gives the text not sent yet."""
+
+    def __init__(self, tokenizer, stop_ids: set[int], stop: tuple[str, ...]) -> None:
+        self.tokenizer, self.stop_ids, self.stop = tokenizer, stop_ids, stop
+        self.ids: list[int] = []
+        self.sent = ""
+        self.done = False
+
+    def add(self, token: int) -> str:
+        """The new text after `token` ("" while nothing new can be sent, and once the answer ended)."""
+        if self.done:
+            return ""
+        if token in self.stop_ids:
+            self.done = True
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        cuts = [text.index(s) for s in self.stop if s and s in text]
+        if cuts:
+            text, self.done = text[: min(cuts)], True
         # Hold back while the last bytes form an incomplete UTF-8 character.
-        if text.endswith("\ufffd") or len(text) <= len(sent):
-            continue
-        yield text[len(sent):]
-        sent = text
+        elif text.endswith("\ufffd"):
+            return ""
+        if len(text) <= len(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
 
 
 def reconstruct(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: int | None = None,
@@ -455,10 +564,12 @@ def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_ne
         raise InvalidInputError(f"reconstruct takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
     compressor.check_soft_prompt(soft_prompt)
     stops = stop_token_ids(compressor.decoder.tokenizer)
+    # Copying a text must reproduce its own repeated phrases, so the answers' loop stop is off here.
+    config = partial(GenerationConfig, no_repeat_ngram_size=0)
     if isinstance(soft_prompt, KvMemory):
         with torch.no_grad():
             prompt = build_prompt(compressor, [soft_prompt], mode="repeat")
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens or soft_prompt.source_tokens + 16)
+        cfg = config(max_new_tokens=max_new_tokens or soft_prompt.source_tokens + 16)
         return [t for t in generate_from_prompts(compressor, [prompt], cfg)[0].token_ids if t not in stops]
     pieces = list(soft_prompt.pieces)
     ids: list[int] = []
@@ -467,7 +578,7 @@ def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_ne
         with torch.no_grad():
             prompts = [build_prompt(compressor, [_piece_prompt(soft_prompt, p)], mode="autoencode") for p in batch]
         budget = max_new_tokens or max(p.source_tokens for p in batch) + 16
-        for answer in generate_from_prompts(compressor, prompts, GenerationConfig(max_new_tokens=budget)):
+        for answer in generate_from_prompts(compressor, prompts, config(max_new_tokens=budget)):
             ids += [t for t in answer.token_ids if t not in stops]
     return ids
 

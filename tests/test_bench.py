@@ -136,3 +136,35 @@ def test_fidelity_rows_of_one_kind_at_several_ratios_form_one_curve():
     curves = fidelity_curves({"rows": rows})
     assert set(curves) == {("icae", 128), ("icae", 512), ("e2llm", 128)}
     assert [r["compression_ratio"] for r in curves[("icae", 128)]] == [2.0, 4.0, 8.0]
+
+
+def test_qa_summary_reports_the_share_of_looping_answers():
+    from icae_rag.eval.qa import QAItem, qa_markdown, score_predictions
+
+    items = [QAItem(str(i), "Q?", ("Paris",), ["p"]) for i in range(3)] + [QAItem("u", "Q?", (), ["p"])]
+    predictions = ["Paris", "The answer is: The answer is: The answer is:", "Paris is the capital", "x y z x y z x y z"]
+    scores = score_predictions(predictions, items, seed=0)
+    assert scores["repeated_4gram"]["mean"] == 0.5  # over every answer, unanswerable ones included
+    table = qa_markdown("toy", {"split": "s", "n": 4, "seed": 0},
+                        {"raw": scores | {"mean_context_positions": 1, "compression_ratio": 1.0}})
+    assert "repeated 4-gram" in table and "| 0.500 |" in table
+
+
+def test_bench_loop_stop_option(tiny_raw, monkeypatch):
+    from icae_rag.eval.qa import QAItem, run_qa
+
+    seen = []
+    real = type(tiny_raw).answer_many
+
+    def spy(self, questions, contexts, **generation):
+        seen.append(generation)
+        return real(self, questions, contexts, **generation)
+
+    monkeypatch.setattr(type(tiny_raw), "answer_many", spy)
+    items = [QAItem("a", "Which word?", ("word3",), ["word1 word2 word3"])]
+    modes, readers = {"raw": lambda it: list(it.passages)}, {"raw": tiny_raw}
+    run_qa(items, modes, readers, max_new_tokens=2, batch_size=1, seed=0)
+    run_qa(items, modes, readers, max_new_tokens=2, batch_size=1, seed=0, no_repeat_ngram_size=0)
+    assert seen == [{"max_new_tokens": 2}, {"max_new_tokens": 2, "no_repeat_ngram_size": 0}]
+    with pytest.raises(InvalidInputError, match="no-repeat-ngram"):
+        validate(BenchOptions(suite="qa", no_repeat_ngram_size=-1, compressors=["raw"]))

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TEXT
 from icae_rag.errors import InvalidInputError
-from icae_rag.generation import build_prompt
+from icae_rag.generation import _NgramBan, build_prompt
 
 
 def test_answer_reports_positions_and_ratio(tiny_compressor):
@@ -90,3 +90,90 @@ def test_bad_contexts_and_options(tiny_raw):
         tiny_raw.answer("Who?", [TEXT], max_new_tokens=0)
     with pytest.raises(InvalidInputError, match="one list per question"):
         tiny_raw.answer_many(["a?", "b?"], [[TEXT]])
+
+
+def _repeated_ngram(ids: list[int], n: int) -> bool:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_ngram_ban_breaks_a_greedy_loop():
+    # A "model" that always prefers the token after the last one in the cycle 0 1 2 3 0 1 2 3 ...
+    ban, ids = _NgramBan(rows=1, n=4), []
+    for step in range(12):
+        logits = torch.zeros(1, 10)
+        logits[0, step % 4] = 2.0
+        logits[0, 9] = 1.0  # the runner-up
+        tok = int(ban.mask(logits).argmax(-1))
+        ban.add([tok], [False])
+        ids.append(tok)
+    assert ids[:7] == [0, 1, 2, 3, 0, 1, 2]  # new 4-grams may share 3 tokens with old ones...
+    assert ids[7] == 9  # ...but "0 1 2" may not be followed by 3 again: the runner-up comes instead
+    assert not _repeated_ngram(ids, 4)
+
+
+def test_ngram_ban_skips_finished_rows():
+    ban = _NgramBan(rows=2, n=2)
+    ban.add([5, 5], [False, True])
+    ban.add([6, 6], [False, True])
+    assert ban.history == [[5, 6], []]
+
+
+def test_loop_stop_is_on_by_default_and_can_be_turned_off(tiny_raw):
+    default = tiny_raw.answer("Who?", [TEXT], max_new_tokens=40)
+    assert default.token_ids == tiny_raw.answer("Who?", [TEXT], max_new_tokens=40, no_repeat_ngram_size=4).token_ids
+    assert not _repeated_ngram(default.token_ids, 4)
+    one = tiny_raw.answer("Who?", [TEXT], max_new_tokens=40, no_repeat_ngram_size=1)
+    assert len(set(one.token_ids)) == len(one.token_ids)
+    off = tiny_raw.answer("Who?", [TEXT], max_new_tokens=40, no_repeat_ngram_size=0)
+    assert off.new_tokens == 40
+
+
+def test_loop_stop_in_a_batch_equals_one_by_one(tiny_raw):
+    questions, contexts = ["Who?", "When did Apollo 11 land?"], [[TEXT], [TEXT[:120]]]
+    batched = tiny_raw.answer_many(questions, contexts, max_new_tokens=30, no_repeat_ngram_size=3)
+    for q, c, b in zip(questions, contexts, batched, strict=True):
+        assert tiny_raw.answer(q, c, max_new_tokens=30, no_repeat_ngram_size=3).token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("size", [-1, 2.5, "4", True])
+def test_bad_loop_stop_size(tiny_raw, size):
+    with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
+        tiny_raw.answer("Who?", [TEXT], no_repeat_ngram_size=size)
+
+
+def test_stream_many_streams_every_answer_of_a_batch(tiny_raw):
+    questions = ["When did Apollo 11 land?", "Who stayed in orbit?", "How much did it cost?"]
+    contexts = [[TEXT], [TEXT[:120]], ["The program cost 25 billion dollars."]]
+    answers = tiny_raw.answer_many(questions, contexts, max_new_tokens=8)
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    order = []
+    for i, piece in tiny_raw.stream_many(questions, contexts, max_new_tokens=8):
+        pieces[i].append(piece)
+        order.append(i)
+    for i, a in enumerate(answers):
+        assert "".join(pieces[i]).strip() == a.text
+    # Pieces of different answers interleave: each answer streams from the first step on, not after the others.
+    assert order != sorted(order)
+
+
+def test_stream_many_bad_input(tiny_raw):
+    with pytest.raises(InvalidInputError, match="list of questions"):
+        next(tiny_raw.stream_many("Who?", [[TEXT]]))
+    with pytest.raises(InvalidInputError, match="one list per question"):
+        next(tiny_raw.stream_many(["a?", "b?"], [[TEXT]]))
+
+
+def test_memory_prompts_are_prefilled_together_as_one_by_one():
+    from icae_rag import new_compressor
+    from icae_rag.backbones import TINY_DECODER
+    from icae_rag.generation import _prefill
+
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
+    a, b = kvzip.compress(TEXT), kvzip.compress("The Saturn V rocket launched every crewed Apollo mission.")
+    prompts = [build_prompt(kvzip, ctx, question=q) for q, ctx in
+               [("Who?", [a]), ("Which rocket carried the crew?", [b, "A raw note."]), ("When?", [a, b])]]
+    with torch.no_grad(), kvzip.decoding():
+        together = _prefill(kvzip, prompts)[0]
+        alone = torch.cat([_prefill(kvzip, [p])[0] for p in prompts])
+    assert torch.allclose(together, alone, atol=1e-4)

@@ -14,6 +14,7 @@ from icae_rag.eval.metrics import (
     bootstrap_ci,
     corpus_bleu4,
     exact_match,
+    has_repeated_ngram,
     is_abstention,
     normalize_answer,
     token_accuracy,
@@ -363,3 +364,24 @@ def test_answer_metrics_reject_bare_string_reference(metric) -> None:
 def test_invalid_input_error_is_value_error() -> None:
     with pytest.raises(ValueError):
         exact_match("cat", [])
+
+
+# --------------------------------------------------------------------------- generation loops
+
+
+@pytest.mark.parametrize(("answer", "looped"), [
+    ("The answer is: The answer is: The answer is:", True),
+    ("the answer is the answer is", False),  # "the answer is the" occurs once
+    ("Paris, paris; Paris paris PARIS", True),  # case and punctuation do not hide a loop
+    ("Neil Armstrong and Buzz Aldrin landed on 20 July 1969.", False),
+    ("", False),
+])
+def test_has_repeated_ngram(answer: str, looped: bool) -> None:
+    assert has_repeated_ngram(answer, 4) is looped
+
+
+def test_has_repeated_ngram_bad_input() -> None:
+    with pytest.raises(InvalidInputError):
+        has_repeated_ngram(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        has_repeated_ngram("a b", 0)

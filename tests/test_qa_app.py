@@ -367,7 +367,7 @@ def test_a_failed_persist_keeps_the_previous_index(tmp_path, compressor, monkeyp
 
 def test_answers_are_streamed_as_they_are_decoded(tmp_path, compressor, monkeypatch):
     app = make_app(tmp_path, compressor)
-    original = compressor.stream
+    original = compressor.stream_many
 
     def slow_stream(*args, **kwargs):
         for piece in original(*args, **kwargs):
@@ -376,7 +376,7 @@ def test_answers_are_streamed_as_they_are_decoded(tmp_path, compressor, monkeypa
 
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert upload(client, "apollo.txt", APOLLO).status_code == 201
-        monkeypatch.setattr(compressor, "stream", slow_stream)
+        monkeypatch.setattr(compressor, "stream_many", slow_stream)
         arrivals = []
         with client.stream("POST", "/api/ask", json={"question": "Who walked on the Moon?"}) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
@@ -488,22 +488,34 @@ def test_bad_files_are_refused_at_once_not_in_a_job(tmp_path, compressor):
 
 
 def test_concurrent_questions_are_answered_in_one_batch(tmp_path, compressor, monkeypatch):
-    app = make_app(tmp_path, compressor, batch_window_ms=400, max_new_tokens=4)
+    app = make_app(tmp_path, compressor, batch_window_ms=400, max_new_tokens=12)
     batches = []
-    original = compressor.answer_many
+    original = compressor.stream_many
 
     def spy(questions, contexts, **kwargs):
         batches.append(list(questions))
-        return original(questions, contexts, **kwargs)
+        for piece in original(questions, contexts, **kwargs):
+            time.sleep(0.05)  # a step takes a while, as on a real decoder
+            yield piece
 
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert upload(client, "apollo.txt", APOLLO).status_code == 201
         assert upload(client, "rhine.txt", RHINE).status_code == 201
-        monkeypatch.setattr(compressor, "answer_many", spy)
-        results = {}
+        monkeypatch.setattr(compressor, "stream_many", spy)
+        results, spans = {}, {}
 
         def do_ask(i):
-            results[i] = ask(client, f"Question {i}: where does the Rhine rise?", "raw" if i % 2 else "compressed")
+            start, first = time.perf_counter(), None
+            with client.stream("POST", "/api/ask", json={"question": f"Question {i}: where does the Rhine rise?",
+                                                         "mode": "raw" if i % 2 else "compressed"}) as r:
+                evs = []
+                for line in r.iter_lines():
+                    if line.strip():
+                        evs.append(json.loads(line))
+                        if evs[-1]["type"] == "token" and first is None:
+                            first = time.perf_counter() - start
+            results[i] = r.status_code, evs
+            spans[i] = first, time.perf_counter() - start
 
         threads = [threading.Thread(target=do_ask, args=(i,)) for i in range(4)]
         for t in threads:
@@ -516,6 +528,9 @@ def test_concurrent_questions_are_answered_in_one_batch(tmp_path, compressor, mo
     assert sorted(q for batch in batches for q in batch) == sorted(f"Question {i}: where does the Rhine rise?"
                                                                    for i in range(4))
     assert max(len(b) for b in batches) > 1 and max(app.state.service.batcher.batch_sizes) > 1
+    # Each answer of a batch streams: its first token comes well before the batch's last one.
+    for first, total in spans.values():
+        assert first is not None and first < total / 2
 
 
 def test_a_failed_batch_is_reported_in_every_stream(tmp_path, compressor, monkeypatch):
@@ -526,7 +541,7 @@ def test_a_failed_batch_is_reported_in_every_stream(tmp_path, compressor, monkey
 
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert upload(client, "apollo.txt", APOLLO).status_code == 201
-        monkeypatch.setattr(compressor, "answer_many", broken)
+        monkeypatch.setattr(compressor, "stream_many", broken)
         results = {}
         threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(client, f"Q{i}?"))) for i in range(2)]
         for t in threads:
@@ -539,15 +554,41 @@ def test_a_failed_batch_is_reported_in_every_stream(tmp_path, compressor, monkey
 
 def test_metadata_labels_stay_out_of_the_decoder_text(tmp_path, compressor, monkeypatch):
     seen: list[str] = []
-    original = compressor.stream
+    original = compressor.stream_many
 
-    def spy(question, contexts, **kwargs):
-        seen.extend(c for c in contexts if isinstance(c, str))
-        return original(question, contexts, **kwargs)
+    def spy(questions, contexts, **kwargs):
+        seen.extend(c for row in contexts for c in row if isinstance(c, str))
+        return original(questions, contexts, **kwargs)
 
     with TestClient(make_app(tmp_path, compressor)) as client:
         assert upload(client, "apollo.txt", APOLLO).status_code == 201
-        monkeypatch.setattr(compressor, "stream", spy)
+        monkeypatch.setattr(compressor, "stream_many", spy)
         status, evs = ask(client, "Who walked on the Moon?", "raw")
         assert status == 200 and evs[0]["sources"][0]["file"] == "apollo.txt"  # still shown to the user
     assert seen and not any("file_name" in text or "apollo.txt" in text for text in seen)
+
+
+def test_a_batch_waits_for_questions_still_being_retrieved():
+    from examples.qa_app.batching import AnswerBatcher
+
+    class Fake:
+        def __init__(self):
+            self.batches = []
+
+        def stream_many(self, questions, contexts, **kwargs):
+            self.batches.append(list(questions))
+            yield from ((i, f"answer {q}") for i, q in enumerate(questions))
+
+    fake = Fake()
+    batcher = AnswerBatcher(fake, threading.Lock(), max_new_tokens=4, window_ms=20)
+    try:
+        first = batcher.submit("a", [])
+        with batcher.incoming():  # retrieval of "b" takes 5 windows: the batch waits for it
+            time.sleep(0.1)
+            second = batcher.submit("b", [])
+        assert list(first) == ["answer a"] and list(second) == ["answer b"]
+        assert fake.batches == [["a", "b"]]
+        alone = batcher.submit("c", [])  # nobody on the way: answered after one window
+        assert list(alone) == ["answer c"] and fake.batches[-1] == ["c"]
+    finally:
+        batcher.close()

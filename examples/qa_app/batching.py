@@ -1,9 +1,9 @@
 """Concurrent questions answered together: a queue that collects questions for a short window and
-answers them in one batch (the library's `answer_many`), so eight users wait about as long as one.
+answers them in one batch (the library's `stream_many`), so eight users wait about as long as one.
 
-A batch of one is streamed token by token (`Compressor.stream`); a larger batch is decoded in one
-`answer_many` call and each answer is sent as one piece when the batch ends. One worker thread does
-all decoding, holding the compressor's lock (shared with uploads, which compress under it).
+Every answer of a batch streams: each decoding step's new text goes to its own user at once, so the
+first token arrives after the batch's prefill, not after its last token. One worker thread does all
+decoding, holding the compressor's lock (shared with uploads, which compress under it).
 """
 
 from __future__ import annotations
@@ -13,12 +13,17 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 _END = object()
+# The longest a batch waits for more questions, in batch windows (see `_run`).
+MAX_WINDOWS = 20
+# How often the collecting worker looks again whether questions are still on their way.
+POLL_SECONDS = 0.01
 
 
 @dataclass
@@ -34,7 +39,8 @@ class _Failure:
 
 
 class AnswerBatcher:
-    """Answers questions in batches of up to `max_batch`, collected for up to `window_ms` after the first."""
+    """Answers questions in batches of up to `max_batch`, collected while questions are on their way
+    (`incoming`) or until `window_ms` pass without a new one (at most MAX_WINDOWS windows in all)."""
 
     def __init__(self, compressor: Any, lock: Any, *, max_new_tokens: int, window_ms: float = 50.0,
                  max_batch: int = 8) -> None:
@@ -47,8 +53,21 @@ class AnswerBatcher:
         self.batch_sizes: list[int] = []  # every batch answered, for the logs and the tests
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
+        self._incoming = 0  # questions received but not yet submitted (being embedded and retrieved)
+        self._incoming_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name="qa-answer-batcher")
         self._thread.start()
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a question on its way (retrieval, then `submit`): a batch being collected waits for it."""
+        with self._incoming_lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._incoming_lock:
+                self._incoming -= 1
 
     def submit(self, question: str, contexts: Sequence[Any]) -> Iterator[str]:
         """Queue a question; iterate the result for its answer's text pieces (errors re-raised there)."""
@@ -74,36 +93,38 @@ class AnswerBatcher:
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
             batch, stop = [first], False
-            deadline = time.monotonic() + self.window
-            while len(batch) < self.max_batch and (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
+            # Questions sent together reach the queue one by one (each is embedded and retrieved
+            # first), so the batch stays open while any is on its way (`incoming`) or until `window`
+            # passes with no new one; at most MAX_WINDOWS windows in all.
+            last = opened = time.monotonic()
+            cap = opened + MAX_WINDOWS * self.window
+            while len(batch) < self.max_batch:
+                now = time.monotonic()
+                until = cap if self._incoming else min(last + self.window, cap)
+                if now >= until:
                     break
+                try:
+                    item = self._queue.get(timeout=min(until - now, POLL_SECONDS))
+                except queue.Empty:
+                    continue
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
+                last = time.monotonic()
+            logger.info("answering %d question(s) together, collected over %.0f ms", len(batch),
+                        1000 * (time.monotonic() - opened))
             self._answer(batch)
             if stop:
                 return
 
     def _answer(self, batch: list[_Request]) -> None:
         self.batch_sizes.append(len(batch))
-        logger.info("answering %d question(s) together", len(batch))
         try:
             with self.lock:
-                if len(batch) == 1:
-                    request = batch[0]
-                    for piece in self.compressor.stream(request.question, request.contexts,
-                                                        max_new_tokens=self.max_new_tokens):
-                        request.pieces.put(piece)
-                else:
-                    answers = self.compressor.answer_many([r.question for r in batch], [r.contexts for r in batch],
-                                                          max_new_tokens=self.max_new_tokens)
-                    for request, answer in zip(batch, answers, strict=True):
-                        if answer.text:
-                            request.pieces.put(answer.text)
+                for i, piece in self.compressor.stream_many([r.question for r in batch], [r.contexts for r in batch],
+                                                            max_new_tokens=self.max_new_tokens):
+                    batch[i].pieces.put(piece)
         except Exception as e:  # each waiting request reports it in its own stream
             logger.exception("answering a batch of %d failed", len(batch))
             for request in batch:

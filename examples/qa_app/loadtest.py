@@ -68,9 +68,24 @@ def upload(client: httpx.Client, path: Path | None, timeout: float) -> dict[str,
             "done_seconds": round(time.perf_counter() - start, 1)}
 
 
+def wait_ready(client: httpx.Client, timeout: float) -> None:
+    """Wait until the app answers /api/info (its models load before it serves), so startup is not timed."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            if client.get("/api/info").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the app at {client.base_url} did not answer /api/info within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def run(url: str, upload_path: Path | None, concurrency: int, repeats: int, timeout: float) -> dict[str, Any]:
     """The whole load test against the app at `url`."""
     with httpx.Client(base_url=url, timeout=timeout) as client:
+        wait_ready(client, timeout)
         up = upload(client, upload_path, timeout)
         ask_once(client, QUESTION)  # warm-up: first-call costs are not what is measured
         single = [ask_once(client, QUESTION) for _ in range(repeats)]

@@ -343,6 +343,11 @@ class QAService:
         question = self.check_question(question)
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        with self.batcher.incoming():  # a batch being collected waits for this question
+            return self._prepare(question, mode)
+
+    def _prepare(self, question: str, mode: str) -> PreparedAnswer:
+        """Retrieve, then submit to the batcher (see prepare_answer)."""
         with self._embed_lock:
             embedding = self.embed_model.get_query_embedding(question)
         with self._index_lock:

@@ -160,6 +160,13 @@ class Compressor(nn.Module):
 
         return stream(self, question, contexts, **generation)
 
+    def stream_many(self, questions: Sequence[str], contexts: Sequence[Sequence[SoftPrompt | str]],
+                    **generation: Any) -> Iterator[tuple[int, str]]:
+        """Answer several questions in one batch, yielding (question index, text piece) as generated."""
+        from ..generation import stream_many
+
+        return stream_many(self, questions, contexts, **generation)
+
     def reconstruct(self, soft_prompt: SoftPrompt, **generation: Any) -> str:
         """Decode what a memory holds back to text (autoencoding / restate mode)."""
         from ..generation import reconstruct

@@ -42,6 +42,7 @@ class BenchOptions:
     top_k: int = 5
     passage_tokens: int = 512
     max_new_tokens: int = 24  # extractive answers are short; the anchors in docs/experiments.md use 24
+    no_repeat_ngram_size: int | None = None  # None: the generation default (loop stop on); 0: off
     batch_size: int = 8
     longllmlingua: bool = True
 
@@ -73,6 +74,8 @@ def validate(opts: BenchOptions) -> dict[str, Any]:
 
     if opts.suite not in SUITES:
         raise InvalidInputError(f"unknown suite {opts.suite!r}: choose one of {SUITES}")
+    if opts.no_repeat_ngram_size is not None and opts.no_repeat_ngram_size < 0:
+        raise InvalidInputError(f"--no-repeat-ngram must be >= 0 (0 turns the loop stop off), got {opts.no_repeat_ngram_size}")
     if opts.limit is not None and opts.limit <= 0:
         raise InvalidInputError(f"--limit must be a positive number of examples, got {opts.limit}")
     if opts.data is not None and not Path(opts.data).exists():
@@ -148,7 +151,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                                         f"{opts.passage_tokens}-token passages"}
             modes, readers = _qa_modes(items, compressors, raw, lingua)
             results["qa"][name] = {"record": record, "results": run_qa(
-                items, modes, readers, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, seed=opts.seed)}
+                items, modes, readers, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, seed=opts.seed,
+                no_repeat_ngram_size=opts.no_repeat_ngram_size)}
             if lingua is None:
                 results["qa"][name]["longllmlingua"] = "not run: " + _lingua_reason(opts)
             md += [qa_markdown(name, record, results["qa"][name]["results"]), ""]

@@ -126,6 +126,20 @@ def answer_contained(prediction: str, references: Sequence[str]) -> float:
     return 0.0
 
 
+def has_repeated_ngram(prediction: str, n: int = 4) -> bool:
+    """True if some n words occur twice in the answer (a generation loop); lowercased, punctuation
+    dropped, articles kept: "The answer is: the answer is" repeats "the answer is"."""
+    if not isinstance(prediction, str):
+        raise InvalidInputError(
+            f"prediction must be a str, got {type(prediction).__name__}; pass the answer text."
+        )
+    if n < 1:
+        raise InvalidInputError(f"n must be at least 1, got {n}")
+    words = "".join(ch for ch in prediction.lower() if ch not in _PUNCTUATION).split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
 def is_abstention(prediction: str) -> bool:
     """True if the answer says the context does not contain the answer (SQuAD v2 no-answer)."""
     if not isinstance(prediction, str):

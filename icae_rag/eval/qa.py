@@ -21,7 +21,14 @@ from ..chunking import sentence_chunks
 from ..compressors.base import Compressor
 from ..errors import DataError
 from ..retrieval import search
-from .metrics import answer_contained, bootstrap_ci, exact_match, is_abstention, token_f1
+from .metrics import (
+    answer_contained,
+    bootstrap_ci,
+    exact_match,
+    has_repeated_ngram,
+    is_abstention,
+    token_f1,
+)
 
 
 @dataclass
@@ -65,7 +72,8 @@ def retrieve(items: list[QAItem], encoder, tokenizer, passage_tokens: int, top_k
 
 
 def score_predictions(predictions: list[str], items: list[QAItem], seed: int) -> dict[str, Any]:
-    """Contained / F1 / EM with 95% bootstrap intervals on answerable items; abstention rate on the rest."""
+    """Contained / F1 / EM with 95% bootstrap intervals on answerable items; abstention rate on the rest;
+    the share of all answers with a repeated 4-gram of words (loops)."""
     answerable = [(p, it) for p, it in zip(predictions, items, strict=True) if it.answers]
     unanswerable = [p for p, it in zip(predictions, items, strict=True) if not it.answers]
     out: dict[str, Any] = {"n_answerable": len(answerable), "n_unanswerable": len(unanswerable)}
@@ -77,12 +85,18 @@ def score_predictions(predictions: list[str], items: list[QAItem], seed: int) ->
     if unanswerable:
         mean, low, high = bootstrap_ci([float(is_abstention(p)) for p in unanswerable], seed=seed)
         out["abstention"] = {"mean": mean, "ci95": [low, high]}
+    if predictions:  # every answer, answerable or not: a loop is a fault either way
+        mean, low, high = bootstrap_ci([float(has_repeated_ngram(p, 4)) for p in predictions], seed=seed)
+        out["repeated_4gram"] = {"mean": mean, "ci95": [low, high]}
     return out
 
 
 def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], reader: dict[str, Compressor],
-           *, max_new_tokens: int, batch_size: int, seed: int) -> dict[str, Any]:
+           *, max_new_tokens: int, batch_size: int, seed: int,
+           no_repeat_ngram_size: int | None = None) -> dict[str, Any]:
     """Answer every item in every mode; `modes[name](item)` gives the contexts, `reader[name]` answers.
+
+    `no_repeat_ngram_size` None keeps the generation default (the loop stop); 0 turns it off.
 
     A mode's compression ratio is the tokens of the item's passages per decoder position its context
     took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
@@ -96,10 +110,12 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
         contexts = [make_contexts(it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
         prepare = time.perf_counter() - start
         predictions, soft, answer_seconds = [], 0, 0.0
+        generation = {"max_new_tokens": max_new_tokens}
+        if no_repeat_ngram_size is not None:
+            generation["no_repeat_ngram_size"] = no_repeat_ngram_size
         for b in tqdm(range(0, len(items), batch_size), desc=f"qa {name}: answers", unit="batch", leave=False):
             batch = items[b : b + batch_size]
-            answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size],
-                                       max_new_tokens=max_new_tokens)
+            answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size], **generation)
             answer_seconds += answers[0].seconds
             predictions += [a.text for a in answers]
             soft += sum(a.soft_tokens for a in answers)
@@ -117,8 +133,9 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
 def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -> str:
     """One table per dataset: mode, positions, ratio, contained/F1/EM with 95% intervals."""
     lines = [f"**{dataset}** — {record['split']}, n = {record['n']}, seed {record['seed']}", "",
-             "| mode | context positions | ratio | contained (95% CI) | F1 | EM | abstention (unanswerable) |",
-             "|---|---:|---:|---|---:|---:|---:|"]
+             "| mode | context positions | ratio | contained (95% CI) | F1 | EM | abstention (unanswerable) "
+             "| repeated 4-gram |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for mode, r in results.items():
         c = r.get("contained")
         contained = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
@@ -126,5 +143,7 @@ def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -
         f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
         em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
         ab = f"{r['abstention']['mean']:.3f}" if "abstention" in r else "-"
-        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {f1} | {em} | {ab} |")
+        loops = f"{r['repeated_4gram']['mean']:.3f}" if "repeated_4gram" in r else "-"
+        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {f1} | {em} | {ab} "
+                     f"| {loops} |")
     return "\n".join(lines) + "\n"
