@@ -278,16 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             from icae_rag.eval.longllmlingua import LongLLMLinguaCompressor
 
             lingua = LongLLMLinguaCompressor(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
+        env = environment(opts.seed)  # before the run: the commit is the code that ran, not HEAD at the end
         started = time.perf_counter()
         result = run_rag_bench(documents, items, compressors, raw, opts, lingua=lingua)
     except IcaeRagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = {"suite": "llamaindex-rag", "options": asdict(opts), "environment": environment(opts.seed),
+    results = {"suite": "llamaindex-rag", "options": asdict(opts), "environment": env,
                "record": record, "compressors": [{"spec": s, "kind": c.kind, "version": c.version, "trained": c.trained}
                                                  for s, c in zip(opts.compressors, compressors, strict=True)],
                "seconds": time.perf_counter() - started, **result}
-    env = results["environment"]
     md = ["# icae-rag LlamaIndex RAG benchmark", "", f"commit `{env['git_commit']}`, {env['hardware']['processor']} "
           f"({env['hardware']['cpu_count']} cores), torch {env['versions']['torch']}", "",
           rag_markdown(record, result, opts)]
