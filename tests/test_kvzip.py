@@ -281,3 +281,14 @@ def test_one_budget_over_several_memories():
     assert comp.answer("Who?", [a, b], max_new_tokens=2).soft_tokens == pa.num_soft_tokens + pb.num_soft_tokens
     with pytest.raises(ConfigError):
         new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=8)
+
+
+def test_two_memories_in_context_read_like_the_joint_text(kv_full):
+    # B encoded after A and the blank line between them, nothing evicted: the decoder must read
+    # [A, B] exactly as the two raw texts, so offsets, separators and re-rotation of a second memory are right.
+    first = kv_full.compress(SECOND)
+    second = kv_full.compress_many([TEXT], leads=[SECOND + "\n\n"])[0]
+    sep = kv_full.decoder.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    assert kv_full.tokenize(SECOND + "\n\n") == kv_full.tokenize(SECOND) + sep
+    torch.testing.assert_close(_first_logits(kv_full, [first, second]), _first_logits(kv_full, [SECOND, TEXT]),
+                               atol=1e-4, rtol=1e-4)
