@@ -201,15 +201,18 @@ def _bleu_from_counts(
     return brevity_penalty * geometric_mean
 
 
+def _reference_tokens(name: str, reference: Sequence[int | str], why: str) -> tuple[int | str, ...]:
+    """The reference's tokens; an empty reference is refused, saying why the metric needs one."""
+    ref = _as_tokens(name, reference)
+    if not ref:
+        raise InvalidInputError(f"{name} is empty; {why}. Drop the example or pass its reference.")
+    return ref
+
+
 def bleu4(candidate: Sequence[int | str], reference: Sequence[int | str]) -> float:
     """Sentence BLEU-4 against one reference, with add-one smoothing for n-gram orders > 1."""
     cand = _as_tokens("candidate", candidate)
-    ref = _as_tokens("reference", reference)
-    if not ref:
-        raise InvalidInputError(
-            "reference is empty; BLEU needs at least one reference token. "
-            "Drop the example or pass its reference text."
-        )
+    ref = _reference_tokens("reference", reference, "BLEU needs at least one reference token")
     if not cand:
         return 0.0
     matched, totals = _clipped_counts(cand, ref)
@@ -234,12 +237,7 @@ def corpus_bleu4(
     ref_len = 0
     for i, (candidate, reference) in enumerate(zip(candidates, references, strict=True)):
         cand = _as_tokens(f"candidates[{i}]", candidate)
-        ref = _as_tokens(f"references[{i}]", reference)
-        if not ref:
-            raise InvalidInputError(
-                f"references[{i}] is empty; BLEU needs at least one reference token. "
-                "Drop the example or pass its reference text."
-            )
+        ref = _reference_tokens(f"references[{i}]", reference, "BLEU needs at least one reference token")
         pair_matched, pair_totals = _clipped_counts(cand, ref)
         matched = [a + b for a, b in zip(matched, pair_matched, strict=True)]
         totals = [a + b for a, b in zip(totals, pair_totals, strict=True)]
@@ -253,12 +251,7 @@ def corpus_bleu4(
 def token_accuracy(candidate: Sequence[int | str], reference: Sequence[int | str]) -> float:
     """Fraction of reference positions where the candidate has the same token."""
     cand = _as_tokens("candidate", candidate)
-    ref = _as_tokens("reference", reference)
-    if not ref:
-        raise InvalidInputError(
-            "reference is empty; token accuracy is a fraction of reference positions. "
-            "Drop the example or pass its reference tokens."
-        )
+    ref = _reference_tokens("reference", reference, "token accuracy is a fraction of reference positions")
     # zip stops at the shorter sequence: missing candidate positions count as wrong,
     # extra candidate tokens past the reference are ignored.
     correct = sum(c == r for c, r in zip(cand, ref, strict=False))
