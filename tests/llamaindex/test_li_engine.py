@@ -160,13 +160,13 @@ def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, mo
     nodes = SentenceSplitter(chunk_size=32, chunk_overlap=0).get_nodes_from_documents([Document(text=" ".join(TEXTS))])
     assert len(nodes) >= 2, "the document must split into several nodes"
     store = SlotStore(tmp_path)
-    SoftPromptIngestion(kvzip, store)(nodes)
+    SoftPromptIngestion(kvzip, store, in_context=True)(nodes)
     texts, leads = seen[-1]
     assert leads[0] is None and leads[1:] == [n.get_content() for n in nodes[:-1]]
     assert store.get(texts[1], kvzip).metadata["lead_sha256"], "a query finds the node's in-context memory"
     seen.clear()
-    SoftPromptIngestion(kvzip, SlotStore(tmp_path / "apart"), in_context=False)(nodes)
-    assert seen[-1][1] is None
+    SoftPromptIngestion(kvzip, SlotStore(tmp_path / "apart"))(nodes)
+    assert seen[-1][1] is None, "by default nodes are encoded apart"
 
 
 def test_kinds_that_encode_texts_alone_refuse_leads(tiny_icae):
