@@ -33,8 +33,9 @@ PASSAGE_TOKENS = 256
 PROMPT_RESERVE = 256
 QUESTION_TEMPLATE_TOKENS = 64
 EMBED_BATCH = 64
-# Passages MiniLM re-ranks after BM25 on long documents: a bounded MiniLM cost per question, and 50
-# times the default budget's six 256-token passages, so BM25 only has to get the right ones near the top.
+# Passages MiniLM re-ranks after BM25 on long documents: 50 times the default budget's six 256-token
+# passages, so BM25 only has to get the right ones near the top, at a fixed MiniLM cost per question
+# (300 passages of the tar man page took 54 s on one thread of a busy 2-core machine).
 RERANK_CANDIDATES = 300
 # Okapi BM25's usual constants (Lucene's defaults).
 BM25_K1 = 1.2
@@ -141,7 +142,8 @@ def words(text: str) -> list[str]:
 
 def bm25_top(texts: Sequence[str], passages: Sequence[Passage], query: str, top_n: int, *,
              progress: bool = False) -> list[int]:
-    """Indices of the `top_n` passages with the highest BM25 score for the query's words, best first.
+    """Indices of the `top_n` passages with the highest BM25 score for the query's words, best first,
+    one per distinct passage text.
 
     Only the query's words are counted, one passage at a time, so memory is a few numbers per passage
     whatever the file's vocabulary. Ties keep document order; when no query word occurs anywhere the
@@ -151,6 +153,8 @@ def bm25_top(texts: Sequence[str], passages: Sequence[Passage], query: str, top_
 
     terms = sorted(set(words(query)))
     n = len(passages)
+    if n == 0 or top_n <= 0:
+        return []
     tf = np.zeros((n, len(terms)), dtype=np.float32)
     lengths = np.zeros(n, dtype=np.float32)
     for i, p in enumerate(tqdm(passages, desc="BM25 over passages", unit="passage", disable=not progress,
@@ -159,16 +163,26 @@ def bm25_top(texts: Sequence[str], passages: Sequence[Passage], query: str, top_
         lengths[i] = sum(counts.values())
         tf[i] = [counts[t] for t in terms]
     df = (tf > 0).sum(axis=0)
-    if n == 0 or top_n <= 0:
-        return []
     if not df.any():
-        return np.unique(np.linspace(0, n - 1, min(top_n, n)).round().astype(int)).tolist()
-    idf = np.log1p((n - df + 0.5) / (df + 0.5))
-    norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(float(lengths.mean()), 1.0))
-    scores = (idf * tf * (BM25_K1 + 1) / (tf + norm[:, None])).sum(axis=1)
-    # A stable sort on the negated scores keeps ties in document order, so runs are reproducible.
-    order = np.argsort(-scores, kind="stable")
-    return order[:top_n].tolist()
+        order = np.unique(np.linspace(0, n - 1, min(top_n, n)).round().astype(int))
+    else:
+        idf = np.log1p((n - df + 0.5) / (df + 0.5))
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(float(lengths.mean()), 1.0))
+        scores = (idf * tf * (BM25_K1 + 1) / (tf + norm[:, None])).sum(axis=1)
+        # A stable sort on the negated scores keeps ties in document order, so runs are reproducible.
+        order = np.argsort(-scores, kind="stable")
+    # A text repeated in a file (boilerplate, a page pasted twice) scores the same every time: its copies
+    # would fill the candidates and then the budget with one passage.
+    top, seen = [], set()
+    for i in order.tolist():
+        p = passages[i]
+        text = texts[p.doc][p.start : p.end]
+        if text not in seen:
+            seen.add(text)
+            top.append(i)
+            if len(top) == top_n:
+                break
+    return top
 
 
 def decoder_window(compressor: Any) -> int:

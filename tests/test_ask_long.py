@@ -208,3 +208,11 @@ def test_a_small_document_ranks_every_passage_as_before(tiny_raw, monkeypatch):
             used += every[i].tokens
     assert [(p.start, p.end) for p in passages] == sorted(expected)
     assert chosen == [text[s:e] for s, e in sorted(expected)]
+
+
+def test_bm25_keeps_one_copy_of_a_repeated_passage(tiny_raw):
+    text = "\n\n".join([long_text(30, seed=1), NEEDLE, long_text(30, seed=2), NEEDLE, long_text(30, seed=3)])
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 16)
+    top = bm25_top([text], passages, "How does tar extract a single file from the archive?", 4)
+    picked = [text[passages[i].start : passages[i].end] for i in top]
+    assert len(top) == 4 and len(set(picked)) == 4 and sum(NEEDLE in t for t in picked) == 1
