@@ -208,9 +208,9 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
                    ) -> tuple[list[str], list[Passage]]:
     """The context texts a question is answered from, and the passages they are.
 
-    Documents whose tokens fit `budget` together are read whole. Longer ones are chunked and the best
-    passages for the question are kept, best first, until `budget` tokens are used, then put back in
-    document order. `whole=True` reads every document whole and raises ContextTooLongError when
+    Documents whose tokens fit `budget` together are read whole. Longer ones are chunked, MiniLM ranks
+    the passages (only BM25's best `RERANK_CANDIDATES` when there are more), and the best are kept
+    until `budget` tokens are used, then put back in document order. `whole=True` reads every document whole and raises ContextTooLongError when
     they do not fit the decoder's `window`. `encoder_loader()` gives the sentence encoder, called only
     when retrieval is needed.
     """
