@@ -4,8 +4,8 @@ Memory stays bounded by the documents' own size: text is tokenized in pieces of 
 (never one tensor of a whole file's tokens), passages are kept as character spans, and vectors are
 added to the FAISS index batch by batch. Documents with more than `RERANK_CANDIDATES` passages are
 first narrowed by BM25 over lowercase words (counting only the question's words, passage by
-passage), and MiniLM ranks only those candidates: embedding every passage of a 50 MB file would take
-an hour on one CPU thread.
+passage), and MiniLM ranks only those candidates: at the rate below, embedding the 5,522 passages of
+a 5 MB text would take about 17 minutes on one CPU thread, a 50 MB one ten times that.
 """
 
 from __future__ import annotations
