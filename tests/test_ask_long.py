@@ -10,7 +10,7 @@ import pytest
 from icae_rag import retrieval
 from icae_rag.cli import main
 from icae_rag.errors import ContextTooLongError
-from icae_rag.retrieval import chunk_passages, count_tokens, select_context, text_pieces
+from icae_rag.retrieval import bm25_top, chunk_passages, count_tokens, select_context, text_pieces
 
 RAW = "raw:decoder=tiny-llama"
 WORDS = "apollo moon river rhine barge grain coal oxygen plant light energy orbit lunar surface program".split()
@@ -143,3 +143,76 @@ def test_the_bench_retrieve_uses_the_same_search(tiny_raw):
     item = QAItem("q", "Where does the barge go?", ("x",), [doc])
     retrieve([item], load_encoder(TINY_ENCODER, device="cpu"), tiny_raw.decoder.tokenizer, 64, 3)
     assert len(item.passages) == 3 and all(p in doc for p in item.passages)
+
+
+NEEDLE = "To extract one member, tar reads the archive and writes only the named file."
+
+
+def needle_text(paragraphs: int, at: int) -> str:
+    """Random-word paragraphs with NEEDLE as paragraph `at`: its words occur nowhere else."""
+    parts = long_text(paragraphs).split("\n\n")
+    parts.insert(at, NEEDLE)
+    return "\n\n".join(parts)
+
+
+def test_bm25_keeps_the_passage_with_the_question_s_rare_words(tiny_raw):
+    text = needle_text(300, 211)
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 48)
+    top = bm25_top([text], passages, "How does tar extract a single file from the archive?", 3)
+    assert len(passages) > 100 and len(top) == 3
+    assert NEEDLE in text[passages[top[0]].start : passages[top[0]].end]
+
+
+def test_bm25_spreads_the_candidates_when_no_question_word_occurs(tiny_raw):
+    text = long_text(100)
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 48)
+    top = bm25_top([text], passages, "zyzzyva?", 5)
+    assert top == sorted(top) and top[0] == 0 and top[-1] == len(passages) - 1 and len(top) == 5
+
+
+def test_a_long_document_is_reranked_only_on_the_bm25_candidates(tiny_raw, monkeypatch):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+
+    monkeypatch.setattr(retrieval, "RERANK_CANDIDATES", 3)
+    embedded: list[int] = []
+    search = retrieval.search
+
+    def spy(encoder, passages, query, top_k, **kwargs):
+        embedded.append(len(passages))
+        return search(encoder, passages, query, top_k, **kwargs)
+
+    monkeypatch.setattr(retrieval, "search", spy)
+    text = needle_text(300, 211)
+    chosen, passages = select_context([text], "How does tar extract a single file from the archive?",
+                                      tiny_raw.decoder.tokenizer, budget=150, window=8192, max_new_tokens=8,
+                                      passage_tokens=48, encoder_loader=lambda: load_encoder(TINY_ENCODER, device="cpu"))
+    assert embedded == [3]
+    assert any(NEEDLE in c for c in chosen) and all(p.score is not None for p in passages)
+
+
+def test_a_small_document_ranks_every_passage_as_before(tiny_raw, monkeypatch):
+    from icae_rag.backbones import TINY_ENCODER, load_encoder
+
+    monkeypatch.setattr(retrieval, "bm25_top", lambda *a, **k: pytest.fail("BM25 ran on a small document"))
+    encoder, tokenizer = load_encoder(TINY_ENCODER, device="cpu"), tiny_raw.decoder.tokenizer
+    text, question = long_text(40), "Where does the barge carry grain?"
+    chosen, passages = select_context([text], question, tokenizer, budget=100, window=8192, max_new_tokens=8,
+                                      passage_tokens=48, encoder_loader=lambda: encoder)
+    # The ranking before BM25 existed: MiniLM over every passage, best first until the budget is used.
+    every = chunk_passages([text], tokenizer, 48, encoder=encoder)
+    assert len(every) <= retrieval.RERANK_CANDIDATES
+    expected, used = [], 0
+    for i, _ in retrieval.search(encoder, [text[p.start : p.end] for p in every], question, len(every)):
+        if used + every[i].tokens <= 100:
+            expected.append((every[i].start, every[i].end))
+            used += every[i].tokens
+    assert [(p.start, p.end) for p in passages] == sorted(expected)
+    assert chosen == [text[s:e] for s, e in sorted(expected)]
+
+
+def test_bm25_keeps_one_copy_of_a_repeated_passage(tiny_raw):
+    text = "\n\n".join([long_text(30, seed=1), NEEDLE, long_text(30, seed=2), NEEDLE, long_text(30, seed=3)])
+    passages = chunk_passages([text], tiny_raw.decoder.tokenizer, 16)
+    top = bm25_top([text], passages, "How does tar extract a single file from the archive?", 4)
+    picked = [text[passages[i].start : passages[i].end] for i in top]
+    assert len(top) == 4 and len(set(picked)) == 4 and sum(NEEDLE in t for t in picked) == 1
