@@ -61,6 +61,15 @@ class GenerationConfig:
     seed: int | None = None
     no_repeat_ngram_size: int = 4
 
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> GenerationConfig:
+        """The config of keyword options; an unknown option is an InvalidInputError listing the valid ones."""
+        try:
+            return cls(**options)
+        except TypeError as e:
+            valid = ", ".join(f.name for f in fields(cls))
+            raise InvalidInputError(f"{e}: valid generation options are {valid}") from e
+
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise InvalidInputError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
@@ -443,14 +452,6 @@ def _finish_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:
     return text.strip()
 
 
-def _config(generation: dict) -> GenerationConfig:
-    try:
-        return GenerationConfig(**generation)
-    except TypeError as e:
-        options = ", ".join(f.name for f in fields(GenerationConfig))
-        raise InvalidInputError(f"{e}: valid generation options are {options}") from e
-
-
 def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[Answer]:
     """Greedy/sampled decoding of several prompts in one batch."""
     start = time.perf_counter()
@@ -491,7 +492,7 @@ def answer(compressor: Compressor, question: str, contexts: Sequence[Context], *
 def answer_many(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
                 **generation) -> list[Answer]:
     """Answer several questions in one batch; `contexts[i]` belongs to `questions[i]`."""
-    cfg = _config(generation)
+    cfg = GenerationConfig.from_options(generation)
     return generate_from_prompts(compressor, _answer_prompts(compressor, questions, contexts), cfg)
 
 
@@ -505,7 +506,7 @@ def stream_many(compressor: Compressor, questions: Sequence[str], contexts: Sequ
                 **generation) -> Iterator[tuple[int, str]]:
     """Answer several questions in one batch, yielding (question index, text piece) as each step's
     tokens are generated, so every answer of the batch streams from the first step on."""
-    cfg = _config(generation)
+    cfg = GenerationConfig.from_options(generation)
     prompts = _answer_prompts(compressor, questions, contexts)
     tok = compressor.decoder.tokenizer
     stop_ids = stop_token_ids(tok)

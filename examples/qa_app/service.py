@@ -33,9 +33,6 @@ from typing import Any
 from llama_index.core import Document
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
-
-# SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
-# component using the same compressor object share; the AnswerBatcher decodes under that lock.
 from llama_index.postprocessor.icae_rag import (
     SlotStore,
     SoftPromptIngestion,
@@ -49,6 +46,9 @@ from icae_rag import DEFAULT_KIND
 from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.generation import build_prompt
 from icae_rag.io import atomic_path, read_json, write_json
+
+# SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
+# component using the same compressor object share; the AnswerBatcher decodes under that lock.
 from icae_rag.serving import SlotCache
 from icae_rag.stores import open_store
 from icae_rag.text import check_text

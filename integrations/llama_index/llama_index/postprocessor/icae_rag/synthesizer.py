@@ -56,11 +56,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
                  batch_size: int = 8, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
         """`compressor`/`slot_store` as for SoftPromptCompressor; `generation`: max_new_tokens, do_sample, ..."""
-        try:
-            self._generation = dataclasses.asdict(GenerationConfig(**generation))
-        except TypeError as e:
-            valid = [f.name for f in dataclasses.fields(GenerationConfig)]
-            raise InvalidInputError(f"{e}: valid generation options are {valid}") from e
+        self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
