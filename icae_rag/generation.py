@@ -298,9 +298,10 @@ class _NgramBan:
 
 def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     """Run the prompts through the decoder: (last logits (B, V), cache, 2-D mask or None, next positions
-    (B, 1), KvView or None). Prompts of embeddings only go in one left-padded batch; prompts with KV
-    memories are built one by one on a shared prefix cache, then left-padded into one batch cache
-    whose padding the KvView masks (layers may differ in width, so no 2-D mask fits them all)."""
+    (B, 1), KvView or None). Prompts of embeddings only go in one left-padded batch. Prompts with KV
+    memories take two forwards: the shared prefix, then every prompt's text after it (separators,
+    mode marker, question) at once, each token at its own position, reading the memories laid in the
+    cache before it (a KvView masks by position, so the text can follow all memories in the cache)."""
     dec = compressor.decoder
     if not any(p.has_memories for p in prompts):
         rows = [p.embeddings for p in prompts]
@@ -316,38 +317,53 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     shared = _extend(dec, _RowCache.empty(), prefix)[1]
-    rows = [shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix)
-            else _extend(dec, _RowCache.empty(), p.segments[0])[1] for p in prompts]
-    logits: list[torch.Tensor | None] = [None] * len(prompts)
-    ahead = [1] * len(prompts)  # each prompt's next segment
-    while True:
-        # Memories are appended without running the decoder; then every prompt's next embeddings go
-        # through one batched forward: on a CPU, small forwards cost mostly per call, not per row.
-        for i, p in enumerate(prompts):
-            while ahead[i] < len(p.segments) and isinstance(p.segments[ahead[i]], KvMemory):
-                rows[i] = _extend(dec, rows[i], p.segments[ahead[i]])[1]
-                ahead[i] += 1
-        pending = [i for i, p in enumerate(prompts) if ahead[i] < len(p.segments)]
-        if not pending:
-            break
-        extended = _extend_rows(dec, [rows[i] for i in pending], [prompts[i].segments[ahead[i]] for i in pending])
-        for i, (row_logits, row) in zip(pending, extended, strict=True):
-            logits[i], rows[i], ahead[i] = row_logits, row, ahead[i] + 1
-    cache, positions, view = _stack_rows(dec, rows)
-    # A prompt ends with embeddings (the mode marker and the question), so every row has logits.
-    return torch.stack(logits), cache, None, positions, view
+    rows, texts = [], []
+    for p in prompts:
+        row = shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix) \
+            else _extend(dec, _RowCache.empty(), p.segments[0])[1]
+        text, text_positions = [], []
+        for seg in p.segments[1:]:
+            if isinstance(seg, KvMemory):
+                row = _extend(dec, row, seg)[1]
+            else:
+                text.append(seg)
+                text_positions.append(torch.arange(row.position, row.position + seg.shape[0], device=dec.device))
+                row = _RowCache(row.keys, row.values, row.valid, row.position + seg.shape[0], row.positions)
+        rows.append(row)
+        texts.append((torch.cat(text), torch.cat(text_positions)))
+    # A prompt ends with embeddings (the mode marker and the question), so every row has text.
+    lengths = [t.shape[0] for t, _ in texts]
+    t = max(lengths)
+    x = texts[0][0].new_zeros(len(rows), t, texts[0][0].shape[-1])
+    query_positions = torch.zeros(len(rows), t, dtype=torch.long, device=dec.device)
+    real = torch.zeros(len(rows), t, dtype=torch.bool, device=dec.device)
+    for i, (embeddings, positions) in enumerate(texts):
+        n = embeddings.shape[0]
+        x[i, :n], query_positions[i, :n], real[i, :n] = embeddings, positions, True
+        query_positions[i, n:] = positions[-1]  # padding: reads what the row's last token reads, read by none
+    cache, next_positions, valid, columns = _stack_rows(dec, rows)
+    heads = valid[0].shape[1]
+    view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
+                  positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
+                  query_positions=query_positions)
+    last = sorted({n - 1 for n in lengths})
+    out = dec.model(inputs_embeds=x, position_ids=query_positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
+    logits = torch.stack([out.logits[i, last.index(n - 1)] for i, n in enumerate(lengths)])
+    return logits, out.past_key_values, None, next_positions, KvView(valid=view.valid)
 
 
 @dataclass
 class _RowCache:
-    """One prompt's cache while it is built: per layer keys/values (kv_heads, columns, head_dim),
-    which columns each head may read, and the next rotary position. A KV memory is padded to its
-    fullest head per layer, so layers differ in width."""
+    """One prompt's cache while it is built: per layer keys/values (kv_heads, columns, head_dim), which
+    columns each head may read and their rotary positions (kv_heads, columns), and the next rotary
+    position. A KV memory is padded to its fullest head per layer, so layers differ in width."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     valid: list[torch.Tensor]
     position: int
+    positions: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> _RowCache:
@@ -362,13 +378,13 @@ class _RowCache:
 def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
     """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled."""
     if isinstance(segment, KvMemory):
-        k, v, ok = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(dec.model),
-                                         dec.dtype, dec.device)
+        columns = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(dec.model),
+                                        dec.dtype, dec.device)
         if row.keys:
-            k = [torch.cat([a, b], dim=1) for a, b in zip(row.keys, k, strict=True)]
-            v = [torch.cat([a, b], dim=1) for a, b in zip(row.values, v, strict=True)]
-            ok = [torch.cat([a, b], dim=1) for a, b in zip(row.valid, ok, strict=True)]
-        return None, _RowCache(k, v, ok, row.position + segment.source_tokens)
+            columns = [[torch.cat([a, b], dim=1) for a, b in zip(old, new, strict=True)]
+                       for old, new in zip((row.keys, row.values, row.valid, row.positions), columns, strict=True)]
+        k, v, ok, pos = columns
+        return None, _RowCache(k, v, ok, row.position + segment.source_tokens, pos)
     return _extend_rows(dec, [row], [segment])[0]
 
 
@@ -388,7 +404,8 @@ def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> li
         x[i, : s.shape[0]] = s
     positions = torch.tensor([[r.position] for r in rows], device=dec.device) + torch.arange(t, device=dec.device)
     if rows[0].keys:
-        cache, _, view = _stack_rows(dec, rows)
+        cache, _, valid, _ = _stack_rows(dec, rows)
+        view = KvView(valid=valid)
     else:
         cache, view = DynamicCache(config=dec.model.config), KvView()
     last = sorted({n - 1 for n in lengths})
@@ -397,32 +414,39 @@ def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> li
     layers = out.past_key_values.layers
     extended = []
     for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-        keys, values, valid = [], [], []
+        keys, values, valid, columns = [], [], [], []
         for j, layer in enumerate(layers):
             width = layer.keys.shape[2] - t  # the padded cache's columns before this forward
             start = width - (row.keys[j].shape[1] if row.keys else 0)
             keys.append(layer.keys[i, :, start : width + n])
             values.append(layer.values[i, :, start : width + n])
-            new = torch.ones(layer.keys.shape[1], n, dtype=torch.bool, device=dec.device)
+            heads = layer.keys.shape[1]
+            new = torch.ones(heads, n, dtype=torch.bool, device=dec.device)
+            at = positions[i, :n].expand(heads, -1)
             valid.append(torch.cat([row.valid[j], new], dim=1) if row.valid else new)
-        extended.append((out.logits[i, last.index(n - 1)], _RowCache(keys, values, valid, row.position + n)))
+            columns.append(torch.cat([row.positions[j], at], dim=1) if row.positions else at)
+        extended.append((out.logits[i, last.index(n - 1)],
+                         _RowCache(keys, values, valid, row.position + n, columns)))
     return extended
 
 
-def _stack_rows(dec, rows: list[_RowCache]) -> tuple[Any, torch.Tensor, KvView]:
-    """Left-pad per-prompt caches into one batch cache, with next positions (B, 1) and its KvView."""
+def _stack_rows(dec, rows: list[_RowCache]
+                ) -> tuple[Any, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Left-pad per-prompt caches into one batch cache: (cache, next positions (B, 1), and per layer
+    each column's validity and rotary position (B, kv_heads, columns))."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=dec.model.config)
-    valid = []
+    valid, columns = [], []
     for layer in range(len(rows[0].keys)):
         width = max(r.keys[layer].shape[1] for r in rows)
         keys = torch.stack([_left_pad(r.keys[layer], width) for r in rows])
         values = torch.stack([_left_pad(r.values[layer], width) for r in rows])
         valid.append(torch.stack([_left_pad(r.valid[layer], width) for r in rows]))
+        columns.append(torch.stack([_left_pad(r.positions[layer], width) for r in rows]))
         cache.update(keys, values, layer)
     positions = torch.tensor([[r.position] for r in rows], device=dec.device)
-    return cache, positions, KvView(valid=valid)
+    return cache, positions, valid, columns
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -28,18 +28,29 @@ ROTARY_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
 
 @dataclass
 class KvView:
-    """What the attention function needs beyond HF's mask: per-layer column validity, score recording.
+    """What the attention function needs beyond HF's mask: per-layer column validity and positions,
+    score recording.
 
     `valid[l]` is (batch, kv_heads, columns) bool for the first `columns` cache columns of layer l
     (left padding included, as False): it replaces HF's mask, because layers differ in width. Columns
-    after those (text appended later) are read causally by every head. With `record`, `scores[l]`
-    becomes (batch, kv_heads, keys): the max attention weight each key got from any query and any
-    query head of its group.
+    after those (text appended later) are read causally by every head. With `query_positions`
+    (batch, queries), `valid` covers every column, the forward's own included, and `positions[l]`
+    (batch, kv_heads, columns) holds each column's rotary position: a query reads the valid columns
+    at or before its position, so a cache's columns need not be in position order. With `record`,
+    `scores[l]` becomes (batch, kv_heads, keys): the max attention weight each key got from any query
+    and any query head of its group.
     """
 
     valid: list[torch.Tensor] | None = None
+    positions: list[torch.Tensor] | None = None
+    query_positions: torch.Tensor | None = None
     record: bool = False
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.query_positions is None) != (self.positions is None) or (
+                self.positions is not None and self.valid is None):
+            raise ValueError("KvView: positions and query_positions go together, with valid")
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -116,23 +127,29 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     b, q_heads, q_len, head_dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     groups = q_heads // kv_heads
+    layer = module.layer_idx
     if kv_view.valid is None:
         allowed = _allowed(attention_mask, q_len, k_len, query.device)  # (b or 1, 1, q, k)
+    elif kv_view.query_positions is not None:
+        valid, positions = kv_view.valid[layer], kv_view.positions[layer]
+        if valid.shape[2] != k_len:
+            raise ValueError(f"KvView covers {valid.shape[2]} columns of layer {layer}, the cache has {k_len}")
+        allowed = valid[:, :, None, :] & (positions[:, :, None, :] <= kv_view.query_positions[:, None, :, None])
     else:
-        valid = kv_view.valid[module.layer_idx]
+        valid = kv_view.valid[layer]
         allowed = _allowed(None, q_len, k_len, query.device) & torch.cat(
             [valid, valid.new_ones(*valid.shape[:2], k_len - valid.shape[2])], dim=2)[:, :, None, :]
-        allowed = allowed.repeat_interleave(groups, dim=1)
-    k = key.repeat_interleave(groups, dim=1)
-    v = value.repeat_interleave(groups, dim=1)
+    # Query heads sharing a KV head are read as one block (no copies of the keys and values); HF
+    # orders query heads by group, so head h reads KV head h // groups.
     scale = scaling if scaling is not None else head_dim ** -0.5
-    logits = torch.matmul(query, k.transpose(-1, -2)).float() * scale
-    logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    q = query.reshape(b, kv_heads, groups * q_len, head_dim)
+    logits = (torch.matmul(q, key.transpose(-1, -2)).float() * scale).view(b, kv_heads, groups, q_len, k_len)
+    logits = logits.masked_fill(~allowed[:, :, None], torch.finfo(logits.dtype).min)
     weights = torch.softmax(logits, dim=-1)
     if kv_view.record:
-        kv_view.scores[module.layer_idx] = weights.amax(dim=2).view(b, kv_heads, groups, k_len).amax(dim=2)
-    out = torch.matmul(weights.to(value.dtype), v)
-    return out.transpose(1, 2).contiguous(), None
+        kv_view.scores[layer] = weights.amax(dim=(2, 3))
+    out = torch.matmul(weights.view(b, kv_heads, groups * q_len, k_len).to(value.dtype), value)
+    return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
 
 
 def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:

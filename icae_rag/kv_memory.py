@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -137,9 +137,9 @@ class KvMemory(Memory):
         return keys, self.values.float() * self.value_scale.float()[:, None]
 
     def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype, device: torch.device
-                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer: keys, values (kv_heads, columns, head_dim) and valid (kv_heads, columns), keys
-        moved `delta` positions.
+                      ) -> CacheColumns:
+        """Per layer: keys, values (kv_heads, columns, head_dim), valid and rotary positions (kv_heads,
+        columns), keys moved `delta` positions.
 
         Each head's entries fill its first columns; a layer is as wide as its fullest head and
         `valid` marks which columns each head really kept.
@@ -149,23 +149,24 @@ class KvMemory(Memory):
         keys, values = self.float_entries()
         keys = rerotate(keys.to(device), delta, rotary_emb).to(dtype)
         values = values.to(device, dtype)
+        positions = self.positions.to(device).long() + (self.prefix_tokens + delta)
         flat = self.counts.reshape(-1).long().to(device)
         owner = entry_owners(self.counts).to(device)
         rank = torch.arange(self.kept_entries, device=device) - (flat.cumsum(0) - flat)[owner]
-        dim, out_k, out_v, out_ok = keys.shape[1], [], [], []
+        dim, out = keys.shape[1], CacheColumns([], [], [], [])
         bounds = [0, *self.counts.sum(1).long().cumsum(0).tolist()]
         for layer in range(self.layers):
             lo, hi = bounds[layer], bounds[layer + 1]
-            head = owner[lo:hi] - layer * self.kv_heads
+            at = (owner[lo:hi] - layer * self.kv_heads, rank[lo:hi])
             width = int(self.counts[layer].max())
             k = keys.new_zeros(self.kv_heads, width, dim)
             v = values.new_zeros(self.kv_heads, width, dim)
             ok = torch.zeros(self.kv_heads, width, dtype=torch.bool, device=device)
-            k[head, rank[lo:hi]], v[head, rank[lo:hi]], ok[head, rank[lo:hi]] = keys[lo:hi], values[lo:hi], True
-            out_k.append(k)
-            out_v.append(v)
-            out_ok.append(ok)
-        return out_k, out_v, out_ok
+            pos = torch.zeros(self.kv_heads, width, dtype=torch.long, device=device)
+            k[at], v[at], ok[at], pos[at] = keys[lo:hi], values[lo:hi], True, positions[lo:hi]
+            for column, tensor in zip(out, (k, v, ok, pos), strict=True):
+                column.append(tensor)
+        return out
 
     def pruned(self, entries: int) -> KvMemory:
         """A copy keeping the `entries` highest-scored entries (needs the scores kvzip stores)."""
@@ -249,6 +250,16 @@ def prune_jointly(memories: list[KvMemory], entries: int, weights: list[float] |
 def token_ids_sha256(ids: list[int]) -> str:
     """Hex SHA-256 of a token id sequence: how a memory names the prompt prefix it follows."""
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+
+
+class CacheColumns(NamedTuple):
+    """A memory laid out as cache columns, per layer: keys, values (kv_heads, columns, head_dim),
+    valid and rotary positions (kv_heads, columns)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: list[torch.Tensor]
+    positions: list[torch.Tensor]
 
 
 def entry_owners(counts: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from icae_rag.errors import (
     CorruptFileError,
     UnsupportedModelError,
 )
-from icae_rag.generation import _extend, _RowCache, build_prompt
+from icae_rag.generation import _extend, _prefill, _RowCache, build_prompt
 from icae_rag.kv_attention import rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
@@ -71,7 +71,7 @@ def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
     with torch.no_grad():
         cache = model(inputs_embeds=torch.cat([prefix, dec.embed_ids(ids[0])])[None], use_cache=True).past_key_values
     p = prefix.shape[0] + len(lead)
-    keys, _, valid = memory.cache_tensors(0, rotary(model), dec.dtype, dec.device)
+    keys, _, valid, _ = memory.cache_tensors(0, rotary(model), dec.dtype, dec.device)
     assert all(bool(v.all()) for v in valid)
     for layer, got in zip(cache.layers, keys, strict=True):
         expected = rerotate(layer.keys[0, :, p:p + len(text)], -len(lead), rotary(model))
@@ -116,14 +116,15 @@ def test_masked_full_cache_equals_the_pruned_cache(kv_full):
     prefix = build_prompt(kvzip, [pruned], question="Who?").segments
     # Full cache, with each head masked to the entries the pruned memory kept.
     _, row = _extend(dec, _RowCache.empty(), prefix[0])
-    k, v, _ = full.cache_tensors(0, rotary(dec.model), dec.dtype, dec.device)
+    k, v, _, positions = full.cache_tensors(0, rotary(dec.model), dec.dtype, dec.device)
     kept = torch.zeros(full.layers, full.kv_heads, full.source_tokens, dtype=torch.bool)
     owner = torch.repeat_interleave(torch.arange(pruned.counts.numel()), pruned.counts.reshape(-1).long())
     kept.view(-1, full.source_tokens)[owner, pruned.positions.long()] = True
     masked = _RowCache([torch.cat([a, b], 1) for a, b in zip(row.keys, k, strict=True)],
                        [torch.cat([a, b], 1) for a, b in zip(row.values, v, strict=True)],
                        [torch.cat([a, b], 1) for a, b in zip(row.valid, kept, strict=True)],
-                       row.position + full.source_tokens)
+                       row.position + full.source_tokens,
+                       [torch.cat([a, b], 1) for a, b in zip(row.positions, positions, strict=True)])
     _, packed = _extend(dec, row, pruned)
     assert sum(packed.columns) < sum(masked.columns)
     for seg in prefix[2:]:
@@ -140,6 +141,19 @@ def test_batch_of_memories_equals_one_by_one(kvzip):
     alone = [kvzip.answer(q, c, max_new_tokens=6) for q, c in zip(questions, contexts, strict=True)]
     assert [x.token_ids for x in batch] == [x.token_ids for x in alone]
     assert list(kvzip.stream(questions[0], contexts[0], max_new_tokens=6))  # streaming shares the path
+
+
+def test_one_forward_over_all_text_equals_prefilling_segment_by_segment(kvzip):
+    # _prefill lays every memory in the cache first and reads all later text in one forward, masked by
+    # position; prefilling each text segment after the memories before it must give the same logits.
+    a, b = kvzip.compress(TEXT), kvzip.compress(SECOND)
+    contexts = [[a, "A short raw note.", b], [b], ["Raw text first.", a]]
+    prompts = [build_prompt(kvzip, c, question=q) for c, q in zip(contexts, ["Who?", "Which rocket?", "When?"],
+                                                                   strict=True)]
+    with torch.no_grad():
+        logits = _prefill(kvzip, prompts)[0]
+    for got, c, q in zip(logits, contexts, ["Who?", "Which rocket?", "When?"], strict=True):
+        torch.testing.assert_close(got, _first_logits(kvzip, c, q), atol=1e-4, rtol=1e-4)
 
 
 def test_positions_count_kept_entries(kvzip):
