@@ -38,6 +38,7 @@ from llama_index.postprocessor.icae_rag import (
     build_query_engine,
 )
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from icae_rag.compressors import shipped_kinds
 from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
@@ -132,7 +133,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
         for comp in compressors:
             store = SlotStore(Path(tmp) / f"store-{len(engines)}")
             start = time.perf_counter()
-            SoftPromptIngestion(comp, store)(nodes)
+            SoftPromptIngestion(comp, store)(nodes, show_progress=True)
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
             engines[comp.label] = build_query_engine(index, comp, store, similarity_top_k=opts.top_k,
                                                      generation=generation, streaming=True)
@@ -140,7 +141,8 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
         retriever = index.as_retriever(similarity_top_k=opts.top_k)
         budget_mode = compressors[0].label if compressors else None
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for i, item in enumerate([items[0], *items]):  # the first question twice: a warm-up, not scored
+        # The first question twice: a warm-up, not scored.
+        for i, item in enumerate(tqdm([items[0], *items], desc="questions (every mode)", unit="question")):
             runs = {name: _query(engine, readers[name], item.question) for name, engine in engines.items()}
             if lingua is not None and budget_mode is not None:
                 runs["longllmlingua"] = _lingua_query(lingua, retriever, raw, item.question,

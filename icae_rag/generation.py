@@ -324,7 +324,7 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
         text: list[_Text] = []
         for seg in p.segments[1:]:
             if isinstance(seg, KvMemory):
-                first = row.position == prefix.shape[0]  # nothing before it but the prefix it was encoded after
+                first = row.position == p.segments[0].shape[0]  # only the prefix before it, as when encoded
                 start, row = row.position, _extend(dec, row, seg)[1]
                 if compressor.recompute_share and not first:
                     row, redo = _recompute(dec, row, seg, start, compressor.recompute_share)

@@ -53,6 +53,10 @@ class Passage:
     tokens: int
     score: float | None = None
 
+    def text(self, texts: Sequence[str]) -> str:
+        """The passage's text, cut from `texts`, the documents it indexes."""
+        return texts[self.doc][self.start : self.end]
+
 
 def text_pieces(text: str, piece_chars: int | None = None) -> list[tuple[int, int]]:
     """(start, end) character spans covering `text`, cut after a blank line, newline or space near
@@ -159,7 +163,7 @@ def bm25_top(texts: Sequence[str], passages: Sequence[Passage], query: str, top_
     lengths = np.zeros(n, dtype=np.float32)
     for i, p in enumerate(tqdm(passages, desc="BM25 over passages", unit="passage", disable=not progress,
                                file=sys.stderr, mininterval=1.0)):
-        counts = Counter(words(texts[p.doc][p.start : p.end]))
+        counts = Counter(words(p.text(texts)))
         lengths[i] = sum(counts.values())
         tf[i] = [counts[t] for t in terms]
     df = (tf > 0).sum(axis=0)
@@ -176,7 +180,7 @@ def bm25_top(texts: Sequence[str], passages: Sequence[Passage], query: str, top_
     top, seen = [], set()
     for i in order.tolist():
         p = passages[i]
-        text = texts[p.doc][p.start : p.end]
+        text = p.text(texts)
         if text not in seen:
             seen.add(text)
             top.append(i)
@@ -244,7 +248,7 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
     # Small documents skip BM25: MiniLM ranks every passage, as it always did.
     candidates = (bm25_top(texts, passages, question, RERANK_CANDIDATES, progress=progress)
                   if len(passages) > RERANK_CANDIDATES else list(range(len(passages))))
-    ranked = search(encoder, [texts[passages[c].doc][passages[c].start : passages[c].end] for c in candidates],
+    ranked = search(encoder, [passages[c].text(texts) for c in candidates],
                     question, top_k=min(len(candidates), budget), progress=progress)
     ranked = [(candidates[i], score) for i, score in ranked]
     chosen, used = [], 0
@@ -254,4 +258,4 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
             chosen.append(Passage(p.doc, p.start, p.end, p.tokens, round(score, 4)))
             used += p.tokens
     chosen.sort(key=lambda p: (p.doc, p.start))
-    return [texts[p.doc][p.start : p.end] for p in chosen], chosen
+    return [p.text(texts) for p in chosen], chosen

@@ -49,7 +49,7 @@ def test_chunking_tokenizes_in_bounded_pieces(tiny_raw, monkeypatch):
     passages = chunk_passages(texts, spy, 48)
     assert max(seen) <= 2000 and len(seen) > 5
     assert {p.doc for p in passages} == {0, 1}
-    assert all(0 < p.tokens <= 48 and texts[p.doc][p.start : p.end].strip() for p in passages)
+    assert all(0 < p.tokens <= 48 and p.text(texts).strip() for p in passages)
     assert passages == sorted(passages, key=lambda p: (p.doc, p.start))
 
 

@@ -120,10 +120,16 @@ class AnswerBatcher:
 
     def _answer(self, batch: list[_Request]) -> None:
         self.batch_sizes.append(len(batch))
+        start, first = time.monotonic(), None
         try:
             with self.lock:
+                waited = time.monotonic() - start
                 for i, piece in self.compressor.stream_many([r.question for r in batch], [r.contexts for r in batch],
                                                             max_new_tokens=self.max_new_tokens):
+                    if first is None:
+                        first = time.monotonic() - start
+                        logger.info("first piece of the batch of %d after %.0f ms (%.0f ms waiting for the model)",
+                                    len(batch), 1000 * first, 1000 * waited)
                     batch[i].pieces.put(piece)
         except Exception as e:  # each waiting request reports it in its own stream
             logger.exception("answering a batch of %d failed", len(batch))
