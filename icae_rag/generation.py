@@ -321,38 +321,29 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     for p in prompts:
         row = shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix) \
             else _extend(dec, _RowCache.empty(), p.segments[0])[1]
-        text: list[_Text] = []
+        text, text_positions = [], []
         for seg in p.segments[1:]:
             if isinstance(seg, KvMemory):
-                first = row.position == p.segments[0].shape[0]  # only the prefix before it, as when encoded
-                start, row = row.position, _extend(dec, row, seg)[1]
-                if compressor.recompute_share and not first:
-                    row, redo = _recompute(dec, row, seg, start, compressor.recompute_share)
-                    text.append(redo)
+                row = _extend(dec, row, seg)[1]
             else:
-                text.append(_Text(seg, torch.arange(row.position, row.position + seg.shape[0], device=dec.device)))
+                text.append(seg)
+                text_positions.append(torch.arange(row.position, row.position + seg.shape[0], device=dec.device))
                 row = _RowCache(row.keys, row.values, row.valid, row.position + seg.shape[0], row.positions)
         rows.append(row)
-        texts.append(text)
+        texts.append((torch.cat(text), torch.cat(text_positions)))
     # A prompt ends with embeddings (the mode marker and the question), so every row has text.
-    lengths = [sum(piece.positions.shape[0] for piece in text) for text in texts]
+    lengths = [t.shape[0] for t, _ in texts]
     t = max(lengths)
-    x = prefix.new_zeros(len(rows), t, prefix.shape[-1])
+    x = texts[0][0].new_zeros(len(rows), t, texts[0][0].shape[-1])
     query_positions = torch.zeros(len(rows), t, dtype=torch.long, device=dec.device)
+    real = torch.zeros(len(rows), t, dtype=torch.bool, device=dec.device)
+    for i, (embeddings, positions) in enumerate(texts):
+        n = embeddings.shape[0]
+        x[i, :n], query_positions[i, :n], real[i, :n] = embeddings, positions, True
+        query_positions[i, n:] = positions[-1]  # padding: reads what the row's last token reads, read by none
     cache, next_positions, valid, columns = _stack_rows(dec, rows)
     heads = valid[0].shape[1]
-    # Which heads keep each text token's entries: all, but a recomputed token only where its memory kept it.
-    readable = [torch.zeros(len(rows), heads, t, dtype=torch.bool, device=dec.device) for _ in valid]
-    for i, text in enumerate(texts):
-        at = 0
-        for piece in text:
-            n = piece.positions.shape[0]
-            x[i, at:at + n], query_positions[i, at:at + n] = piece.embeddings, piece.positions
-            for layer, r in enumerate(readable):
-                r[i, :, at:at + n] = True if piece.heads is None else piece.heads[layer]
-            at += n
-        query_positions[i, at:] = query_positions[i, at - 1]  # padding: reads what the row's last token reads
-    view = KvView(valid=[torch.cat([v, r], dim=2) for v, r in zip(valid, readable, strict=True)],
+    view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
                   query_positions=query_positions)
     last = sorted({n - 1 for n in lengths})
@@ -360,39 +351,6 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
                     logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
     logits = torch.stack([out.logits[i, last.index(n - 1)] for i, n in enumerate(lengths)])
     return logits, out.past_key_values, None, next_positions, KvView(valid=view.valid)
-
-
-@dataclass
-class _Text:
-    """Embeddings prefilled in one forward after the memories: their rotary positions, and for
-    recomputed memory tokens, per layer which KV heads keep their entries (kv_heads, T)."""
-
-    embeddings: torch.Tensor
-    positions: torch.Tensor
-    heads: list[torch.Tensor] | None = None
-
-
-def _recompute(dec, row: _RowCache, memory: KvMemory, start: int, share: float) -> tuple[_RowCache, _Text]:
-    """The row with `memory`'s most needed positions (`share` of its tokens) masked, and those tokens
-    as text to prefill again, now with the contexts before the memory in view (CacheBlend-style).
-
-    A recomputed token keeps entries only in the heads where the memory kept it, so the budget stays.
-    """
-    if memory.token_ids is None:
-        raise InvalidInputError("this KV memory does not store its passage's token ids, which recompute needs: "
-                                "compress the text again with this icae-rag, or set recompute=0")
-    chosen = memory.most_needed_positions(round(share * memory.source_tokens)).to(dec.device)
-    at = start + chosen
-    valid, heads = [], []
-    for ok, pos, width in zip(row.valid, row.positions, memory.cache_tensors_widths(), strict=True):
-        mine = slice(ok.shape[1] - width, ok.shape[1])
-        stale = (pos[:, mine, None] == at) & ok[:, mine, None]  # (kv_heads, width, chosen)
-        keep = ok.clone()
-        keep[:, mine] &= ~stale.any(dim=2)
-        valid.append(keep)
-        heads.append(stale.any(dim=1))
-    embeddings = dec.embed_ids(memory.token_ids.to(dec.device)[chosen].long())
-    return _RowCache(row.keys, row.values, valid, row.position, row.positions), _Text(embeddings, at, heads)
 
 
 @dataclass

@@ -47,7 +47,6 @@ class KvMemory(Memory):
     value_scale: torch.Tensor | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     scores: torch.Tensor | None = None  # (entries,) float16: how much the decoder needed each entry
-    token_ids: torch.Tensor | None = None  # (source_tokens,) int32: the passage, to recompute entries at answer time
     format_name = "kv"
     readable_by_any_compressor = True
 
@@ -66,8 +65,6 @@ class KvMemory(Memory):
             problems.append(f"positions fall outside the passage's {self.source_tokens} tokens")
         if self.scores is not None and self.scores.shape != (n,):
             problems.append(f"scores {tuple(self.scores.shape)} do not match {n} entries")
-        if self.token_ids is not None and self.token_ids.shape != (self.source_tokens,):
-            problems.append(f"token_ids {tuple(self.token_ids.shape)} do not match the passage's {self.source_tokens} tokens")
         if (self.keys.dtype == torch.int8) != (self.key_scale is not None and self.value_scale is not None):
             problems.append("int8 entries need key_scale and value_scale, other dtypes none")
         if problems:
@@ -99,17 +96,6 @@ class KvMemory(Memory):
         """Passage entries (tokens x layers x heads) per kept entry."""
         return self.source_tokens * self.layers * self.kv_heads / max(1, self.kept_entries)
 
-    def cache_tensors_widths(self) -> list[int]:
-        """Cache columns the memory takes in each layer (its fullest head's kept entries)."""
-        return [int(c) for c in self.counts.max(dim=1).values]
-
-    def most_needed_positions(self, tokens: int) -> torch.Tensor:
-        """The `tokens` passage positions whose kept entries scored highest in all (sorted, long)."""
-        if self.scores is None:
-            raise InvalidInputError("this KV memory has no scores to rank its positions by: compress the text again")
-        need = torch.zeros(self.source_tokens).index_add_(0, self.positions.long().cpu(), self.scores.float().cpu())
-        return need.topk(min(tokens, self.source_tokens)).indices.sort().values
-
     @property
     def storage(self) -> str:
         """"float16", "float32" or "int8"."""
@@ -128,8 +114,6 @@ class KvMemory(Memory):
             raise InvalidInputError(f"unknown KV storage {storage!r}: use one of {sorted(STORAGE_DTYPES)}")
         if provenance.get("scores") is not None:
             provenance["scores"] = provenance["scores"].detach().to("cpu", torch.float16)
-        if provenance.get("token_ids") is not None:
-            provenance["token_ids"] = torch.as_tensor(provenance["token_ids"]).to("cpu", torch.int32)
         keys, values = keys.float().cpu(), values.float().cpu()
         positions, counts = positions.to(torch.int32).cpu(), counts.to(torch.int32).cpu()
         if storage != "int8":
@@ -211,8 +195,6 @@ class KvMemory(Memory):
             out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
         if self.scores is not None:
             out["scores"] = self.scores
-        if self.token_ids is not None:
-            out["token_ids"] = self.token_ids
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -236,7 +218,7 @@ class KvMemory(Memory):
                          tuple(Piece(*row) for row in header["pieces"]), int(header["prefix_tokens"]),
                          header["prefix_sha256"], header["compressor"], header["compressor_version"],
                          header["backbone"], tensors.get("key_scale"), tensors.get("value_scale"),
-                         dict(header.get("metadata", {})), tensors.get("scores"), tensors.get("token_ids"))
+                         dict(header.get("metadata", {})), tensors.get("scores"))
         except (KeyError, TypeError, ValueError) as e:  # InvalidInputError is a ValueError
             raise CorruptFileError(f"{path} is not a readable icae_rag KV memory ({e}): compress the text again") from e
         return memory if str(device) == "cpu" else memory.to(device)

@@ -14,7 +14,6 @@ from icae_rag.errors import (
     BackboneMismatchError,
     ConfigError,
     CorruptFileError,
-    InvalidInputError,
     UnsupportedModelError,
 )
 from icae_rag.generation import _extend, _prefill, _RowCache, build_prompt
@@ -157,37 +156,6 @@ def test_one_forward_over_all_text_equals_prefilling_segment_by_segment(kvzip):
         torch.testing.assert_close(got, _first_logits(kvzip, c, q), atol=1e-4, rtol=1e-4)
 
 
-def _prefill_logits(compressor, contexts, question="Who stayed in orbit?"):
-    with torch.no_grad():
-        return _prefill(compressor, [build_prompt(compressor, contexts, question=question)])[0][0]
-
-
-def test_recomputing_every_position_reads_like_the_joint_raw_text():
-    # Memories encoded apart, nothing evicted: recomputing all of the second one's tokens with the
-    # first in view gives exactly the cache of the two texts read together.
-    full = dict(device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32")
-    apart, redo = new_compressor("kvzip", **full), new_compressor("kvzip", **full, recompute=1.0)
-    assert redo.version == apart.version, "recompute is read-time only: stored memories stay valid"
-    a, b = apart.compress(TEXT), apart.compress(SECOND)
-    joint = _prefill_logits(apart, [TEXT, SECOND])
-    torch.testing.assert_close(_prefill_logits(redo, [a, b]), joint, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(_prefill_logits(apart, [a, b]), joint, atol=1e-3)
-
-
-def test_recompute_keeps_the_budget_and_needs_token_ids(kvzip):
-    redo = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, recompute=0.5)
-    a, b = kvzip.compress(TEXT), kvzip.compress(SECOND)
-    chosen = b.most_needed_positions(round(0.5 * b.source_tokens))
-    assert len(chosen) == round(0.5 * b.source_tokens) and bool((chosen.diff() > 0).all())
-    assert not torch.allclose(_prefill_logits(redo, [a, b]), _prefill_logits(kvzip, [a, b]), atol=1e-4)
-    # A memory read first has only the prefix before it, as when it was encoded: nothing to recompute.
-    torch.testing.assert_close(_prefill_logits(redo, [b]), _prefill_logits(kvzip, [b]))
-    with pytest.raises(InvalidInputError, match="token ids"):
-        redo.answer("Who?", [a, dataclasses.replace(b, token_ids=None)], max_new_tokens=1)
-    with pytest.raises(ConfigError, match="recompute"):
-        new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, recompute=1.5)
-
-
 def test_positions_count_kept_entries(kvzip):
     m = kvzip.compress(TEXT)
     ans = kvzip.answer("Who?", [m, SECOND], max_new_tokens=2)
@@ -225,9 +193,7 @@ def test_int8_stays_close_to_float(kvzip):
     (k, v), (k8, v8) = exact.float_entries(), q8.float_entries()
     assert torch.equal(exact.positions, q8.positions)
     assert (k - k8).abs().max() <= k.abs().max() / 127 and (v - v8).abs().max() <= v.abs().max() / 127
-    fp16 = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).compress(TEXT)
-    ids = 4 * fp16.source_tokens  # the passage's token ids: the same in both
-    assert q8.nbytes() - ids < 0.6 * (fp16.nbytes() - ids)
+    assert q8.nbytes() < 0.6 * new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).compress(TEXT).nbytes()
 
 
 def test_truncated_or_edited_file_is_refused(tmp_path, kvzip):

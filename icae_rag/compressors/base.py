@@ -89,8 +89,6 @@ class Compressor(nn.Module):
     # True when `compress_many` reads `leads`: the text before each passage in its document, which
     # the memory is encoded after (so it is computed in context, as raw text in a long prompt is).
     uses_leads: ClassVar[bool] = False
-    # Share of each KV memory's positions recomputed at answer time with the contexts before it in view.
-    recompute_share: float = 0.0
 
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()

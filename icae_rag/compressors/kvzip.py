@@ -51,12 +51,9 @@ class KvzipConfig:
     stored_ratio: float | None = None
     window_tokens: int = 1024
     lead_tokens: int = 256
-    # At answer time, recompute this share of each memory's positions (those it needs most) with the
-    # contexts before it in view; a memory encoded apart never saw them. Read-time only: not in the version.
-    recompute: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "keep_fraction", "stored_ratio", "window_tokens", "lead_tokens", "recompute"):
+        for name in ("ratio", "keep_fraction", "stored_ratio", "window_tokens", "lead_tokens"):
             value = getattr(self, name)
             if value is None and name in ("keep_fraction", "stored_ratio"):
                 continue
@@ -72,8 +69,6 @@ class KvzipConfig:
                               f"got {self.stored_ratio}")
         if self.storage not in STORAGE_DTYPES:
             raise ConfigError(f"kvzip storage must be one of {sorted(STORAGE_DTYPES)}, got {self.storage!r}")
-        if not 0 <= self.recompute <= 1:
-            raise ConfigError(f"kvzip recompute must be a share between 0 and 1, got {self.recompute}")
         if self.window_tokens < 16 or self.lead_tokens < 0:
             raise ConfigError("kvzip window_tokens must be >= 16 and lead_tokens >= 0")
 
@@ -98,7 +93,7 @@ class KvzipCompressor(Compressor):
         kv_attention.require(decoder.model)
         self.trained = True  # training-free: what it claims is what it is
         # Every store lookup asks for the version: render the prefix and hash the config once.
-        settings = {k: v for k, v in asdict(config).items() if k not in ("decoder", "recompute")}
+        settings = {k: v for k, v in asdict(config).items() if k != "decoder"}
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -115,11 +110,6 @@ class KvzipCompressor(Compressor):
         default = KvzipConfig()
         changed = [f"{k}={v}" for k, v in asdict(self.config).items() if k != "decoder" and v != getattr(default, k)]
         return "kvzip" + (":" + ",".join(changed) if changed else "")
-
-    @property
-    def recompute_share(self) -> float:
-        """Share of each memory's positions recomputed at answer time (`KvzipConfig.recompute`)."""
-        return self.config.recompute
 
     @property
     def version(self) -> str:
@@ -163,7 +153,7 @@ class KvzipCompressor(Compressor):
                     cache.update(k, v, i)
                 context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
                 parts.append(self._score_window(context, ids[start:start + step], start, cache, repeat_ids))
-            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | {"token_ids": ids})
+            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance)
             if lead:
                 memory.metadata["lead_sha256"] = text_sha256(lead)
             memories.append(memory)
