@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -328,7 +328,7 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
             else:
                 text.append(seg)
                 text_positions.append(torch.arange(row.position, row.position + seg.shape[0], device=dec.device))
-                row = _RowCache(row.keys, row.values, row.valid, row.position + seg.shape[0], row.positions)
+                row = replace(row, position=row.position + seg.shape[0])
         rows.append(row)
         texts.append((torch.cat(text), torch.cat(text_positions)))
     # A prompt ends with embeddings (the mode marker and the question), so every row has text.
@@ -609,8 +609,6 @@ def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_ne
 
 
 def _piece_prompt(prompt: SoftPrompt, piece) -> SoftPrompt:
-    from dataclasses import replace
-
     rows = prompt.embeddings[piece.slot_start : piece.slot_end]
     return SoftPrompt(rows, (replace(piece, slot_start=0, slot_end=rows.shape[0]),), prompt.compressor,
                       prompt.compressor_version, prompt.backbone)
