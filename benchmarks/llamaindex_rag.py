@@ -65,6 +65,7 @@ class RagBenchOptions:
     out: str = "bench-rag"
     longllmlingua: bool = True
     device: str = "auto"
+    best_last: bool = True  # every mode reads the highest-scored node last, next to the question
 
 
 class EventCollector(BaseEventHandler):
@@ -125,8 +126,8 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     nodes = list(index.docstore.docs.values())
     index_seconds = time.perf_counter() - start
     generation = {"max_new_tokens": opts.max_new_tokens}
-    engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, similarity_top_k=opts.top_k,
-                                                         generation=generation, streaming=True)}
+    common = {"similarity_top_k": opts.top_k, "generation": generation, "best_last": opts.best_last, "streaming": True}
+    engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, **common)}
     readers: dict[str, Any] = {"raw": raw}
     ingest: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="icae-rag-bench-") as tmp:
@@ -135,8 +136,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
             start = time.perf_counter()
             SoftPromptIngestion(comp, store)(nodes, show_progress=True)
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
-            engines[comp.label] = build_query_engine(index, comp, store, similarity_top_k=opts.top_k,
-                                                     generation=generation, streaming=True)
+            engines[comp.label] = build_query_engine(index, comp, store, **common)
             readers[comp.label] = comp
         retriever = index.as_retriever(similarity_top_k=opts.top_k)
         budget_mode = compressors[0].label if compressors else None
@@ -228,7 +228,8 @@ def _summarise(name: str, rows: list[dict[str, Any]], items: list[QAItem], kv_mb
 def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchOptions) -> str:
     """One table: positions, reduction, seconds, speed-up, KV MB and quality per mode."""
     lines = [f"**{record['dataset']}**: {record['split']}; documents {record['documents']}; "
-             f"{result['nodes']} nodes of <= {opts.node_tokens} tokens; top_k {opts.top_k}; n = {record['n']} "
+             f"{result['nodes']} nodes of <= {opts.node_tokens} tokens; top_k {opts.top_k}, read "
+             f"{'highest-scored last' if opts.best_last else 'in retrieval order'}; n = {record['n']} "
              f"questions, seed {record['seed']}", "",
              "| mode | context positions | fewer positions vs raw | TTFT s | TTFT speed-up vs raw | s / query | "
              "speed-up vs raw | answer tokens | KV MB | contained (95% CI) | F1 | EM | compressed at query | "
@@ -262,12 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="the shared data folder (default: $ICAE_RAG_DATA or ../shared/data)")
     p.add_argument("--no-longllmlingua", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--given-order", action="store_true",
+                   help="read the nodes in retrieval order (best first) instead of the highest-scored last")
     p.add_argument("--out", default="bench-rag")
     a = p.parse_args(argv)
     opts = RagBenchOptions(dataset=a.dataset, limit=a.limit, documents=a.documents,
                            compressors=a.compressors or shipped_kinds(), top_k=a.top_k, node_tokens=a.node_tokens,
                            max_new_tokens=a.max_new_tokens, seed=a.seed, data_root=a.data_root, out=a.out,
-                           longllmlingua=not a.no_longllmlingua, device=a.device)
+                           longllmlingua=not a.no_longllmlingua, device=a.device, best_last=not a.given_order)
     try:
         documents, items, record = load_corpus(opts)
         from icae_rag import load_compressor, new_compressor

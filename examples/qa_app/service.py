@@ -36,6 +36,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 from llama_index.postprocessor.icae_rag import (
     SlotStore,
     SoftPromptIngestion,
+    best_last,
     build_faiss_index,
     default_embed_model,
     load_faiss_index,
@@ -356,7 +357,9 @@ class QAService:
             retriever = self._index.as_retriever(similarity_top_k=self.settings.top_k)
             hits = retriever.retrieve(QueryBundle(query_str=question, embedding=embedding))
         pairs = [(h, text) for h in hits if (text := node_text(h.node, quiet=True)) is not None]
-        hits, texts = [h for h, _ in pairs], [t for _, t in pairs]
+        hits, text_of = [h for h, _ in pairs], {id(h): text for h, text in pairs}
+        # The decoder reads the best passage last, next to the question; the sources list stays best first.
+        texts = [text_of[id(h)] for h in best_last(hits)]
         # The same retrieved nodes either way: their soft prompts from the slot store, or their text.
         contexts = self.slots.resolve(texts).prompts if mode == "compressed" else texts
         with self.slots.lock:

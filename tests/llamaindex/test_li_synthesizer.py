@@ -20,6 +20,7 @@ from llama_index.postprocessor.icae_rag import (
     SlotStore,
     SoftPromptCompressor,
     SoftPromptSynthesizer,
+    best_last,
 )
 
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
@@ -37,7 +38,7 @@ def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(
     assert calls == [4], "the synthesizer takes the postprocessor's soft prompts from memory"
     assert all(isinstance(c, SoftPrompt) for c in contexts)
     assert [c.pieces[0].source_sha256 for c in contexts] == [
-        text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
+        text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in best_last(nodes)]
     response = synth.synthesize(QUESTION, nodes)
     assert isinstance(response, Response)
     assert response.response == tiny_icae.answer(QUESTION, contexts, max_new_tokens=6).text
@@ -50,14 +51,29 @@ def test_raw_nodes_are_read_as_text_and_unmarked_nodes_compressed_on_the_fly(tin
     store = SlotStore(tmp_path)
     synth = SoftPromptSynthesizer(tiny_e2llm, store)
     contexts = synth.contexts(nodes)
-    assert contexts[1] == nodes[1].node.get_content(metadata_mode=MetadataMode.LLM), "n1 was kept raw"
-    assert [type(c) for c in contexts] == [SoftPrompt, str, SoftPrompt, SoftPrompt]
+    # Read highest-scored last: n2 (no score), n0 (0.2), n3 (0.5), n1 (0.9, kept raw).
+    assert contexts[-1] == nodes[1].node.get_content(metadata_mode=MetadataMode.LLM), "n1 was kept raw"
+    assert [type(c) for c in contexts] == [SoftPrompt, SoftPrompt, SoftPrompt, str]
     plain = [NodeWithScore(node=TextNode(text="Columbia orbited the Moon.", id_="p"), score=1.0)]
     assert isinstance(synth.contexts(plain)[0], SoftPrompt)
     assert store.has("Columbia orbited the Moon.", tiny_e2llm), "compressed on the fly into the store"
     # Called directly with text chunks only (no nodes), every chunk is read as a soft prompt.
     assert isinstance(synth.get_response("Who orbited?", ["Columbia orbited the Moon.", "Eagle landed."]), str)
     assert store.has("Eagle landed.", tiny_e2llm)
+
+
+def test_nodes_are_read_highest_scored_last_unless_asked_otherwise(tiny_raw):
+    nodes = make_nodes()  # scores 0.2, 0.9, None, 0.5
+    assert [n.node.node_id for n in best_last(nodes)] == ["n2", "n0", "n3", "n1"]
+    tie = [NodeWithScore(node=TextNode(text=t, id_=t), score=0.5) for t in ("a", "b")]
+    assert [n.node.node_id for n in best_last(tie)] == ["a", "b"], "equal scores keep the given order"
+    sha = [text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
+
+    def read(synth: SoftPromptSynthesizer) -> list[str]:
+        return [c.pieces[0].source_sha256 for c in synth.contexts(nodes)]
+
+    assert read(SoftPromptSynthesizer(tiny_raw)) == [sha[2], sha[0], sha[3], sha[1]]
+    assert read(SoftPromptSynthesizer(tiny_raw, best_last=False)) == sha
 
 
 def test_nodes_compressed_by_another_compressor_are_refused(tiny_icae, tiny_e2llm):

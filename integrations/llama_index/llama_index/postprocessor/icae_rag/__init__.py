@@ -3,6 +3,7 @@
 - `SoftPromptCompressor` (node postprocessor): nodes -> soft prompts, from the slot store when present.
 - `SoftPromptSynthesizer` (response synthesizer): answers from the soft prompts, with streaming and async.
 - `SoftPromptIngestion` (ingestion transformation): precomputes soft prompts into the slot store.
+- `best_last`: the reading order the synthesizer uses (highest-scored node next to the question).
 - `build_query_engine`: the three wired on one shared compressor, in one call.
 - `build_faiss_index` / `faiss_vector_store` / `default_embed_model` / `load_faiss_index`: an
   offline FAISS index over the packaged all-MiniLM-L6-v2.
@@ -13,7 +14,7 @@ An application that drives the decoder itself uses the core's `icae_rag.serving`
 
 from icae_rag.slot_store import SlotStore
 
-from ._shared import SLOT_KEY, node_text
+from ._shared import SLOT_KEY, best_last, node_text
 from .engine import (
     build_faiss_index,
     build_query_engine,
@@ -32,6 +33,7 @@ __all__ = [
     "SoftPromptCompressor",
     "SoftPromptIngestion",
     "SoftPromptSynthesizer",
+    "best_last",
     "build_faiss_index",
     "build_query_engine",
     "default_embed_model",

@@ -24,18 +24,20 @@ def build_query_engine(index: Any, compressor: Any = None, slot_store: Any = Non
                        keep_top_raw: int = 0, max_soft_tokens: int | None = None,
                        question_template: BasePromptTemplate | str | None = None,
                        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
-                       generation: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any):
+                       generation: dict[str, Any] | None = None, best_last: bool = True, device: str = "auto",
+                       **kwargs: Any):
     """`index.as_query_engine` with a `SoftPromptCompressor` (after `node_postprocessors`) and a `SoftPromptSynthesizer`.
 
     Both share one compressor (an instance, a kind or a checkpoint dir; default kvzip) and one
-    optional slot store. `generation`: decoding options (max_new_tokens, ...); other `kwargs` go to
+    optional slot store. `best_last`: the synthesizer reads the highest-scored node last, next to the
+    question. `generation`: decoding options (max_new_tokens, ...); other `kwargs` go to
     `index.as_query_engine` (e.g. similarity_top_k). The engine's llm is a `MockLLM`, so
     `Settings.llm` (OpenAI by default) is never resolved.
     """
     loaded, store = as_compressor(compressor, device=device), as_store(slot_store)
     post = SoftPromptCompressor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
     synth = SoftPromptSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
-                                  **(generation or {}))
+                                  best_last=best_last, **(generation or {}))
     return index.as_query_engine(llm=MockLLM(), node_postprocessors=[*node_postprocessors, post],
                                  response_synthesizer=synth, **kwargs)
 

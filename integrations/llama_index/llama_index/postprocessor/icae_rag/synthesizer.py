@@ -25,7 +25,7 @@ from icae_rag.serving import SlotCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import as_store
 
-from ._shared import RAW, SLOT_KEY, UsesCompressor, node_text
+from ._shared import RAW, SLOT_KEY, UsesCompressor, best_last, node_text
 
 if TYPE_CHECKING:
     from icae_rag.memory import Memory
@@ -43,6 +43,8 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
     question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
     `get_prompts()`); instruction and context layout are `icae_rag.generation.build_prompt`'s.
+    ``best_last=True`` reads the nodes highest-scored last, next to the question (`best_last`);
+    False reads them in the order given.
     ``streaming=True`` streams tokens as they are decoded (`query` and `aquery`).
 
     Errors: an empty query raises InvalidInputError; a node marked by another compressor version or
@@ -53,13 +55,14 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
 
     def __init__(self, compressor: Any = None, slot_store: Any = None, *, streaming: bool = False,
                  question_template: BasePromptTemplate | str | None = None, device: str = "auto",
-                 batch_size: int = 8, callback_manager: CallbackManager | None = None,
+                 batch_size: int = 8, best_last: bool = True, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
         """`compressor`/`slot_store` as for SoftPromptCompressor; `generation`: max_new_tokens, do_sample, ..."""
         self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
+        self._best_last = best_last
         self._cache = SlotCache(as_compressor(compressor, device=device), as_store(slot_store))
 
     def _get_prompts(self) -> PromptDictType:
@@ -104,8 +107,9 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
         return await asyncio.to_thread(self._answer, question, contexts)
 
     def contexts(self, nodes: Sequence[NodeWithScore]) -> list[Memory | str]:
-        """What the decoder reads for these nodes, in order: soft prompts, and str for nodes kept raw."""
-        kept = [(nws.node, text) for nws in nodes if (text := node_text(nws.node)) is not None]
+        """What the decoder reads for these nodes, in reading order: soft prompts, and str for nodes kept raw."""
+        ordered = best_last(nodes) if self._best_last else nodes
+        kept = [(nws.node, text) for nws in ordered if (text := node_text(nws.node)) is not None]
         identity = self._cache.identity()
         for node, text in kept:
             if node.metadata.get(SLOT_KEY) not in (None, RAW):
