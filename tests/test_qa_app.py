@@ -229,6 +229,26 @@ def test_upload_then_ask_streams_an_answer_with_sources(tmp_path, compressor, mo
         assert results["compressed"]["context_positions"] < results["raw"]["context_positions"]
 
 
+def test_the_best_passage_is_read_last_and_listed_first(tmp_path, compressor, monkeypatch):
+    rows: list[list] = []
+    original = compressor.stream_many
+
+    def spy(questions, contexts, **kwargs):
+        rows.extend(contexts)
+        return original(questions, contexts, **kwargs)
+
+    with TestClient(make_app(tmp_path, compressor, top_k=2)) as client:
+        upload(client, "apollo.txt", APOLLO)
+        upload(client, "rhine.txt", RHINE)
+        monkeypatch.setattr(compressor, "stream_many", spy)
+        status, evs = ask(client, "Who walked on the Moon?", "raw")
+    sources = evs[0]["sources"]
+    assert status == 200 and len(sources) == 2 and sources[0]["score"] >= sources[1]["score"]
+    assert len(rows) == 1 and len(rows[0]) == 2
+    read = [" ".join(text.split()) for text in rows[0]]  # as the snippets are
+    assert sources[0]["snippet"][:30] in read[-1] and sources[1]["snippet"][:30] in read[0]
+
+
 def test_compressed_and_raw_modes_read_the_same_passages_differently(tmp_path, compressor):
     with TestClient(make_app(tmp_path, compressor, top_k=2)) as client:
         upload(client, "apollo.txt", APOLLO)
