@@ -52,12 +52,17 @@ def node_text(node: BaseNode, *, quiet: bool = False) -> str | None:
     return node.get_content(metadata_mode=MetadataMode.LLM)
 
 
+def score_order(node: NodeWithScore) -> tuple[bool, float]:
+    """Sort key ranking nodes lowest first: unscored nodes, then by score."""
+    return node.score is not None, node.score or 0.0
+
+
 def best_last(nodes: Sequence[NodeWithScore]) -> list[NodeWithScore]:
     """The nodes in reading order, the highest-scored last (next to the question); unscored nodes
     first, equal scores in the given order."""
     # Measured (docs/experiments.md): the decoder reads a node best right before the question, and
     # memories encoded apart lose most with distance, since no later text carries their content forward.
-    return sorted(nodes, key=lambda n: (n.score is not None, n.score or 0.0))
+    return sorted(nodes, key=score_order)
 
 
 def mark(node: BaseNode, value: str) -> BaseNode:

@@ -13,7 +13,7 @@ from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._shared import RAW, SoftPromptComponent, mark, node_text
+from ._shared import RAW, SoftPromptComponent, mark, node_text, score_order
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -73,8 +73,8 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
         """A marked copy of each kept node, in input order; emits one SoftPromptCompressEndEvent."""
         start = time.perf_counter()
         usable = [(i, text) for i, n in enumerate(nodes) if (text := node_text(n.node)) is not None]
-        # sorted() is stable: equal scores keep the retriever's order; nodes without a score go last.
-        ranked = sorted(usable, key=lambda it: (nodes[it[0]].score is None, -(nodes[it[0]].score or 0.0)))
+        # Best first; sorted() stays stable when reversed: equal scores keep the retriever's order.
+        ranked = sorted(usable, key=lambda it: score_order(nodes[it[0]]), reverse=True)
         fitted, compressed = self._cache.fit([t for _, t in ranked], keep_raw=self.keep_top_raw,
                                              max_positions=self.max_soft_tokens, batch_size=self.batch_size)
         kept = {i: f for (i, _), f in zip(ranked, fitted, strict=True) if f is not None}
