@@ -6,7 +6,9 @@ decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `
 when the index was built, so a query compresses nothing), and LongLLMLingua (the nodes' text pruned
 to the first compressor's budget, scored by the same local decoder). Per mode: decoder context
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
-resident-memory rise, answer-contained / F1 / EM with bootstrap intervals. All in one run.
+resident-memory rise, answer-contained / F1 / EM with bootstrap intervals, contained as a share of
+raw's with a paired interval (questions resampled together), and every question's answer in every
+mode. All in one run.
 
     python -m benchmarks.llamaindex_rag --dataset covid --limit 40 --out bench-rag
 """
@@ -44,6 +46,7 @@ from icae_rag.compressors import shipped_kinds
 from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
+from icae_rag.eval.metrics import answer_contained, paired_ratio_ci
 from icae_rag.eval.qa import QAItem, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.slot_store import SlotStore
@@ -156,11 +159,20 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
                                          "answer_tokens": answer_tokens})
     kv = kv_bytes_per_position(raw) / 2**20
     results = {name: _summarise(name, r, items, kv, opts.seed, ingest.get(name)) for name, r in rows.items()}
-    for r in results.values():
+    answerable = [i for i, it in enumerate(items) if it.answers]
+    contained = {name: [answer_contained(runs[i]["prediction"], items[i].answers) for i in answerable]
+                 for name, runs in rows.items()}
+    for name, r in results.items():
         r["position_reduction_vs_raw"] = results["raw"]["mean_context_positions"] / max(1e-9, r["mean_context_positions"])
         r["speedup_vs_raw"] = results["raw"]["mean_seconds"] / r["mean_seconds"]
         r["ttft_speedup_vs_raw"] = results["raw"]["mean_ttft_seconds"] / r["mean_ttft_seconds"]
-    return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results}
+        if name != "raw" and sum(contained["raw"]) > 0:
+            # Paired: every mode answered the same questions from the same nodes, so resample questions together.
+            ratio, low, high = paired_ratio_ci(contained[name], contained["raw"], seed=opts.seed)
+            r["contained_vs_raw"] = {"ratio": ratio, "ci95": [low, high]}
+    questions = [{"id": it.id, "question": it.question, "answers": list(it.answers),
+                  "predictions": {name: runs[i]["prediction"] for name, runs in rows.items()}} for i, it in enumerate(items)]
+    return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "questions": questions}
 
 
 def _query(engine: Any, reader: Any, question: str) -> dict[str, Any]:
@@ -232,19 +244,21 @@ def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchO
              f"{'highest-scored last' if opts.best_last else 'in retrieval order'}; n = {record['n']} "
              f"questions, seed {record['seed']}", "",
              "| mode | context positions | fewer positions vs raw | TTFT s | TTFT speed-up vs raw | s / query | "
-             "speed-up vs raw | answer tokens | KV MB | contained (95% CI) | F1 | EM | compressed at query | "
-             "index-time compression s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "speed-up vs raw | answer tokens | KV MB | contained (95% CI) | contained / raw (paired 95% CI) | F1 | EM | "
+             "compressed at query | index-time compression s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for mode, r in result["modes"].items():
         c = r.get("contained")
         contained = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
         f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
         em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
         ingest = f"{r['index_time_compression']['seconds']:.1f}" if "index_time_compression" in r else "-"
+        v = r.get("contained_vs_raw")
+        vs_raw = f"{v['ratio']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-"
         lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {r['position_reduction_vs_raw']:.1f}x | "
                      f"{r['mean_ttft_seconds']:.2f} | {r['ttft_speedup_vs_raw']:.2f}x | {r['mean_seconds']:.2f} | {r['speedup_vs_raw']:.2f}x | {r['mean_answer_tokens']:.1f} | "
                      f"{r['mean_kv_cache_mb']:.1f} | "
-                     f"{contained} | {f1} | {em} | {r['compressed_at_query']} | {ingest} |")
+                     f"{contained} | {vs_raw} | {f1} | {em} | {r['compressed_at_query']} | {ingest} |")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from icae_rag.eval.metrics import (
     has_repeated_ngram,
     is_abstention,
     normalize_answer,
+    paired_ratio_ci,
     token_accuracy,
     token_f1,
 )
@@ -297,6 +298,26 @@ def test_bootstrap_ci_is_deterministic_with_seed() -> None:
     assert bootstrap_ci(scores, seed=123) == first
     assert bootstrap_ci(scores, seed=124) != first
     assert first[0] == pytest.approx(sum(scores) / len(scores))
+
+
+def test_paired_ratio_ci_resamples_pairs_together() -> None:
+    # The same per-item scores in both: every resample's ratio is exactly 1. Resampled apart,
+    # two halves-hit samples of 100 would give an interval about +-0.4 wide.
+    assert paired_ratio_ci(_COIN_FLIPS, _COIN_FLIPS) == (1.0, 1.0, 1.0)
+    # One hit of 50 lost: ratio 49 / 50, an interval that holds it and stays below 1.
+    lost = [0.0, *_COIN_FLIPS[1:-1], 0.0]
+    ratio, low, high = paired_ratio_ci(lost, _COIN_FLIPS)
+    assert ratio == pytest.approx(49 / 50)
+    assert 0.9 < low <= ratio <= high <= 1.0
+
+
+def test_paired_ratio_ci_rejects_what_has_no_ratio() -> None:
+    with pytest.raises(InvalidInputError, match="one length"):
+        paired_ratio_ci([1.0, 0.0], [1.0])
+    with pytest.raises(InvalidInputError, match="sum to zero"):
+        paired_ratio_ci([1.0, 0.0], [0.0, 0.0])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        paired_ratio_ci([1.0, math.nan], [1.0, 1.0])
 
 
 def test_bootstrap_ci_contains_mean_with_plausible_width() -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "exact_match",
     "is_abstention",
     "normalize_answer",
+    "paired_ratio_ci",
     "token_accuracy",
     "token_f1",
 ]
@@ -256,6 +257,36 @@ def token_accuracy(candidate: Sequence[int | str], reference: Sequence[int | str
     # extra candidate tokens past the reference are ignored.
     correct = sum(c == r for c, r in zip(cand, ref, strict=False))
     return correct / len(ref)
+
+
+def paired_ratio_ci(
+    values: Sequence[float],
+    reference: Sequence[float],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(ratio, low, high): mean(values) / mean(reference), per-item pairs resampled together (bootstrap)."""
+    arr, ref = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
+    if arr.ndim != 1 or arr.shape != ref.shape or arr.size == 0:
+        raise InvalidInputError(f"values and reference must be two non-empty flat sequences of one length each, "
+                                f"got shapes {arr.shape} and {ref.shape}; pass one score per item in each.")
+    if not (np.all(np.isfinite(arr)) and np.all(np.isfinite(ref))):
+        raise InvalidInputError("values or reference contains NaN or infinity; drop or fix those scores first.")
+    if ref.sum() <= 0:
+        raise InvalidInputError("the reference scores sum to zero or less, so there is no ratio to estimate.")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n_resamples, dtype=float)
+    rows_per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // arr.size)
+    for start in range(0, n_resamples, rows_per_chunk):
+        stop = min(start + rows_per_chunk, n_resamples)
+        indices = rng.integers(0, arr.size, size=(stop - start, arr.size))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a resample with no reference hit: ratio inf or nan
+            ratios[start:stop] = arr[indices].sum(axis=1) / ref[indices].sum(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.nanpercentile(ratios, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return float(arr.sum() / ref.sum()), float(low), float(high)
 
 
 def bootstrap_ci(

@@ -37,6 +37,11 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
             assert r["compressed_at_query"] == 0  # precomputed at index time
             assert r["index_time_compression"]["nodes"] == result["nodes"]
     assert modes["icae"]["position_reduction_vs_raw"] > 2
+    # Every question's answer in every mode, so runs can be compared question by question.
+    assert [q["id"] for q in result["questions"]] == ["q1", "q2", "q3"]
+    assert all(set(q["predictions"]) == set(modes) for q in result["questions"])
+    assert "contained_vs_raw" not in modes["raw"]
+    assert ("contained_vs_raw" in modes["icae"]) == (modes["raw"]["contained"]["mean"] > 0)
     # Stored at 2x, read at 4x with one budget: the positions read are a quarter of the raw ones.
     assert 3.5 < modes["kvzip:stored_ratio=2"]["position_reduction_vs_raw"] < 4.5
     record = {"dataset": "toy", "split": "toy", "documents": ["a", "b"], "n": 3, "seed": 0}
