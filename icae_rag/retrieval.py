@@ -214,8 +214,8 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
 
     Documents whose tokens fit `budget` together are read whole. Longer ones are chunked, MiniLM ranks
     the passages (only BM25's best `RERANK_CANDIDATES` when there are more), and the best are kept
-    until `budget` tokens are used, then put back in document order. `whole=True` reads every document whole and raises ContextTooLongError when
-    they do not fit the decoder's `window`. `encoder_loader()` gives the sentence encoder, called only
+    until `budget` tokens are used, read lowest-ranked first and best last. `whole=True` reads every
+    document whole and raises ContextTooLongError when they do not fit the decoder's `window`. `encoder_loader()` gives the sentence encoder, called only
     when retrieval is needed.
     """
     names = list(names) if names is not None else [f"text {i}" for i in range(len(texts))]
@@ -257,5 +257,7 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
         if used + p.tokens <= budget:
             chosen.append(Passage(p.doc, p.start, p.end, p.tokens, round(score, 4)))
             used += p.tokens
-    chosen.sort(key=lambda p: (p.doc, p.start))
+    # Read best last, next to the question: separately encoded memories lose most with distance from it
+    # (docs/experiments.md, "Reading order"), and raw text reads better that way too.
+    chosen.reverse()
     return [p.text(texts) for p in chosen], chosen
