@@ -46,8 +46,7 @@ from icae_rag.compressors import shipped_kinds
 from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
-from icae_rag.eval.metrics import answer_contained, paired_ratio_ci
-from icae_rag.eval.qa import QAItem, score_predictions
+from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.slot_store import SlotStore
 
@@ -159,19 +158,17 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
                                          "answer_tokens": answer_tokens})
     kv = kv_bytes_per_position(raw) / 2**20
     results = {name: _summarise(name, r, items, kv, opts.seed, ingest.get(name)) for name, r in rows.items()}
-    answerable = [i for i, it in enumerate(items) if it.answers]
-    contained = {name: [answer_contained(runs[i]["prediction"], items[i].answers) for i in answerable]
-                 for name, runs in rows.items()}
+    predictions = {name: [run["prediction"] for run in runs] for name, runs in rows.items()}
     for name, r in results.items():
         r["position_reduction_vs_raw"] = results["raw"]["mean_context_positions"] / max(1e-9, r["mean_context_positions"])
         r["speedup_vs_raw"] = results["raw"]["mean_seconds"] / r["mean_seconds"]
         r["ttft_speedup_vs_raw"] = results["raw"]["mean_ttft_seconds"] / r["mean_ttft_seconds"]
-        if name != "raw" and sum(contained["raw"]) > 0:
-            # Paired: every mode answered the same questions from the same nodes, so resample questions together.
-            ratio, low, high = paired_ratio_ci(contained[name], contained["raw"], seed=opts.seed)
-            r["contained_vs_raw"] = {"ratio": ratio, "ci95": [low, high]}
+        # Paired: every mode answered the same questions from the same nodes.
+        vs_raw = None if name == "raw" else contained_vs(predictions[name], predictions["raw"], items, opts.seed)
+        if vs_raw is not None:
+            r["contained_vs_raw"] = vs_raw
     questions = [{"id": it.id, "question": it.question, "answers": list(it.answers),
-                  "predictions": {name: runs[i]["prediction"] for name, runs in rows.items()}} for i, it in enumerate(items)]
+                  "predictions": {name: answers[i] for name, answers in predictions.items()}} for i, it in enumerate(items)]
     return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "questions": questions}
 
 
@@ -253,8 +250,7 @@ def rag_markdown(record: dict[str, Any], result: dict[str, Any], opts: RagBenchO
         f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
         em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
         ingest = f"{r['index_time_compression']['seconds']:.1f}" if "index_time_compression" in r else "-"
-        v = r.get("contained_vs_raw")
-        vs_raw = f"{v['ratio']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-"
+        vs_raw = ratio_cell(r.get("contained_vs_raw"))
         lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {r['position_reduction_vs_raw']:.1f}x | "
                      f"{r['mean_ttft_seconds']:.2f} | {r['ttft_speedup_vs_raw']:.2f}x | {r['mean_seconds']:.2f} | {r['speedup_vs_raw']:.2f}x | {r['mean_answer_tokens']:.1f} | "
                      f"{r['mean_kv_cache_mb']:.1f} | "

@@ -130,6 +130,8 @@ def test_text_compression_ratio_is_measured_against_the_passages(tiny_raw):
     assert res["raw"]["compression_ratio"] == 1
     assert 1.8 < res["pruned"]["compression_ratio"] < 2.2, "a text compressor's ratio is not 1.0x"
     assert res["none"]["compression_ratio"] is None
+    assert "contained_vs_raw" not in res["raw"]
+    assert ("contained_vs_raw" in res["pruned"]) == (res["raw"]["contained"]["mean"] > 0)
 
 
 def test_fidelity_rows_of_one_kind_at_several_ratios_form_one_curve():
@@ -176,3 +178,17 @@ def test_bench_loop_stop_option(tiny_raw, monkeypatch):
     assert seen == [{"max_new_tokens": 2}, {"max_new_tokens": 2, "no_repeat_ngram_size": 0}]
     with pytest.raises(InvalidInputError, match="no-repeat-ngram"):
         validate(BenchOptions(suite="qa", no_repeat_ngram_size=-1, compressors=["raw"]))
+
+
+def test_qa_compares_each_mode_with_raw_on_the_same_items():
+    from icae_rag.eval.qa import QAItem, contained_vs, qa_markdown
+
+    items = [QAItem(str(i), "Q?", ("Paris",), ["p"]) for i in range(4)] + [QAItem("u", "Q?", (), ["p"])]
+    raw = ["Paris", "Paris", "no", "Paris", "Paris"]
+    half = ["Paris", "no", "no", "no", "Paris"]  # the unanswerable item's answer does not count
+    vs_raw = contained_vs(half, raw, items, seed=0)
+    assert vs_raw["ratio"] == pytest.approx(1 / 3)
+    assert vs_raw["ci95"][0] <= 1 / 3 <= vs_raw["ci95"][1] <= 1.0
+    assert contained_vs(half, ["no"] * 5, items, seed=0) is None  # raw answered nothing: no ratio
+    row = {"mean_context_positions": 1, "compression_ratio": 4.0, "contained_vs_raw": vs_raw}
+    assert "| 0.33x (" in qa_markdown("toy", {"split": "s", "n": 5, "seed": 0}, {"kvzip": row})

@@ -27,6 +27,7 @@ from .metrics import (
     exact_match,
     has_repeated_ngram,
     is_abstention,
+    paired_ratio_ci,
     token_f1,
 )
 
@@ -91,6 +92,17 @@ def score_predictions(predictions: list[str], items: list[QAItem], seed: int) ->
     return out
 
 
+def contained_vs(predictions: list[str], reference: list[str], items: list[QAItem], seed: int) -> dict[str, Any] | None:
+    """Answer-contained of `predictions` as a share of `reference`'s on the same answerable items, with a
+    paired 95% bootstrap interval; None when the reference contains no answer (no ratio to give)."""
+    pairs = [(answer_contained(p, it.answers), answer_contained(r, it.answers))
+             for p, r, it in zip(predictions, reference, items, strict=True) if it.answers]
+    if not any(r for _, r in pairs):
+        return None
+    ratio, low, high = paired_ratio_ci([p for p, _ in pairs], [r for _, r in pairs], seed=seed)
+    return {"ratio": ratio, "ci95": [low, high]}
+
+
 def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], reader: dict[str, Compressor],
            *, max_new_tokens: int, batch_size: int, seed: int,
            no_repeat_ngram_size: int | None = None) -> dict[str, Any]:
@@ -102,6 +114,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
     took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
     """
     results: dict[str, Any] = {}
+    answered: dict[str, list[str]] = {}
     tokenize = next(iter(reader.values())).tokenize
     source = sum(len(tokenize(p)) for it in items for p in it.passages)
     for name, make_contexts in modes.items():
@@ -127,23 +140,35 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             "examples": [{"question": it.question, "answers": list(it.answers), "prediction": p}
                          for it, p in list(zip(items, predictions, strict=True))[:3]],
         }
+        answered[name] = predictions
+    if "raw" in answered:  # every mode answered the same items: compare each with raw text, paired
+        for name in results.keys() - {"raw"}:
+            vs_raw = contained_vs(answered[name], answered["raw"], items, seed)
+            if vs_raw is not None:
+                results[name]["contained_vs_raw"] = vs_raw
     return results
 
 
 def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -> str:
     """One table per dataset: mode, positions, ratio, contained/F1/EM with 95% intervals."""
     lines = [f"**{dataset}** — {record['split']}, n = {record['n']}, seed {record['seed']}", "",
-             "| mode | context positions | ratio | contained (95% CI) | F1 | EM | abstention (unanswerable) "
-             "| repeated 4-gram |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "| mode | context positions | ratio | contained (95% CI) | contained / raw (paired 95% CI) | F1 | EM | "
+             "abstention (unanswerable) | repeated 4-gram |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|"]
     for mode, r in results.items():
         c = r.get("contained")
         contained = f"{c['mean']:.3f} ({c['ci95'][0]:.3f}-{c['ci95'][1]:.3f})" if c else "-"
         ratio = f"{r['compression_ratio']:.1f}x" if r.get("compression_ratio") else "-"
+        vs_raw = ratio_cell(r.get("contained_vs_raw"))
         f1 = f"{r['f1']['mean']:.3f}" if "f1" in r else "-"
         em = f"{r['exact_match']['mean']:.3f}" if "exact_match" in r else "-"
         ab = f"{r['abstention']['mean']:.3f}" if "abstention" in r else "-"
         loops = f"{r['repeated_4gram']['mean']:.3f}" if "repeated_4gram" in r else "-"
-        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {f1} | {em} | {ab} "
+        lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {vs_raw} | {f1} | {em} | {ab} "
                      f"| {loops} |")
     return "\n".join(lines) + "\n"
+
+
+def ratio_cell(vs_raw: dict[str, Any] | None) -> str:
+    """A table cell for `contained_vs`: "0.95x (0.80-1.10)", or "-"."""
+    return f"{vs_raw['ratio']:.2f}x ({vs_raw['ci95'][0]:.2f}-{vs_raw['ci95'][1]:.2f})" if vs_raw else "-"
