@@ -11,6 +11,9 @@ raw's with a paired interval (questions resampled together), and every question'
 mode. All in one run.
 
     python -m benchmarks.llamaindex_rag --dataset covid --limit 40 --out bench-rag
+
+Each answered question is appended to `--out`/progress.jsonl; run the same command again after an
+interruption and only the questions left are answered.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
+from icae_rag.io import atomic_path
 from icae_rag.slot_store import SlotStore
+
+PROGRESS_FILE = "progress.jsonl"  # in --out: the questions answered so far, so a stopped run resumes
 
 
 @dataclass
@@ -118,8 +124,14 @@ def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], di
 
 
 def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: list[Any], raw: Any,
-                  opts: RagBenchOptions, *, lingua: Any = None) -> dict[str, Any]:
-    """Build the index once, precompute soft prompts, then answer every item in every mode."""
+                  opts: RagBenchOptions, *, lingua: Any = None, progress_file: Path | None = None) -> dict[str, Any]:
+    """Build the index once, precompute soft prompts, then answer every item in every mode.
+
+    With `progress_file`, each answered question is appended to it, and a run restarted with the same
+    options, items and modes answers only the questions not in it yet (the index and memories are
+    rebuilt: they are deterministic)."""
+    if not items or len({it.id for it in items}) != len(items):
+        raise InvalidInputError("pass at least one question, each with its own id")
     tokenizer = raw.decoder.tokenizer
     splitter = SentenceSplitter(chunk_size=opts.node_tokens, chunk_overlap=0,
                                 tokenizer=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
@@ -132,6 +144,9 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, **common)}
     readers: dict[str, Any] = {"raw": raw}
     ingest: dict[str, dict[str, float]] = {}
+    key = {"options": {k: v for k, v in asdict(opts).items() if k != "out"}, "items": [it.id for it in items],
+           "modes": ["raw", *(c.version for c in compressors)]}
+    done = _load_progress(progress_file, key) if progress_file is not None else {}
     with tempfile.TemporaryDirectory(prefix="icae-rag-bench-") as tmp:
         for comp in compressors:
             store = SlotStore(Path(tmp) / f"store-{len(engines)}")
@@ -142,20 +157,24 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
             readers[comp.label] = comp
         retriever = index.as_retriever(similarity_top_k=opts.top_k)
         budget_mode = compressors[0].label if compressors else None
-        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        todo = [it for it in items if it.id not in done]
         # The first question twice: a warm-up, not scored.
-        for i, item in enumerate(tqdm([items[0], *items], desc="questions (every mode)", unit="question")):
+        for i, item in enumerate(tqdm(todo[:1] + todo, desc="questions (every mode)", unit="question")):
             runs = {name: _query(engine, readers[name], item.question) for name, engine in engines.items()}
             if lingua is not None and budget_mode is not None:
                 runs["longllmlingua"] = _lingua_query(lingua, retriever, raw, item.question,
                                                       runs[budget_mode]["positions"], opts.max_new_tokens)
             if i == 0:
                 continue
-            for name, run in runs.items():
+            for run in runs.values():
                 # Seconds per query include decoding, so a shorter answer is faster: say how long each was.
-                answer_tokens = len(tokenizer(run["prediction"], add_special_tokens=False)["input_ids"])
-                rows[name].append(run | {"same_nodes_as_raw": run["node_ids"] == runs["raw"]["node_ids"],
-                                         "answer_tokens": answer_tokens})
+                run["answer_tokens"] = len(tokenizer(run["prediction"], add_special_tokens=False)["input_ids"])
+                run["same_nodes_as_raw"] = run["node_ids"] == runs["raw"]["node_ids"]
+            done[item.id] = runs
+            if progress_file is not None:
+                with progress_file.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"id": item.id, "runs": runs}) + "\n")
+    rows = {name: [done[it.id][name] for it in items] for name in done[items[0].id]}
     kv = kv_bytes_per_position(raw) / 2**20
     results = {name: _summarise(name, r, items, kv, opts.seed, ingest.get(name)) for name, r in rows.items()}
     predictions = {name: [run["prediction"] for run in runs] for name, runs in rows.items()}
@@ -170,6 +189,34 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     questions = [{"id": it.id, "question": it.question, "answers": list(it.answers),
                   "predictions": {name: answers[i] for name, answers in predictions.items()}} for i, it in enumerate(items)]
     return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "questions": questions}
+
+
+def _load_progress(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The answered questions recorded in `path` (started afresh with `key` if it is missing). A torn
+    last line (the run stopped mid-write) is dropped; a file from other options raises."""
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        if json.loads(lines[0])["key"] != key:
+            raise InvalidInputError(f"{path} records a run with other options, questions or compressors: "
+                                    "delete it to start over, or pass the options of that run to resume it")
+    except (IndexError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise InvalidInputError(f"{path} is not a RAG bench progress file ({e}): delete it to start over") from e
+    done, kept = {}, [lines[0]]
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[entry["id"]] = entry["runs"]
+        kept.append(line)
+    if len(kept) < len(lines):  # rewrite without the torn line so later appends start on a clean line
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return done
 
 
 def _query(engine: Any, reader: Any, question: str) -> dict[str, Any]:
@@ -295,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             lingua = LongLLMLinguaCompressor(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
         env = environment(opts.seed)  # before the run: the commit is the code that ran, not HEAD at the end
         started = time.perf_counter()
-        result = run_rag_bench(documents, items, compressors, raw, opts, lingua=lingua)
+        progress = Path(opts.out) / PROGRESS_FILE
+        result = run_rag_bench(documents, items, compressors, raw, opts, lingua=lingua, progress_file=progress)
     except IcaeRagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -307,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({env['hardware']['cpu_count']} cores), torch {env['versions']['torch']}", "",
           rag_markdown(record, result, opts)]
     write_report(Path(opts.out), results, "\n".join(md))
+    progress.unlink()  # the report holds every answer now; a new run with this --out starts afresh
     print(json.dumps({m: {k: r[k] for k in ("mean_context_positions", "mean_ttft_seconds", "ttft_speedup_vs_raw", "contained")}
                       for m, r in result["modes"].items()}, indent=1))
     return 0

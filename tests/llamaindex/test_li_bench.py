@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from llama_index.core import Document
 
+import benchmarks.llamaindex_rag as bench
 from benchmarks.llamaindex_rag import (
     RagBenchOptions,
     load_corpus,
@@ -53,3 +56,30 @@ def test_rag_bench_rejects_bad_options_before_loading_anything():
         load_corpus(RagBenchOptions(dataset="trivia"))
     with pytest.raises(InvalidInputError, match="positive"):
         load_corpus(RagBenchOptions(limit=0))
+
+
+def test_a_stopped_rag_bench_resumes_with_the_questions_left(tiny_raw, tmp_path, monkeypatch):
+    docs = [Document(text=TEXT * 3, id_="a")]
+    items = [QAItem(f"q{i}", f"What happened {i}?", ("1969",)) for i in range(3)]
+    opts = RagBenchOptions(top_k=2, node_tokens=64, max_new_tokens=3)
+    progress = tmp_path / "progress.jsonl"
+    whole = run_rag_bench(docs, items, [], tiny_raw, opts, progress_file=progress)
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 4  # the key, then one line per answered question
+    # Stopped while writing the third question: its line is torn.
+    progress.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    asked = []
+    real = bench._query
+
+    def spy(engine, reader, question):
+        asked.append(question)
+        return real(engine, reader, question)
+
+    monkeypatch.setattr(bench, "_query", spy)
+    resumed = run_rag_bench(docs, items, [], tiny_raw, opts, progress_file=progress)
+    assert asked == ["What happened 2?"] * 2  # the warm-up, then the one question left
+    assert [q["id"] for q in resumed["questions"]] == ["q0", "q1", "q2"]
+    assert [json.loads(line)["id"] for line in progress.read_text().splitlines()[1:]] == ["q0", "q1", "q2"]
+    assert [q["predictions"] for q in resumed["questions"][:2]] == [q["predictions"] for q in whole["questions"][:2]]
+    with pytest.raises(InvalidInputError, match="other options"):
+        run_rag_bench(docs, items[:2], [], tiny_raw, opts, progress_file=progress)
