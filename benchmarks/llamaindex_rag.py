@@ -146,7 +146,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     ingest: dict[str, dict[str, float]] = {}
     key = {"options": {k: v for k, v in asdict(opts).items() if k != "out"}, "items": [it.id for it in items],
            "modes": ["raw", *(c.version for c in compressors)]}
-    done = _load_progress(progress_file, key) if progress_file is not None else {}
+    done = _open_progress(progress_file, key) if progress_file is not None else {}
     with tempfile.TemporaryDirectory(prefix="icae-rag-bench-") as tmp:
         for comp in compressors:
             store = SlotStore(Path(tmp) / f"store-{len(engines)}")
@@ -191,7 +191,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "questions": questions}
 
 
-def _load_progress(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _open_progress(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The answered questions recorded in `path` (started afresh with `key` if it is missing). A torn
     last line (the run stopped mid-write) is dropped; a file from other options raises."""
     if not path.exists():

@@ -215,8 +215,8 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
     Documents whose tokens fit `budget` together are read whole. Longer ones are chunked, MiniLM ranks
     the passages (only BM25's best `RERANK_CANDIDATES` when there are more), and the best are kept
     until `budget` tokens are used, read lowest-ranked first and best last. `whole=True` reads every
-    document whole and raises ContextTooLongError when they do not fit the decoder's `window`. `encoder_loader()` gives the sentence encoder, called only
-    when retrieval is needed.
+    document whole and raises ContextTooLongError when they do not fit the decoder's `window`.
+    `encoder_loader()` gives the sentence encoder, called only when retrieval is needed.
     """
     names = list(names) if names is not None else [f"text {i}" for i in range(len(texts))]
     room = window - PROMPT_RESERVE - max_new_tokens

@@ -6,7 +6,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -276,14 +276,10 @@ def paired_ratio_ci(
         raise InvalidInputError("values or reference contains NaN or infinity; drop or fix those scores first.")
     if ref.sum() <= 0:
         raise InvalidInputError("the reference scores sum to zero or less, so there is no ratio to estimate.")
-    rng = np.random.default_rng(seed)
     ratios = np.empty(n_resamples, dtype=float)
-    rows_per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // arr.size)
-    for start in range(0, n_resamples, rows_per_chunk):
-        stop = min(start + rows_per_chunk, n_resamples)
-        indices = rng.integers(0, arr.size, size=(stop - start, arr.size))
+    for rows, indices in _resamples(arr.size, n_resamples, seed):
         with np.errstate(divide="ignore", invalid="ignore"):  # a resample with no reference hit: ratio inf or nan
-            ratios[start:stop] = arr[indices].sum(axis=1) / ref[indices].sum(axis=1)
+            ratios[rows] = arr[indices].sum(axis=1) / ref[indices].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.nanpercentile(ratios, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(arr.sum() / ref.sum()), float(low), float(high)
@@ -319,14 +315,19 @@ def bootstrap_ci(
     if np.all(arr == arr[0]):
         v = float(arr[0])
         return v, v, v
-    rng = np.random.default_rng(seed)
-    n = arr.size
     means = np.empty(n_resamples, dtype=float)
-    rows_per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
-    for start in range(0, n_resamples, rows_per_chunk):
-        stop = min(start + rows_per_chunk, n_resamples)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = arr[indices].mean(axis=1)
+    for rows, indices in _resamples(arr.size, n_resamples, seed):
+        means[rows] = arr[indices].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(arr.mean()), float(low), float(high)
+
+
+def _resamples(n: int, n_resamples: int, seed: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Bootstrap draws of `n` items in chunks: (which resamples, their item indices), so a large sample
+    never draws more than _MAX_DRAWS_PER_CHUNK indices at once."""
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
+    for start in range(0, n_resamples, rows_per_chunk):
+        stop = min(start + rows_per_chunk, n_resamples)
+        yield slice(start, stop), rng.integers(0, n, size=(stop - start, n))
