@@ -1,10 +1,14 @@
-"""icae_rag: answer from compressed context (ICAE and E2LLM soft prompts).
+"""icae_rag: answer from compressed context memories.
+
+The default kind, kvzip, needs no training: a passage's memory is the decoder's own keys and values,
+pruned to the entries it attends to (4x by default). ICAE and E2LLM (trained input-level soft
+prompts) and raw text share the same interface.
 
 The common case::
 
     from icae_rag import load_compressor
-    compressor = load_compressor()              # the shipped default (ICAE on SmolLM2-135M)
-    memory = compressor.compress(long_text)     # a SoftPrompt, ~4x fewer positions
+    compressor = load_compressor()              # kvzip (4x) on SmolLM2-135M-Instruct
+    memory = compressor.compress(long_text)     # a KvMemory (a SoftPrompt for icae, e2llm, raw)
     print(compressor.answer("Who ...?", [memory]).text)
 """
 
