@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -296,13 +296,25 @@ class _NgramBan:
                 self.followers[i].setdefault(tuple(hist[len(hist) - self.n:-1]), set()).add(tok)
 
 
-def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
-    """Run the prompts through the decoder: (last logits (B, V), cache, 2-D mask or None, next positions
-    (B, 1), KvView or None). Prompts of embeddings only go in one left-padded batch. Prompts with KV
-    memories take two forwards: the shared prefix, then every prompt's text after it (separators,
-    mode marker, question) at once, each token at its own position, reading the memories laid in the
-    cache before it (a KvView masks by position, so the text can follow all memories in the cache)."""
+class Prefilled(NamedTuple):
+    """The decoder's state after the prompts: last logits (B, V) (with `tails`: per prompt its last
+    positions' logits (tail, V)), cache, 2-D mask or None, next positions (B, 1), KvView or None."""
+
+    logits: torch.Tensor | list[torch.Tensor]
+    cache: Any
+    mask: torch.Tensor | None
+    positions: torch.Tensor
+    view: KvView | None
+
+
+def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[int] | None = None) -> Prefilled:
+    """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
+    Prompts with KV memories take two forwards: the shared prefix, then every prompt's text after it
+    (separators, mode marker, question) at once, each token at its own position, reading the memories
+    laid in the cache before it (a KvView masks by position, so the text can follow all memories in
+    the cache). With `tails`, the logits of prompt i's last `tails[i]` positions are kept."""
     dec = compressor.decoder
+    explicit, tails = tails, [1] * len(prompts) if tails is None else list(tails)
     if not any(p.has_memories for p in prompts):
         rows = [p.embeddings for p in prompts]
         b, t = len(rows), max(r.shape[0] for r in rows)
@@ -312,8 +324,11 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
             x[i, t - r.shape[0]:] = r
             mask[i, t - r.shape[0]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = dec.model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], out.past_key_values, mask, positions[:, -1:] + 1, None
+        out = dec.model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=max(tails))
+        logits = out.logits[:, -1] if explicit is None else [out.logits[i, out.logits.shape[1] - n:]
+                                                            for i, n in enumerate(tails)]
+        return Prefilled(logits, out.past_key_values, mask, positions[:, -1:] + 1, None)
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     shared = _extend(dec, _RowCache.empty(), prefix)[1]
@@ -346,11 +361,15 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt]):
     view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
                   query_positions=query_positions)
-    last = sorted({n - 1 for n in lengths})
+    keep = sorted({j for n, tail in zip(lengths, tails, strict=True) for j in range(n - tail, n)})
     out = dec.model(inputs_embeds=x, position_ids=query_positions, past_key_values=cache, use_cache=True,
-                    logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
-    logits = torch.stack([out.logits[i, last.index(n - 1)] for i, n in enumerate(lengths)])
-    return logits, out.past_key_values, None, next_positions, KvView(valid=view.valid)
+                    logits_to_keep=torch.tensor(keep, device=dec.device), kv_view=view)
+    at = {j: k for k, j in enumerate(keep)}
+    if explicit is None:
+        logits = torch.stack([out.logits[i, at[n - 1]] for i, n in enumerate(lengths)])
+    else:
+        logits = [out.logits[i, at[n - tail]:at[n - 1] + 1] for i, (n, tail) in enumerate(zip(lengths, tails, strict=True))]
+    return Prefilled(logits, out.past_key_values, None, next_positions, KvView(valid=view.valid))
 
 
 @dataclass
@@ -493,6 +512,23 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
     tok = compressor.decoder.tokenizer
     return [Answer(_finish_text(tok, ids[i], cfg.stop), p.positions, p.soft_tokens, p.source_tokens,
                    len(ids[i]), prefill or 0.0, seconds, ids[i]) for i, p in enumerate(prompts)]
+
+
+@torch.no_grad()
+def target_logprobs(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]]
+                    ) -> list[torch.Tensor]:
+    """Per prompt, the decoder's log-probabilities (len(target), vocab) for each token of its target,
+    teacher-forced right after the prompt (what the decoder would say there, and how sure it is)."""
+    if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
+        raise InvalidInputError("target_logprobs needs one non-empty target per prompt")
+    dec = compressor.decoder
+    forced = []
+    for p, target in zip(prompts, targets, strict=True):
+        head = dec.embed_ids(torch.tensor(list(target[:-1]), dtype=torch.long, device=dec.device))
+        forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
+    with compressor.decoding():
+        logits = _prefill(compressor, forced, tails=[len(t) for t in targets]).logits
+    return [torch.log_softmax(x.float(), dim=-1) for x in logits]
 
 
 def _answer_prompts(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]]

@@ -177,3 +177,33 @@ def test_memory_prompts_are_prefilled_together_as_one_by_one():
         together = _prefill(kvzip, prompts)[0]
         alone = torch.cat([_prefill(kvzip, [p])[0] for p in prompts])
     assert torch.allclose(together, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_target_logprobs_equal_decoding_the_target_step_by_step(with_memory):
+    from icae_rag import new_compressor
+    from icae_rag.backbones import TINY_DECODER
+    from icae_rag.generation import _prefill, target_logprobs
+
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2)
+    contexts = [[kvzip.compress(TEXT)], [kvzip.compress("Short note."), "raw text"]] if with_memory else [[TEXT], ["x"]]
+    prompts = [build_prompt(kvzip, ctx, question=q) for ctx, q in zip(contexts, ["When?", "Which rocket?"])]
+    targets = [[5, 9, 17], [30, 2]]
+    got = target_logprobs(kvzip, prompts, targets)
+    model = kvzip.decoder.model
+    for prompt, target, lp in zip(prompts, targets, got, strict=True):
+        assert lp.shape == (len(target), model.config.vocab_size)
+        with torch.no_grad(), kvzip.decoding():
+            logits, cache, mask, positions, view = _prefill(kvzip, [prompt])
+            steps = [torch.log_softmax(logits.float(), -1)[0]]
+            for t in target[:-1]:
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                out = model(inputs_embeds=kvzip.decoder.embed_ids(torch.tensor([[t]])), attention_mask=mask,
+                            position_ids=positions, past_key_values=cache, use_cache=True,
+                            **({} if view is None else {"kv_view": view}))
+                logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+                steps.append(torch.log_softmax(logits.float(), -1)[0])
+        assert torch.allclose(lp, torch.stack(steps), atol=1e-4)
+    with pytest.raises(InvalidInputError, match="non-empty target"):
+        target_logprobs(kvzip, prompts, [[1], []])
