@@ -3,6 +3,7 @@ registration and the loader's typed errors. No data root and no model are needed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -175,3 +176,18 @@ def test_missing_file_and_unknown_split(tmp_path: Path) -> None:
         load_techdocs("test", folder=folder)
     with pytest.raises(DataError, match="unknown techdocs split 'train'"):
         load_techdocs("train")  # type: ignore[arg-type]
+
+
+def test_source_md_matches_the_files(splits: dict[str, list[LongDocQA]]) -> None:
+    source = (TECHDOCS_DIR / "SOURCE.md").read_text(encoding="utf-8")
+    for name in ("documents.jsonl", "questions.jsonl"):
+        data = (TECHDOCS_DIR / name).read_bytes()
+        assert f"| {name} | {len(data):,} | {hashlib.sha256(data).hexdigest()[:16]} |" in source, name
+    per_doc = Counter(q.doc_id for qs in splits.values() for q in qs)
+    for doc in _rows("documents.jsonl"):
+        row = f"| {doc['doc_id']} | {doc['split']} |"
+        line = next(x for x in source.splitlines() if x.startswith(row))
+        assert line.endswith(f"| {len(doc['text'].split()):,} | {per_doc[doc['doc_id']]} |"), line
+    n = {s: (len({q.doc_id for q in qs}), len(qs)) for s, qs in splits.items()}
+    assert (f"`test` {n['test'][0]} documents, {n['test'][1]} questions; "
+            f"`dev` {n['dev'][0]} documents, {n['dev'][1]} questions") in " ".join(source.split())
