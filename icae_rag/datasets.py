@@ -38,6 +38,7 @@ __all__ = [
     "load_qmsum",
     "load_squad",
     "load_squality",
+    "load_techdocs",
     "load_text",
     "read_text_file",
     "register_dataset",
@@ -637,6 +638,62 @@ def load_covid_qa(root: str | os.PathLike | None = None) -> list[LongDocQA]:
     return out
 
 
+TECHDOCS_DIR = Path(__file__).resolve().parent / "data" / "techdocs"
+_TECHDOCS_SPLITS = ("test", "dev")
+
+
+def _techdocs_documents(path: Path) -> dict[str, dict[str, str]]:
+    docs: dict[str, dict[str, str]] = {}
+    for lineno, obj in _read_jsonl(path):
+        where = f"{path}, line {lineno}"
+        doc = {key: _get(obj, key, str, where) for key in ("doc_id", "split", "title", "source", "licence", "text")}
+        if doc["doc_id"] in docs:
+            raise _bad(where, f"doc_id {doc['doc_id']!r} appears twice")
+        if doc["split"] not in _TECHDOCS_SPLITS:
+            raise _bad(where, f"split must be 'test' or 'dev', got {doc['split']!r}")
+        if not all(doc[key].strip() for key in doc):
+            raise _bad(where, "doc_id, title, source, licence and text must not be empty")
+        docs[doc["doc_id"]] = doc
+    return docs
+
+
+def load_techdocs(
+    split: Literal["test", "dev"] = "test", *, folder: str | os.PathLike | None = None
+) -> list[LongDocQA]:
+    """Load the techdocs QA set shipped with icae_rag: hand-written questions over man pages and Python
+    docs, split by document. `test` is for evaluation only; `dev` only for calibrating a setting.
+
+    Every answer must occur verbatim in its document. `folder` (default: the shipped
+    icae_rag/data/techdocs) holds documents.jsonl and questions.jsonl; see its SOURCE.md.
+    """
+    if split not in _TECHDOCS_SPLITS:
+        raise DataError(f"unknown techdocs split {split!r}: use 'test' or 'dev'")
+    base = TECHDOCS_DIR if folder is None else Path(folder)
+    docs = _techdocs_documents(base / "documents.jsonl")
+    path = base / "questions.jsonl"
+    out, seen = [], set()
+    for lineno, obj in _read_jsonl(path):
+        where = f"{path}, line {lineno}"
+        qid = _get(obj, "id", str, where)
+        doc_id = _get(obj, "doc_id", str, where)
+        question = _get(obj, "question", str, where)
+        answers = _str_list(_get(obj, "answers", list, where), where, "answers")
+        if qid in seen:
+            raise _bad(where, f"question id {qid!r} appears twice")
+        seen.add(qid)
+        if doc_id not in docs:
+            raise _bad(where, f"doc_id {doc_id!r} is not in {base / 'documents.jsonl'}")
+        if not question.strip() or not answers or not all(a.strip() for a in answers):
+            raise _bad(where, "the question and its answers must not be empty")
+        missing = [a for a in answers if a not in docs[doc_id]["text"]]
+        if missing:
+            raise _bad(where, f"answers {missing!r} do not occur verbatim in document {doc_id!r}")
+        if docs[doc_id]["split"] == split:
+            out.append(LongDocQA(id=qid, document=docs[doc_id]["text"], question=question,
+                                 answers=tuple(answers), doc_id=doc_id))
+    return out
+
+
 def _split_records(
     name: str, folder: str, split: str, splits: tuple[str, ...], root: str | os.PathLike | None
 ) -> list[tuple[str, Any]]:
@@ -822,7 +879,7 @@ register_dataset("qed-nq-dev", "qa", _qed, "QED (NQ dev)", uses=_TRAIN)
 register_dataset("boolq-dev", "qa", _boolq, "BoolQ dev", uses=_TRAIN)
 register_dataset("pubmedqa", "qa", _pubmedqa, "PubMedQA (PQA-L)", uses=_TRAIN)
 register_dataset("clapnq-dev", "qa", _clapnq, "CLAPNQ dev", uses=_TRAIN)
-# `icae-rag bench qa` data sets; the first three are its defaults, in report order.
+# `icae-rag bench qa` data sets; squad, nq, covid and techdocs are its defaults, in report order.
 register_dataset("squad", "qa", lambda root: load_squad("heldout", root=root),
                  "SQuAD v1.1 dev, the 13 held-out articles (never trained on)",
                  uses=("bench-qa", "bench-qa-default", "rag"))
@@ -832,6 +889,13 @@ register_dataset("nq", "qa", _nq_open_oracle,
 # Small by default: the raw and LongLLMLingua modes read five 512-token passages per question.
 register_dataset("covid", "longqa", lambda root: load_covid_qa(root=root), "COVID-QA (evaluation only)",
                  uses=("bench-qa", "bench-qa-default", "rag"), bench_limit=6)
+# Shipped with the package (icae_rag/data/techdocs), so the data root is not read.
+register_dataset("techdocs", "longqa", lambda root: load_techdocs("test"),
+                 "Technical documentation (man pages, Python docs; evaluation only)",
+                 uses=("bench-qa", "bench-qa-default", "rag"), bench_limit=6)
+register_dataset("techdocs-dev", "longqa", lambda root: load_techdocs("dev"),
+                 "Technical documentation, dev split (other documents; calibration only, never for reported results)",
+                 uses=("bench-qa", "rag"), bench_limit=6)
 register_dataset("xquad-en", "qa", _xquad, "XQuAD English (a subset of SQuAD v1.1 dev)", uses=_EVAL)
 register_dataset("hotpotqa", "qa", _hotpotqa, "HotpotQA, 100 dev questions with distractor paragraphs",
                  uses=_EVAL)
