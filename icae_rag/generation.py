@@ -515,12 +515,12 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
 
 
 @torch.no_grad()
-def target_logprobs(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]]
-                    ) -> list[torch.Tensor]:
-    """Per prompt, the decoder's log-probabilities (len(target), vocab) for each token of its target,
-    teacher-forced right after the prompt (what the decoder would say there, and how sure it is)."""
+def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]]
+                  ) -> list[torch.Tensor]:
+    """Per prompt, the decoder's next-token logits (len(target), vocab), float32, at each token of its
+    target, teacher-forced right after the prompt (what the decoder would say there, and how sure it is)."""
     if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
-        raise InvalidInputError("target_logprobs needs one non-empty target per prompt")
+        raise InvalidInputError("target_logits needs one non-empty target per prompt")
     dec = compressor.decoder
     forced = []
     for p, target in zip(prompts, targets, strict=True):
@@ -528,7 +528,7 @@ def target_logprobs(compressor: Compressor, prompts: Sequence[Prompt], targets: 
         forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
     with compressor.decoding():
         logits = _prefill(compressor, forced, tails=[len(t) for t in targets]).logits
-    return [torch.log_softmax(x.float(), dim=-1) for x in logits]
+    return [x.float() for x in logits]
 
 
 def _answer_prompts(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]]

@@ -8,6 +8,15 @@ KVzip (arXiv 2505.23416), as measured for this project in shared/research/kv-dee
 4. Keep the top `keep` share of all the passage's entries together (one budget over every layer
    and head: some heads keep most of the passage, others almost nothing).
 
+5. Adaptive budget (the default): instead of one fixed share, each window keeps the smallest share
+   of a ladder (1/16 ... 1/1.5, then everything) whose memory passes a self-check: read alone in the
+   repeat prompt, the pruned memory must lead the decoder to the same next-token distributions over
+   the passage as the full memory does, on average at least `fidelity` overlap (sum over the
+   vocabulary of min(p_full, p_pruned), 1.0 = identical). The check reads the decoder's own
+   distributions, so the budget follows the decoder as well as the text. The full memory's
+   distributions come from the scoring pass itself; each ladder step tried costs one forward over
+   the window (a binary search tries about three).
+
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
 Passages longer than `window_tokens` are scored window by window, each window encoded after up to
 `lead_tokens` of the text before it (for the first window: the caller's `leads`, e.g. the document
@@ -21,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -37,14 +46,31 @@ from ..soft_prompt import Piece, text_sha256
 from ..text import check_texts_and_leads
 from .base import Compressor, register_compressor
 
+# Ratios an adaptive memory may take, smallest memory first; keeping everything (1.0) always passes.
+LADDER = (16.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5)
+# The first ratio the check tries (the ladder step at or below it).
+START_RATIO = 4.0
+# The overlap an adaptive memory must keep by default (docs/kvzip.md: how it was chosen).
+DEFAULT_FIDELITY = 0.97
+# Names the self-check's algorithm in the compressor version: another check keeps other entries.
+CHECK = "repeat-overlap-1"
+
 
 @dataclass(frozen=True)  # the compressor hashes it once into its version
 class KvzipConfig:
-    """How much of each passage's KV cache to keep, and how it is stored."""
+    """How much of each passage's KV cache to keep, and how it is stored.
+
+    By default each window's budget is chosen by a self-check (`fidelity`, see the module doc); set
+    `ratio` or `keep_fraction` for one fixed share instead.
+    """
 
     decoder: str = DEFAULT_DECODER
-    ratio: float = 4.0  # keep 1/ratio of the passage's (layer, head, position) entries
-    keep_fraction: float | None = None  # instead of ratio: the share kept (1.0 keeps everything)
+    # Adaptive: the smallest memory whose next-token distributions over its passage overlap the full
+    # memory's by at least this much (0 < fidelity <= 1; None: DEFAULT_FIDELITY).
+    fidelity: float | None = None
+    max_ratio: float = 16.0  # adaptive: never keep less than 1/max_ratio of a window's entries
+    ratio: float | None = None  # fixed: keep 1/ratio of the passage's (layer, head, position) entries
+    keep_fraction: float | None = None  # fixed, instead of ratio: the share kept (1.0 keeps everything)
     storage: str = "float16"  # "float16", "float32" or "int8"
     # Store each passage at this ratio (<= ratio) and, when memories are read together, prune them to
     # `ratio` overall with one budget: the passage the decoder needs most keeps most.
@@ -53,33 +79,62 @@ class KvzipConfig:
     lead_tokens: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "keep_fraction", "stored_ratio", "window_tokens", "lead_tokens"):
+        for name in ("fidelity", "max_ratio", "ratio", "keep_fraction", "stored_ratio", "window_tokens", "lead_tokens"):
             value = getattr(self, name)
-            if value is None and name in ("keep_fraction", "stored_ratio"):
+            if value is None and name in ("fidelity", "ratio", "keep_fraction", "stored_ratio"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"kvzip {name} must be a number, got {value!r}")
-        if self.ratio <= 1:
+        if self.ratio is not None and self.keep_fraction is not None:
+            raise ConfigError("kvzip takes ratio or keep_fraction, not both (ratio=4 is keep_fraction=0.25)")
+        if self.fidelity is not None and not self.adaptive:
+            raise ConfigError("kvzip fidelity chooses each passage's ratio; it cannot be combined with a fixed "
+                              "ratio or keep_fraction: pass one of them")
+        if self.fidelity is not None and not 0 < self.fidelity <= 1:
+            raise ConfigError(f"kvzip fidelity must be in (0, 1] (0.97: the memory keeps 97% of what the decoder "
+                              f"draws from the full passage), got {self.fidelity}")
+        if self.max_ratio < 1:
+            raise ConfigError(f"kvzip max_ratio must be >= 1 (1 keeps everything), got {self.max_ratio}")
+        if self.ratio is not None and self.ratio <= 1:
             raise ConfigError(f"kvzip ratio must be > 1 (4 keeps a quarter of the entries), got {self.ratio}; "
                               "to keep everything set keep_fraction=1.0")
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise ConfigError(f"kvzip keep_fraction must be in (0, 1], got {self.keep_fraction}")
-        if self.stored_ratio is not None and not 1 <= self.stored_ratio <= 1 / self.keep:
-            raise ConfigError(f"kvzip stored_ratio must be between 1 and the read ratio {1 / self.keep:g}, "
-                              f"got {self.stored_ratio}")
+        if self.stored_ratio is not None and (self.adaptive or not 1 <= self.stored_ratio <= 1 / self.keep):
+            raise ConfigError("kvzip stored_ratio needs a fixed ratio and must be between 1 and it, got "
+                              f"stored_ratio={self.stored_ratio} with ratio={self.ratio}")
         if self.storage not in STORAGE_DTYPES:
             raise ConfigError(f"kvzip storage must be one of {sorted(STORAGE_DTYPES)}, got {self.storage!r}")
         if self.window_tokens < 16 or self.lead_tokens < 0:
             raise ConfigError("kvzip window_tokens must be >= 16 and lead_tokens >= 0")
 
     @property
-    def keep(self) -> float:
-        """Share of the passages' entries the decoder reads."""
+    def adaptive(self) -> bool:
+        """Whether each window's budget is chosen by the self-check (no fixed ratio or keep_fraction)."""
+        return self.ratio is None and self.keep_fraction is None
+
+    @property
+    def target_fidelity(self) -> float | None:
+        """The overlap adaptive memories must keep (None in fixed mode)."""
+        if not self.adaptive:
+            return None
+        return DEFAULT_FIDELITY if self.fidelity is None else self.fidelity
+
+    @property
+    def ladder(self) -> tuple[float, ...]:
+        """Adaptive mode: the ratios that may be chosen, smallest memory first (else everything is kept)."""
+        return tuple(r for r in LADDER if r <= self.max_ratio)
+
+    @property
+    def keep(self) -> float | None:
+        """Fixed mode: share of the passages' entries the decoder reads (None when adaptive)."""
+        if self.adaptive:
+            return None
         return self.keep_fraction if self.keep_fraction is not None else 1 / self.ratio
 
     @property
-    def stored_keep(self) -> float:
-        """Share of each window's entries that a memory stores."""
+    def stored_keep(self) -> float | None:
+        """Fixed mode: share of each window's entries that a memory stores (None when adaptive)."""
         return self.keep if self.stored_ratio is None else 1 / self.stored_ratio
 
 
@@ -95,6 +150,8 @@ class KvzipCompressor(Compressor):
         # Every store lookup asks for the version: render the prefix and hash the config once.
         settings = {k: v for k, v in asdict(config).items() if k != "decoder"}
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
+        if config.adaptive:
+            settings |= {"fidelity": config.target_fidelity, "ladder": config.ladder, "check": CHECK}
         self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
@@ -125,7 +182,8 @@ class KvzipCompressor(Compressor):
     def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
                       leads: Sequence[str | None] | None = None) -> list[KvMemory]:
         """One KvMemory per text, each encoded after the last `lead_tokens` of its lead (the text before
-        it in its document), if given. Texts are scored one at a time (`batch_size` is unused)."""
+        it in its document), if given. Texts are scored one at a time (`batch_size` is unused).
+        Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
         from transformers import DynamicCache
 
         from ..generation import prompt_texts
@@ -152,8 +210,10 @@ class KvzipCompressor(Compressor):
                 for i, (k, v) in enumerate(prefix):
                     cache.update(k, v, i)
                 context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
-                parts.append(self._score_window(context, ids[start:start + step], start, cache, repeat_ids))
+                window = self._score_window(context, ids[start:start + step], start, cache, repeat_ids)
+                parts.append(self._choose(window, sha, provenance))
             memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance)
+            memory.metadata |= _budget_metadata(parts, self.config)
             if lead:
                 memory.metadata["lead_sha256"] = text_sha256(lead)
             memories.append(memory)
@@ -171,9 +231,10 @@ class KvzipCompressor(Compressor):
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
 
-    def _score_window(self, lead: list[int], window: list[int], start: int, cache, repeat_ids: list[int]):
-        """(keys, values, positions, counts) of the kept entries of `window`, the passage's tokens from
-        `start`, encoded right after the prefix cache and `lead` (the text before it)."""
+    def _score_window(self, lead: list[int], window: list[int], start: int, cache, repeat_ids: list[int]) -> _Window:
+        """Every entry of `window` (the passage's tokens from `start`), encoded right after the prefix
+        cache and `lead` (the text before it), with its score; adaptive mode also keeps the full
+        memory's next-token distributions over the repeated window (the check's reference)."""
         model = self.decoder.model
         prefix_len = cache.get_seq_length()
         seq = lead + window
@@ -190,25 +251,126 @@ class KvzipCompressor(Compressor):
         view = KvView(record=True)
         end = prefix_len + len(seq)
         positions = torch.arange(end, end + len(repeat), device=self.decoder.device)[None]
-        model(input_ids=self._ids(repeat), position_ids=positions, past_key_values=out.past_key_values,
-              use_cache=True, logits_to_keep=1, kv_view=view)
+        # With no lead the scoring pass reads exactly the full memory alone, as the check reads a pruned
+        # one, so its logits over the repeated window are the check's reference.
+        reference = self.config.adaptive and not lead
+        scored = model(input_ids=self._ids(repeat), position_ids=positions, past_key_values=out.past_key_values,
+                       use_cache=True, logits_to_keep=len(window) + 1 if reference else 1, kv_view=view)
         scores = torch.stack([view.scores[i][0, :, col:col + len(window)] for i in range(len(layers))])
+        ref = torch.softmax(scored.logits[0, :-1].float(), dim=-1) if reference else None
         n_layers, n_heads, w, dim = keys.shape
-        budget = max(1, round(w * n_layers * n_heads * self.config.stored_keep))
-        kept = scores.reshape(-1).topk(budget).indices.sort().values  # flat (layer, head, position) order
-        counts = torch.bincount(kept // w, minlength=n_layers * n_heads).view(n_layers, n_heads)
-        return (keys.reshape(-1, dim)[kept], values.reshape(-1, dim)[kept], start + kept % w, counts,
-                scores.reshape(-1)[kept])
+        return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
+                       (n_layers, n_heads), ref)
+
+    def _choose(self, window: _Window, sha: str, provenance: dict) -> _Kept:
+        """The window's kept entries: a fixed share, or the smallest ladder step that passes the check."""
+        n_layers, n_heads = window.shape
+        total = len(window.ids) * n_layers * n_heads
+        if not self.config.adaptive:
+            return _keep_top(window, max(1, round(total * self.config.stored_keep)), None)
+        def memory(budget: int) -> KvMemory:  # what would be stored at this budget, read as float32
+            kept = _keep_top(window, budget, None)
+            return KvMemory.from_entries(kept.keys, kept.values, kept.positions, kept.counts, "float32",
+                                         pieces=(Piece(sha, 0, window.start + len(window.ids), 0, 1),), **provenance)
+
+        reference = window.reference
+        if reference is None:
+            reference = self._repeat_probs(memory(total), window.ids)
+        ratio, overlap = _search(lambda r: _overlap(reference, self._repeat_probs(
+            memory(max(1, round(total / r))), window.ids)), self.config.ladder, self.config.target_fidelity)
+        return _keep_top(window, max(1, round(total / ratio)), overlap)
+
+    def _repeat_probs(self, memory: KvMemory, ids: list[int]) -> torch.Tensor:
+        """The decoder's next-token distributions over `ids`, repeated from `memory` read alone."""
+        from ..generation import build_prompt, target_logits
+
+        return torch.softmax(target_logits(self, [build_prompt(self, [memory], mode="repeat")], [ids])[0], dim=-1)
 
 
-def _join_windows(parts: list, n_tokens: int, sha: str, storage: str, provenance: dict) -> KvMemory:
+class _Window(NamedTuple):
+    """One scored window: every entry flat by (layer, head, position), its score, the window's tokens,
+    (layers, kv_heads), and the full memory's repeat distributions when the scoring pass gave them."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    start: int
+    ids: list[int]
+    shape: tuple[int, int]
+    reference: torch.Tensor | None
+
+
+class _Kept(NamedTuple):
+    """A window's kept entries (by layer, head, position), per-head counts, and the check's overlap."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    counts: torch.Tensor
+    scores: torch.Tensor
+    source_tokens: int
+    overlap: float | None
+
+
+def _keep_top(window: _Window, budget: int, overlap: float | None) -> _Kept:
+    """The `budget` highest-scored entries of a window, over all layers and heads together."""
+    w = len(window.ids)
+    kept = window.scores.topk(budget).indices.sort().values  # flat (layer, head, position) order
+    counts = torch.bincount(kept // w, minlength=window.shape[0] * window.shape[1]).view(window.shape)
+    return _Kept(window.keys[kept], window.values[kept], window.start + kept % w, counts, window.scores[kept], w, overlap)
+
+
+def _search(overlap_at: Callable[[float], float], ladder: tuple[float, ...], fidelity: float) -> tuple[float, float]:
+    """(ratio, its overlap): the ladder step the check chose, trying at most two steps.
+
+    The first try is the step at START_RATIO. The loss of overlap is taken to grow with log(ratio)
+    (no loss at ratio 1), so that one point predicts the ratio where overlap meets `fidelity`; the
+    step there is tried next. The largest ratio that passed wins; if none did, everything is kept.
+    """
+    if not ladder:
+        return 1.0, 1.0
+    first = max((r for r in ladder if r <= START_RATIO), default=ladder[-1])
+    got = overlap_at(first)
+    slope = (1 - got) / math.log(first)
+    predicted = math.exp((1 - fidelity) / slope) if slope > 0 else math.inf
+    if got >= fidelity:
+        steps = [r for r in ladder if first < r <= predicted]
+        best = (first, got)
+    else:
+        steps = [r for r in ladder if r < first and r <= predicted] or [r for r in ladder if r < first][:1]
+        best = (1.0, 1.0)
+    if steps:
+        second = max(steps)
+        got = overlap_at(second)
+        if got >= fidelity:
+            best = (second, got)
+    return best
+
+
+def _overlap(reference: torch.Tensor, got: torch.Tensor) -> float:
+    """Mean over positions of sum_v min(p, q): 1.0 when two next-token distributions are identical."""
+    return float(torch.minimum(reference, got).sum(-1).mean())
+
+
+def _budget_metadata(parts: list[_Kept], config: KvzipConfig) -> dict[str, str]:
+    """What a memory records of its budget: the ratio kept and, when adaptive, the check it passed."""
+    layers_heads = parts[0].counts.numel()
+    entries = sum(int(p.counts.sum()) for p in parts)
+    out = {"kvzip_ratio": f"{sum(p.source_tokens for p in parts) * layers_heads / max(1, entries):.3f}"}
+    if config.adaptive:
+        out |= {"kvzip_fidelity": f"{min(p.overlap for p in parts):.4f}",
+                "kvzip_fidelity_target": f"{config.target_fidelity:g}", "kvzip_check": CHECK}
+    return out
+
+
+def _join_windows(parts: list[_Kept], n_tokens: int, sha: str, storage: str, provenance: dict) -> KvMemory:
     """One memory from per-window entries, re-ordered by (layer, head, position)."""
-    keys = torch.cat([p[0] for p in parts])
-    values = torch.cat([p[1] for p in parts])
-    positions = torch.cat([p[2] for p in parts]).cpu()
-    scores = torch.cat([p[4] for p in parts]).cpu()
-    counts = torch.stack([p[3] for p in parts]).sum(0).cpu()
-    owners = torch.cat([entry_owners(p[3]) for p in parts])
+    keys = torch.cat([p.keys for p in parts])
+    values = torch.cat([p.values for p in parts])
+    positions = torch.cat([p.positions for p in parts]).cpu()
+    scores = torch.cat([p.scores for p in parts]).cpu()
+    counts = torch.stack([p.counts for p in parts]).sum(0).cpu()
+    owners = torch.cat([entry_owners(p.counts) for p in parts])
     order = torch.argsort(owners * n_tokens + positions, stable=True)
     pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
     return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],
