@@ -68,13 +68,17 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     contexts = chosen if compressor.reads_text else compressor.compress_many(chosen, progress=progress)
     t3 = time.perf_counter()
     ans = compressor.answer(question, contexts, max_new_tokens=args.max_new_tokens)
+    from .compressors.kvzip import memory_budget
+
+    budgets = [None if isinstance(c, str) else memory_budget(c) for c in contexts]
     return {
         "answer": ans.text,
         "compressor": compressor.kind,
         "trained": compressor.trained,
         "retrieved": any(p.score is not None for p in passages),
         "chunks": [{"file": args.context[p.doc], "start": p.start, "end": p.end, "tokens": p.tokens,
-                    "score": p.score} for p in passages],
+                    "score": p.score} | ({} if b is None else {"ratio": b["ratio"], "fidelity": b["fidelity"]})
+                   for p, b in zip(passages, budgets, strict=True)],
         "input_tokens": ans.source_tokens,
         "soft_tokens": ans.soft_tokens,
         "decoder_positions": ans.input_positions,
@@ -94,8 +98,12 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     compressor = _load(args)
     prompt = compressor.compress(text, progress=not args.json)
     prompt.save(args.output)
+    from .compressors.kvzip import memory_budget
+
+    budget = memory_budget(prompt)
     return {"output": str(args.output), "compressor": compressor.kind, "soft_tokens": prompt.num_soft_tokens,
             "input_tokens": prompt.source_tokens, "compression_ratio": round(prompt.compression_ratio, 3),
+            "fidelity": budget["fidelity"], "fidelity_target": budget["fidelity_target"],
             "pieces": len(prompt.pieces)}
 
 

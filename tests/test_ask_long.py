@@ -129,10 +129,12 @@ def test_ask_budget_past_the_window_exits_2(capsys, tmp_path):
 def test_ask_kvzip_compresses_the_retrieved_passages(capsys, tmp_path):
     doc = tmp_path / "long.txt"
     doc.write_text(long_text(120))
-    code, result = run(capsys, "--compressor", "kvzip:decoder=tiny-llama", "--budget", "256",
+    code, result = run(capsys, "--compressor", "kvzip:decoder=tiny-llama,fidelity=0.3", "--budget", "256",
                        "--max-new-tokens", "2", "--context", str(doc), "What does the plant release?")
     assert code == 0 and result["retrieved"] and result["compressor"] == "kvzip"
     assert result["soft_tokens"] < sum(c["tokens"] for c in result["chunks"])
+    # Each memory reports the ratio its check chose and the overlap it measured.
+    assert all(c["ratio"] > 1 and 0.3 <= c["fidelity"] <= 1 for c in result["chunks"])
 
 
 def test_the_bench_retrieve_uses_the_same_search(tiny_raw):

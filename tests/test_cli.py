@@ -46,6 +46,20 @@ def test_compress_then_reconstruct(capsys, ckpt, tmp_path):
     assert code == 0 and "text" in json.loads(out)
 
 
+def test_compress_reports_the_kvzip_check(capsys, tmp_path):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(TEXT)
+    out_file = tmp_path / "memory.safetensors"
+    code, out, _ = run(capsys, "compress", str(ctx), "-o", str(out_file), "--compressor",
+                       "kvzip:decoder=tiny-llama,fidelity=0.3", "--json", "--device", "cpu")
+    result = json.loads(out)
+    assert code == 0 and result["fidelity_target"] == 0.3 and 0.3 <= result["fidelity"] <= 1
+    assert result["compression_ratio"] > 1
+    code, out, _ = run(capsys, "compress", str(ctx), "-o", str(out_file), "--compressor",
+                       "kvzip:decoder=tiny-llama,ratio=4", "--json", "--device", "cpu")
+    assert json.loads(out)["fidelity"] is None
+
+
 def test_info_json(capsys):
     code, out, _ = run(capsys, "info", "--json")
     info = json.loads(out)

@@ -306,3 +306,108 @@ def test_two_memories_in_context_read_like_the_joint_text(kv_full):
     assert kv_full.tokenize(SECOND + "\n\n") == kv_full.tokenize(SECOND) + sep
     torch.testing.assert_close(_first_logits(kv_full, [first, second]), _first_logits(kv_full, [SECOND, TEXT]),
                                atol=1e-4, rtol=1e-4)
+
+
+# --- adaptive budget -------------------------------------------------------------------------------
+
+def _log_linear(slope):
+    """An overlap curve whose loss grows with log(ratio), and the ratios it was read at."""
+    import math
+
+    asked = []
+
+    def overlap_at(ratio):
+        asked.append(ratio)
+        return 1 - slope * math.log(ratio)
+    return overlap_at, asked
+
+
+@pytest.mark.parametrize("slope", [0.001, 0.005, 0.01, 0.02, 0.05, 0.2])
+@pytest.mark.parametrize("fidelity", [0.9, 0.95, 0.97, 0.99])
+def test_search_takes_the_largest_passing_step_in_two_checks(slope, fidelity):
+    from icae_rag.compressors.kvzip import LADDER, _search
+
+    overlap_at, asked = _log_linear(slope)
+    ratio, overlap = _search(overlap_at, LADDER, fidelity)
+    passing = [r for r in LADDER if 1 - slope * torch.log(torch.tensor(r)).item() >= fidelity]
+    assert len(asked) <= 2
+    assert ratio == (max(passing) if passing else 1.0)
+    assert overlap >= fidelity and (ratio == 1.0) == (overlap == 1.0)
+
+
+def test_search_keeps_everything_when_no_step_passes_and_respects_the_ladder():
+    from icae_rag.compressors.kvzip import _search
+
+    assert _search(lambda r: 0.5, (16.0, 8.0, 4.0, 2.0), 0.9) == (1.0, 1.0)
+    assert _search(lambda r: 1.0, (3.0, 2.0), 0.9) == (3.0, 1.0)  # never beyond the ladder's largest step
+    assert _search(lambda r: 1.0, (), 0.9) == (1.0, 1.0)
+
+
+def test_chosen_budget_is_monotone_in_fidelity():
+    from icae_rag.compressors.kvzip import LADDER, _search
+
+    for slope in (0.003, 0.01, 0.03):
+        chosen = [_search(_log_linear(slope)[0], LADDER, f)[0] for f in (0.8, 0.9, 0.95, 0.97, 0.99, 0.999)]
+        assert chosen == sorted(chosen, reverse=True)
+    comp = {f: new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=f, storage="float32")
+            for f in (0.3, 0.6, 0.9)}
+    ratios = [comp[f].compress(TEXT).compression_ratio for f in (0.3, 0.6, 0.9)]
+    assert ratios == sorted(ratios, reverse=True)
+
+
+def test_adaptive_memories_record_their_check(tmp_path):
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.5)
+    memory = comp.compress(TEXT)
+    meta = memory.metadata
+    assert set(meta) >= {"kvzip_ratio", "kvzip_fidelity", "kvzip_fidelity_target", "kvzip_check"}
+    assert float(meta["kvzip_fidelity"]) >= float(meta["kvzip_fidelity_target"]) == 0.5
+    assert float(meta["kvzip_ratio"]) == pytest.approx(memory.compression_ratio, rel=1e-3)
+    memory.save(tmp_path / "m.safetensors")
+    assert Memory.load(tmp_path / "m.safetensors").metadata == meta
+    from icae_rag.compressors.kvzip import budget_summary, memory_budget
+
+    assert memory_budget(memory)["fidelity"] == float(meta["kvzip_fidelity"])
+    summary = budget_summary([memory, comp.compress(SECOND)])
+    assert summary["memories"] == 2 and summary["fidelity"]["min"] >= 0.5
+    fixed = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4).compress(TEXT)
+    assert set(fixed.metadata) == {"kvzip_ratio"} and float(fixed.metadata["kvzip_ratio"]) == pytest.approx(4, rel=0.01)
+    assert memory_budget(fixed)["fidelity"] is None
+
+
+def test_scoring_pass_gives_the_checks_reference():
+    # Encoded apart, the scoring pass reads the full memory exactly as the check reads a pruned one,
+    # so its distributions over the repeated passage are the check's reference at no extra cost.
+    from transformers import DynamicCache
+
+    from icae_rag.generation import prompt_texts
+
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32")
+    tok, ids = comp.decoder.tokenizer, comp.tokenize(SECOND)
+    with torch.no_grad():
+        prefix = comp.decoder.model(input_ids=comp._ids(comp._prefix_ids()), use_cache=True).past_key_values
+        cache = DynamicCache(config=comp.decoder.model.config)
+        for i, layer in enumerate(prefix.layers):
+            cache.update(layer.keys, layer.values, i)
+        repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
+        window = comp._score_window([], ids, 0, cache, repeat_ids)
+    full = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32")
+    reread = comp._repeat_probs(full.compress(SECOND), ids)
+    assert window.reference.shape == reread.shape == (len(ids), comp.decoder.model.config.vocab_size)
+    assert torch.allclose(window.reference, reread, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [dict(fidelity=0), dict(fidelity=1.2), dict(fidelity="high"), dict(fidelity=0.9, ratio=4),
+                                 dict(fidelity=0.9, keep_fraction=0.5), dict(ratio=4, keep_fraction=0.5),
+                                 dict(stored_ratio=2), dict(max_ratio=0.5)])
+def test_bad_adaptive_settings_are_typed_errors(bad):
+    with pytest.raises(ConfigError):
+        new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **bad)
+
+
+def test_store_keys_memories_by_their_setting(tmp_path):
+    store = SlotStore(tmp_path / "store")
+    loose = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.3)
+    strict = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9)
+    assert loose.version != strict.version != new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).version
+    store.get_or_compress([TEXT], loose)
+    assert store.get(TEXT, strict) is None and store.get(TEXT, loose) is not None

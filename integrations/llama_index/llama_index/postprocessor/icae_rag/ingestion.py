@@ -10,6 +10,9 @@ from typing import Any
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
+from icae_rag.compressors.kvzip import budget_summary
+from icae_rag.errors import InvalidInputError
+
 from ._shared import SoftPromptComponent, node_text
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,18 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
                                        leads=leads)
             logger.debug("precomputed %d of %d soft prompts into %s", n, len(texts), self.slot_store_dir)
         return nodes
+
+    def budget_report(self, nodes: Sequence[BaseNode]) -> dict[str, Any]:
+        """The distribution of the chosen ratios and measured fidelities over these nodes' stored
+        memories (see `icae_rag.compressors.kvzip.budget_summary`); nodes not stored yet are counted
+        under "missing", not compressed."""
+        texts = [t for t in (node_text(n, quiet=True) for n in nodes) if t is not None]
+        with self._cache.lock:
+            memories = [self.slot_store.get(t, self.compressor) for t in texts]
+        found = [m for m in memories if m is not None]
+        if not found:
+            raise InvalidInputError(f"none of the {len(texts)} nodes has a stored memory: ingest them first")
+        return budget_summary(found) | {"missing": len(memories) - len(found)}
 
     @staticmethod
     def _leads(nodes: Sequence[BaseNode], kept: list[BaseNode]) -> list[str | None]:
