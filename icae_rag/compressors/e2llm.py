@@ -192,10 +192,11 @@ class E2llmCompressor(Compressor):
         return super().backbones_info() | {"encoder": {"name": self.encoder.name, "fingerprint": self.encoder.fingerprint}}
 
     @classmethod
-    def build(cls, config: E2llmConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> E2llmCompressor:
-        """Load the decoder and encoder named in `config` and wrap them (untrained)."""
+    def build(cls, config: E2llmConfig, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> E2llmCompressor:
+        """Load the decoder and encoder named in `config` and wrap them (untrained); the options are the base's."""
         from ..backbones import load_decoder, load_encoder
 
+        cls.check_build(config, unknown)
         decoder = load_decoder(config.decoder, device=device, dtype=dtype)
         return cls(config, decoder, load_encoder(config.encoder, device=str(decoder.device)))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -223,13 +222,6 @@ class IcaeCompressor(Compressor):
     def expected_ratio(config: IcaeConfig) -> float:
         """Compression ratio on full spans."""
         return config.span_tokens / math.ceil(config.span_tokens / config.ratio)
-
-    @classmethod
-    def build(cls, config: IcaeConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> IcaeCompressor:
-        """Load the decoder named in `config` and wrap it (untrained)."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
 
 
 register_compressor("icae", IcaeConfig, IcaeCompressor)

@@ -97,13 +97,6 @@ class KvzipCompressor(Compressor):
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
-    @classmethod
-    def build(cls, config: KvzipConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> KvzipCompressor:
-        """Load the decoder named in `config`."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
-
     @property
     def label(self) -> str:
         """The spec that rebuilds this compressor: "kvzip", or "kvzip:ratio=8,storage=int8"."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -40,13 +39,6 @@ class RawTextCompressor(Compressor):
             ids = self.tokenize(text)
             out.append((self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long)), [(0, len(ids), len(ids))]))
         return out
-
-    @classmethod
-    def build(cls, config: RawConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> RawTextCompressor:
-        """Load the decoder named in `config`."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
 
 
 register_compressor("raw", RawConfig, RawTextCompressor)
