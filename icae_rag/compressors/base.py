@@ -21,10 +21,16 @@ from ..errors import (
     CheckpointError,
     ConfigError,
     InvalidInputError,
-    UnknownCompressorError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..memory import Memory
+from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, which imports no torch)
+    _REGISTRY,
+    compressor_kinds,
+    get_compressor_class,
+    register_compressor,
+    unregister_compressor,
+)
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
 from ..text import check_text, check_texts_and_leads
 
@@ -32,33 +38,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "compressor_config.json"
 WEIGHTS_NAME = "compressor_model.safetensors"
-_REGISTRY: dict[str, tuple[type, type[Compressor]]] = {}
 # What `encode` returns per text: soft rows (n, d) and (token_start, token_end, n_rows) per piece.
 Encoded = tuple[torch.Tensor, list[tuple[int, int, int]]]
 # The keyword options `Compressor.build` takes.
 BUILD_OPTIONS = ("device", "dtype")
-
-
-def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compressor]) -> None:
-    """Register a (config dataclass, compressor class) pair under a lowercase name."""
-    if kind != kind.lower() or kind in _REGISTRY:
-        raise ValueError(f"compressor kind {kind!r} must be lowercase and registered only once")
-    _REGISTRY[kind] = (config_cls, compressor_cls)
-    compressor_cls.kind = kind
-    compressor_cls.config_class = config_cls
-
-
-def compressor_kinds(*, reads_text: bool | None = None, trainable: bool | None = None) -> list[str]:
-    """Names of the registered compressors, read now; optionally only those with these class traits."""
-    return sorted(kind for kind, (_, cls) in _REGISTRY.items()
-                  if reads_text in (None, cls.reads_text) and trainable in (None, cls.trainable))
-
-
-def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
-    """(config class, compressor class) for a registered kind."""
-    if kind not in _REGISTRY:
-        raise UnknownCompressorError(f"unknown compressor {kind!r}: choose one of {compressor_kinds()}")
-    return _REGISTRY[kind]
 
 
 def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
@@ -78,8 +61,8 @@ def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, stric
 class Compressor(nn.Module):
     """Turns text into a `Memory` for one decoder, and answers from memories.
 
-    Subclasses are registered (`register_compressor` sets `kind` and `config_class`, their config
-    dataclass), implement `encode` (or `compress_many`), and may override `build` (a kind with
+    Subclasses set `config_class` (their config dataclass) and `kind` (the registry sets both on
+    registration), implement `encode` (or `compress_many`), and may override `build` (a kind with
     more backbones than the decoder), `decoding()` (the context in which the decoder reads) and
     `mode_embedding`.
     """

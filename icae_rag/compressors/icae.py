@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
-from .base import Compressor, Encoded, register_compressor
+from .base import Compressor, Encoded
 
 MODES = ("autoencode", "continue", "answer")
 
@@ -71,6 +71,8 @@ class IcaeConfig:
 class IcaeCompressor(Compressor):
     """ICAE compressor: LoRA encoder + k memory embeddings per span; frozen decoder reads slots."""
 
+    kind = "icae"
+    config_class = IcaeConfig
     trainable = True
 
     def __init__(self, config: IcaeConfig, decoder: DecoderBackbone) -> None:
@@ -222,6 +224,3 @@ class IcaeCompressor(Compressor):
     def expected_ratio(config: IcaeConfig) -> float:
         """Compression ratio on full spans."""
         return config.span_tokens / math.ceil(config.span_tokens / config.ratio)
-
-
-register_compressor("icae", IcaeConfig, IcaeCompressor)

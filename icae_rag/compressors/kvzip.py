@@ -35,7 +35,7 @@ from ..kv_attention import KvView, rerotate
 from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ..soft_prompt import Piece, text_sha256
 from ..text import check_texts_and_leads
-from .base import Compressor, register_compressor
+from .base import Compressor
 
 
 @dataclass(frozen=True)  # the compressor hashes it once into its version
@@ -86,6 +86,8 @@ class KvzipConfig:
 class KvzipCompressor(Compressor):
     """Compresses a passage into the decoder's kept KV entries (`KvMemory`); nothing is trained."""
 
+    kind = "kvzip"
+    config_class = KvzipConfig
     uses_leads = True
 
     def __init__(self, config: KvzipConfig, decoder: DecoderBackbone) -> None:
@@ -206,6 +208,3 @@ def _join_windows(parts: list, n_tokens: int, sha: str, storage: str, provenance
     pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
     return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],
                                  counts, storage, pieces=pieces, scores=scores[order], **provenance)
-
-
-register_compressor("kvzip", KvzipConfig, KvzipCompressor)

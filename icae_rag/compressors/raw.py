@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
-from .base import Compressor, Encoded, register_compressor
+from .base import Compressor, Encoded
 
 
 @dataclass
@@ -21,6 +21,8 @@ class RawConfig:
 class RawTextCompressor(Compressor):
     """No compression: what the decoder reads is exactly the text's tokens."""
 
+    kind = "raw"
+    config_class = RawConfig
     reads_text = True
 
     def __init__(self, config: RawConfig, decoder: DecoderBackbone) -> None:
@@ -39,6 +41,3 @@ class RawTextCompressor(Compressor):
             ids = self.tokenize(text)
             out.append((self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long)), [(0, len(ids), len(ids))]))
         return out
-
-
-register_compressor("raw", RawConfig, RawTextCompressor)
