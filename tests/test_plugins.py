@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TEXT
+from icae_rag import datasets as dataset_registry
 from icae_rag import plugins
-from icae_rag.errors import PluginError, UnknownCompressorError
+from icae_rag.errors import DataError, PluginError, UnknownCompressorError
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '''
@@ -81,10 +82,13 @@ def third_party(tmp_path, monkeypatch):
     extra = ("broken = thirdkind_missing_module:Whatever\nnotone = thirdkind_plugin:NotACompressor\n"
              "raw = thirdkind_plugin:ThirdCompressor\n")
     monkeypatch.syspath_prepend(str(write_distribution(tmp_path, extra)))
+    monkeypatch.setattr(dataset_registry, "_PLUGINS_READ", False)
+    monkeypatch.setattr(dataset_registry, "_BROKEN_PLUGINS", {})
     yield tmp_path
     for kind in ("thirdkind", "notone"):
         if kind in plugins._REGISTRY:
             plugins.unregister_compressor(kind)
+    dataset_registry._DATASETS.pop("third-qa", None)
     sys.modules.pop("thirdkind_plugin", None)
     sys.modules.pop("thirdkind_data", None)
 
@@ -147,6 +151,36 @@ def test_unregister_compressor_undoes_register(third_party):
         assert "thirdkind" in compressor_kinds() and plugins.get_compressor_class("thirdkind") == first
 
 
+def test_a_plugin_data_set_is_registered_on_first_lookup_and_can_be_unregistered(third_party):
+    from icae_rag.datasets import dataset_names, get_dataset, register_dataset, unregister_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert "third-qa" in dataset_names(use="bench-qa")
+    assert get_dataset("third-qa").load(None)[0].answers == ("1969",)
+    unregister_dataset("third-qa")
+    assert "third-qa" not in dataset_names()
+    with pytest.raises(DataError, match="not registered"):
+        unregister_dataset("third-qa")
+    register_dataset("third-qa", "text", lambda root: ["x"], "registered again at run time")
+    assert get_dataset("third-qa").records == "text"
+
+
+def test_a_broken_plugin_data_set_is_named_when_asked_for(tmp_path, monkeypatch):
+    info = tmp_path / "brokenset-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenset\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[icae_rag.datasets]\nbroken-set = brokenset_missing:load\n",
+                                           encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(dataset_registry, "_PLUGINS_READ", False)
+    monkeypatch.setattr(dataset_registry, "_BROKEN_PLUGINS", {})
+    with pytest.warns(UserWarning, match="'broken-set'.*left out"):
+        assert "broken-set" not in dataset_registry.dataset_names()
+    with pytest.raises(PluginError, match="brokenset_missing:load"):
+        dataset_registry.get_dataset("broken-set")
+
+
 def _console(env: dict, *argv: str) -> subprocess.CompletedProcess:
     """The installed `icae-rag` console script (else `python -m icae_rag.cli`) in a fresh process."""
     script = shutil.which("icae-rag", path=str(Path(sys.executable).parent))
@@ -164,6 +198,8 @@ def test_the_console_script_offers_and_runs_a_third_party_kind(tmp_path):
     ask_help = _console(env, "ask", "--help")
     assert ask_help.returncode == 0, ask_help.stderr
     assert "thirdkind" in ask_help.stdout and "kvzip" in ask_help.stdout
+    bench_help = _console(env, "bench", "--help")
+    assert bench_help.returncode == 0 and "third-qa" in bench_help.stdout, bench_help.stderr
 
     # Listing the kinds reads the entry points' names only: neither torch nor the plugin is imported.
     probe = ("import contextlib, io, json, sys\nfrom icae_rag.cli import main\n"
