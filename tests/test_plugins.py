@@ -151,6 +151,15 @@ def test_unregister_compressor_undoes_register(third_party):
         assert "thirdkind" in compressor_kinds() and plugins.get_compressor_class("thirdkind") == first
 
 
+def test_a_raw_soft_prompt_is_readable_before_its_kind_is_loaded_again(tiny_raw, tiny_icae):
+    from icae_rag.compressors import unregister_compressor
+
+    prompt = tiny_raw.compress(TEXT)
+    unregister_compressor("raw")  # as in a process that never used the raw kind
+    tiny_icae.check_soft_prompt(prompt)
+    assert "raw" in plugins._REGISTRY
+
+
 def test_a_plugin_data_set_is_registered_on_first_lookup_and_can_be_unregistered(third_party):
     from icae_rag.datasets import dataset_names, get_dataset, register_dataset, unregister_dataset
 

@@ -214,9 +214,8 @@ class Compressor(nn.Module):
                 f"{self.backbone_id}: re-compress the text with this compressor")
         if prompt.readable_by_any_compressor:
             return
-        made_by = _REGISTRY.get(prompt.compressor)
-        reads_text = made_by is not None and made_by[1].reads_text
-        if not reads_text and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
+        if (prompt.compressor, prompt.compressor_version) != (self.kind, self.version) \
+                and not _reads_text(prompt.compressor):
             raise BackboneMismatchError(
                 f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")
@@ -253,6 +252,15 @@ class Compressor(nn.Module):
             "versions": package_versions(),
         })
         return path
+
+
+def _reads_text(kind: str) -> bool:
+    """Whether `kind` is a text-reading baseline (its soft prompts any compressor may read); loads
+    the kind if it is declared but not used yet."""
+    try:
+        return get_compressor_class(kind)[1].reads_text
+    except InvalidInputError:  # an unknown kind, or a plugin that does not load
+        return False
 
 
 class _TensorBag(nn.Module):
