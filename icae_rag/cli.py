@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from . import DEFAULT_KIND, __version__
 from .errors import IcaeRagError, InvalidInputError, UsageError
+from .plugins import BUILTIN_COMPRESSORS, compressor_kinds
 from .retrieval import DEFAULT_BUDGET
 from .text import check_file, check_text, read_document
 
@@ -209,33 +210,26 @@ def _print_human(result: dict[str, Any]) -> None:
         print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
-# The kinds icae_rag.compressors registers on import.
-BUILTIN_KINDS = ("e2llm", "icae", "kvzip", "raw")
+# The built-in kinds; tests/test_cli_input.py still imports this name (the CLI reads `compressor_kinds`).
+BUILTIN_KINDS = tuple(BUILTIN_COMPRESSORS)
 
 
 class _RegisteredKinds:
-    """argparse choices: the registered compressor kinds with these traits, listed only when argparse
-    checks a value or prints help, so `--version` and `--help` do not import torch (registering the
-    built-in kinds does). Arguments using it set `metavar`: without one argparse lists the choices
-    while the parser is built."""
+    """argparse choices: the compressor kinds with these traits, listed only when argparse checks a
+    value or prints help. Without traits only the names are read (registered kinds and the names of
+    the `icae_rag.compressors` entry points), so `--help` and `ask --compressor raw` do not import
+    torch; a trait loads every kind to read it. Arguments using it set `metavar`: without one
+    argparse lists the choices while the parser is built."""
 
     def __init__(self, **traits: bool) -> None:
         self._traits = traits
 
     def _names(self) -> list[str]:
-        from .compressors import compressor_kinds
-
         return compressor_kinds(**self._traits)
 
     def __contains__(self, kind: object) -> bool:
         # "kvzip:ratio=8" names a kind with config values (see load_compressor).
-        if not isinstance(kind, str):
-            return False
-        # A built-in kind is accepted without importing torch, so `ask --compressor raw` still checks
-        # its input files in a fraction of a second (tests/test_cli_input.py keeps this list in sync).
-        if not self._traits and kind.partition(":")[0] in BUILTIN_KINDS:
-            return True
-        return kind.partition(":")[0] in self._names()
+        return isinstance(kind, str) and kind.partition(":")[0] in self._names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())

@@ -14,12 +14,14 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .errors import DataError, InvalidInputError, MissingFileError
+from .errors import DataError, InvalidInputError, MissingFileError, PluginError
+from .plugins import DATASET_GROUP, entry_points
 from .text import read_text
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "read_text_file",
     "register_dataset",
     "split_documents",
+    "unregister_dataset",
 ]
 
 T = TypeVar("T")
@@ -820,6 +823,10 @@ class Dataset:
 
 
 _DATASETS: dict[str, Dataset] = {}
+# The installed `icae_rag.datasets` entry points are read on the first lookup, once per process;
+# a plugin that fails to load is left out (with a warning) and its error kept for `get_dataset`.
+_PLUGINS_READ = False
+_BROKEN_PLUGINS: dict[str, PluginError] = {}
 _USES = frozenset({"train", "bench-qa", "bench-qa-default", "fidelity", "rag"})
 
 
@@ -836,17 +843,67 @@ def register_dataset(name: str, records: Literal["text", "qa", "longqa"], load: 
     return _DATASETS[name]
 
 
+def unregister_dataset(name: str) -> None:
+    """Remove a registered data set (one `register_dataset` or an entry point added)."""
+    _read_plugins()
+    if name not in _DATASETS:
+        raise DataError(f"data set {name!r} is not registered: registered are {', '.join(_DATASETS)}")
+    del _DATASETS[name]
+
+
 def dataset_names(*, use: str | None = None, records: str | None = None) -> list[str]:
-    """Registered data-set names in registration order, read now; optionally one use or record type."""
+    """Registered data-set names in registration order (built-ins, then plugins), read now; optionally
+    one use or record type."""
+    _read_plugins()
     return [d.name for d in _DATASETS.values()
             if use in (None, *d.uses) and records in (None, d.records)]
 
 
 def get_dataset(name: str) -> Dataset:
     """The registered data set `name`."""
+    _read_plugins()
+    if name in _BROKEN_PLUGINS and name not in _DATASETS:
+        raise _BROKEN_PLUGINS[name]
     if name not in _DATASETS:
         raise DataError(f"unknown dataset {name!r}: use one of {', '.join(dataset_names())}")
     return _DATASETS[name]
+
+
+def _read_plugins() -> None:
+    """Register the data sets of the installed `icae_rag.datasets` entry points (first call only)."""
+    global _PLUGINS_READ
+    if _PLUGINS_READ:
+        return
+    _PLUGINS_READ = True
+    for name, ep in entry_points(DATASET_GROUP).items():
+        if name in _DATASETS:
+            warnings.warn(f"an installed package declares the data set {name!r} ({ep.value!r}), which is "
+                          "already registered: ignored", stacklevel=3)
+            continue
+        try:
+            _load_plugin(name, ep)
+        except PluginError as e:
+            _BROKEN_PLUGINS[name] = e
+            warnings.warn(f"{e}; the data set is left out", stacklevel=3)
+
+
+def _load_plugin(name: str, ep: Any) -> None:
+    where = f"the data set {name!r} (entry point {name} = {ep.value!r} in group {DATASET_GROUP})"
+    try:
+        obj = ep.load()
+        dataset = obj if isinstance(obj, Dataset) else obj()
+    except Exception as e:  # a plugin can fail any way; name it and the cause
+        raise PluginError(f"{where} could not be loaded: {type(e).__name__}: {e}") from e
+    if dataset is None and name in _DATASETS:  # the callable registered it
+        return
+    if not isinstance(dataset, Dataset) or dataset.name != name:
+        raise PluginError(f"{where} must name a Dataset called {name!r}, or a callable that returns one "
+                          f"or registers it with register_dataset; got {dataset!r}")
+    try:
+        register_dataset(name, dataset.records, dataset.load, dataset.description, uses=dataset.uses,
+                         params=dataset.params, bench_limit=dataset.bench_limit)
+    except ValueError as e:
+        raise PluginError(f"{where}: {e}") from e
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, **params: Any) -> list:

@@ -73,3 +73,8 @@ class UsageError(InvalidInputError):
     def __init__(self, message: str, usage: str = "") -> None:
         super().__init__(message)
         self.usage = usage
+
+
+class PluginError(InvalidInputError):
+    """An installed plugin (an `icae_rag.compressors` or `icae_rag.datasets` entry point) could not
+    be loaded, or does not name what its group needs."""

@@ -162,6 +162,36 @@ def test_unknown_compressor_device_dtype_and_config():
         new_compressor("icae", device="cpu", decoder="tiny-llama", span_tokens=30, ratio=4)
 
 
+@pytest.mark.parametrize("kind", ["e2llm", "icae", "kvzip", "raw"])
+def test_build_is_declared_once_and_refuses_unknown_options(kind):
+    from icae_rag.compressors import Compressor, get_compressor_class
+
+    config_cls, cls = get_compressor_class(kind)
+    # One decoder-only build on the base; only e2llm (which also loads an encoder) overrides it.
+    assert ("build" in vars(cls)) == (kind == "e2llm") and "build" in vars(Compressor)
+    with pytest.raises(ConfigError, match=r"unknown options \['ratios'\].*\['device', 'dtype'\]"):
+        cls.build(config_cls(), device="cpu", ratios=8)
+    other = get_compressor_class("raw" if kind != "raw" else "icae")[0]
+    with pytest.raises(ConfigError, match=f"needs a {config_cls.__name__}"):
+        cls.build(other(), device="cpu")
+
+
+def test_memory_is_the_return_type_every_kind_shares(tiny_raw):
+    import inspect
+
+    from icae_rag.compressors import Compressor
+
+    assert inspect.signature(Compressor.compress).return_annotation == "Memory"
+    assert inspect.signature(Compressor.compress_many).return_annotation == "list[Memory]"
+    texts, leads = tiny_raw.check_inputs(["one", "two"], None)
+    assert texts == ["one", "two"] and leads == [None, None]
+    assert tiny_raw.check_inputs(["one"], [None]) == (["one"], [None])
+    with pytest.raises(InvalidInputError, match="cannot use leads"):
+        tiny_raw.check_inputs(["one"], ["before"])
+    with pytest.raises(InvalidInputError, match="2 leads"):
+        tiny_raw.check_inputs(["one", "two"], ["before"])
+
+
 @pytest.mark.parametrize("kind,config", [("icae", TINY_ICAE), ("e2llm", TINY_E2LLM)])
 def test_untrained_init_depends_on_config_seed_only(kind, config):
     torch.manual_seed(123)

@@ -1,4 +1,8 @@
-"""Compressors (ICAE, E2LLM, raw baseline), their registry, and `load_compressor`."""
+"""Compressors (kvzip, ICAE, E2LLM, raw baseline), their registry, and `load_compressor`.
+
+The kinds are declared in `icae_rag.plugins` (built-ins) and by `icae_rag.compressors` entry points
+(third-party packages); a kind's module is imported the first time the kind is used.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from typing import Any
 
 from .. import DEFAULT_KIND
 from ..errors import CheckpointError, InvalidInputError, UnknownCompressorError
-from . import e2llm, icae, kvzip, raw  # noqa: F401  (registers the built-in kinds)
 from .base import (
     Compressor,
     check_backbone,
@@ -20,11 +23,8 @@ from .base import (
     get_compressor_class,
     read_checkpoint,
     register_compressor,
+    unregister_compressor,
 )
-from .e2llm import E2llmCompressor, E2llmConfig
-from .icae import IcaeCompressor, IcaeConfig
-from .kvzip import KvzipCompressor, KvzipConfig
-from .raw import RawConfig, RawTextCompressor
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,30 @@ __all__ = [
     "RawTextCompressor",
     "as_compressor",
     "compressor_kinds",
+    "get_compressor_class",
     "load_compressor",
     "new_compressor",
     "parse_spec",
     "register_compressor",
     "shipped_checkpoint",
     "shipped_kinds",
+    "unregister_compressor",
 ]
+# The built-in classes, imported (and their kind registered) on first use: name -> (kind, index in
+# the registry's (config class, compressor class)).
+_CLASSES = {
+    "E2llmConfig": ("e2llm", 0), "E2llmCompressor": ("e2llm", 1),
+    "IcaeConfig": ("icae", 0), "IcaeCompressor": ("icae", 1),
+    "KvzipConfig": ("kvzip", 0), "KvzipCompressor": ("kvzip", 1),
+    "RawConfig": ("raw", 0), "RawTextCompressor": ("raw", 1),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        kind, index = _CLASSES[name]
+        return get_compressor_class(kind)[index]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shipped_kinds() -> list[str]:

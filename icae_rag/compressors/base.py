@@ -21,10 +21,16 @@ from ..errors import (
     CheckpointError,
     ConfigError,
     InvalidInputError,
-    UnknownCompressorError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..memory import Memory
+from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, which imports no torch)
+    _REGISTRY,
+    compressor_kinds,
+    get_compressor_class,
+    register_compressor,
+    unregister_compressor,
+)
 from ..soft_prompt import Piece, SoftPrompt, text_sha256
 from ..text import check_text, check_texts_and_leads
 
@@ -32,30 +38,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "compressor_config.json"
 WEIGHTS_NAME = "compressor_model.safetensors"
-_REGISTRY: dict[str, tuple[type, type[Compressor]]] = {}
 # What `encode` returns per text: soft rows (n, d) and (token_start, token_end, n_rows) per piece.
 Encoded = tuple[torch.Tensor, list[tuple[int, int, int]]]
-
-
-def register_compressor(kind: str, config_cls: type, compressor_cls: type[Compressor]) -> None:
-    """Register a (config dataclass, compressor class) pair under a lowercase name."""
-    if kind != kind.lower() or kind in _REGISTRY:
-        raise ValueError(f"compressor kind {kind!r} must be lowercase and registered only once")
-    _REGISTRY[kind] = (config_cls, compressor_cls)
-    compressor_cls.kind = kind
-
-
-def compressor_kinds(*, reads_text: bool | None = None, trainable: bool | None = None) -> list[str]:
-    """Names of the registered compressors, read now; optionally only those with these class traits."""
-    return sorted(kind for kind, (_, cls) in _REGISTRY.items()
-                  if reads_text in (None, cls.reads_text) and trainable in (None, cls.trainable))
-
-
-def get_compressor_class(kind: str) -> tuple[type, type[Compressor]]:
-    """(config class, compressor class) for a registered kind."""
-    if kind not in _REGISTRY:
-        raise UnknownCompressorError(f"unknown compressor {kind!r}: choose one of {compressor_kinds()}")
-    return _REGISTRY[kind]
+# The keyword options `Compressor.build` takes.
+BUILD_OPTIONS = ("device", "dtype")
 
 
 def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, strict: bool) -> Any:
@@ -73,13 +59,17 @@ def compressor_config_from_dict(config_cls: type, data: dict[str, Any], *, stric
 
 
 class Compressor(nn.Module):
-    """Turns text into a `SoftPrompt` for one decoder, and answers from soft prompts.
+    """Turns text into a `Memory` for one decoder, and answers from memories.
 
-    Subclasses set `kind` (by registration), implement `encode`, and may override
-    `decoding()` (the context in which the decoder reads) and `mode_embedding`.
+    Subclasses set `config_class` (their config dataclass) and `kind` (the registry sets both on
+    registration), implement `encode` (or `compress_many`), and may override `build` (a kind with
+    more backbones than the decoder), `decoding()` (the context in which the decoder reads) and
+    `mode_embedding`.
     """
 
     kind: ClassVar[str] = ""
+    # The config dataclass `build` takes (its `decoder` field names the decoder to load).
+    config_class: ClassVar[type]
     # True for a baseline whose "soft prompt" is the text's own token embeddings: callers hand it
     # the text, it is what compressed modes are measured against, and its soft prompts depend
     # only on the backbone.
@@ -97,19 +87,46 @@ class Compressor(nn.Module):
         self.trained = False
         self.training_info: dict[str, Any] = {}
 
+    @classmethod
+    def build(cls, config: Any, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> Compressor:
+        """A compressor of this class on the backbones `config` names (untrained): the decoder
+        `config.decoder`, loaded on `device` in `dtype`. Any other option raises ConfigError."""
+        from ..backbones import load_decoder
+
+        cls.check_build(config, unknown)
+        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
+
+    @classmethod
+    def check_build(cls, config: Any, unknown: dict[str, Any]) -> None:
+        """Raise ConfigError for options `build` does not take, or a config of another class."""
+        if unknown:
+            raise ConfigError(f"{cls.__name__}.build got unknown options {sorted(unknown)}: "
+                              f"the valid ones are {list(BUILD_OPTIONS)}")
+        expected = getattr(cls, "config_class", None)
+        if expected is not None and not isinstance(config, expected):
+            raise ConfigError(f"{cls.__name__}.build needs a {expected.__name__}, got {type(config).__name__}")
+
     # --- compression -------------------------------------------------------------------------
-    def compress(self, text: str, *, progress: bool = False) -> SoftPrompt:
-        """Compress one text (any length) into one soft prompt."""
+    def compress(self, text: str, *, progress: bool = False) -> Memory:
+        """Compress one text (any length) into one memory."""
         return self.compress_many([text], progress=progress)[0]
+
+    def check_inputs(self, texts: Sequence[str],
+                     leads: Sequence[str | None] | None) -> tuple[list[str], list[str | None]]:
+        """The checked texts of a `compress_many` call and one lead (or None) per text; leads are
+        refused unless this kind `uses_leads`."""
+        texts = check_texts_and_leads(texts, leads)
+        if leads is not None and any(leads) and not self.uses_leads:
+            raise InvalidInputError(f"the {self.kind!r} compressor encodes each text on its own and cannot use leads; "
+                                    f"pass leads only to kinds with uses_leads (kvzip)")
+        return texts, [None] * len(texts) if leads is None else list(leads)
 
     @torch.no_grad()
     def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
-                      leads: Sequence[str | None] | None = None) -> list[SoftPrompt]:
-        """Compress several texts, batching their spans/chunks; one soft prompt per text."""
-        texts = check_texts_and_leads(texts, leads)
-        if leads is not None and any(leads):
-            raise InvalidInputError(f"the {self.kind!r} compressor encodes each text on its own and cannot use leads; "
-                                    f"pass leads only to kinds with uses_leads (kvzip)")
+                      leads: Sequence[str | None] | None = None) -> list[Memory]:
+        """Compress several texts, batching their spans/chunks; one memory per text (here a
+        `SoftPrompt` built from `encode`; kinds that keep another memory override this)."""
+        texts, _ = self.check_inputs(texts, leads)
         encoded = self.encode(texts, batch_size=batch_size, progress=progress)
         version, backbone, out = self.version, self.backbone_id, []
         for text, (rows, spans) in zip(texts, encoded, strict=True):
@@ -142,32 +159,32 @@ class Compressor(nn.Module):
         """Learned embedding that marks a mode ("autoencode", "continue", "answer"); may be empty."""
         return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))
 
-    def answer(self, question: str, contexts: Sequence[SoftPrompt | str], **generation: Any):
+    def answer(self, question: str, contexts: Sequence[Memory | str], **generation: Any):
         """Answer one question from soft prompts and/or raw text pieces (see `icae_rag.generation`)."""
         from ..generation import answer
 
         return answer(self, question, contexts, **generation)
 
-    def answer_many(self, questions: Sequence[str], contexts: Sequence[Sequence[SoftPrompt | str]], **generation: Any):
+    def answer_many(self, questions: Sequence[str], contexts: Sequence[Sequence[Memory | str]], **generation: Any):
         """Answer several questions in one batch, each from its own contexts."""
         from ..generation import answer_many
 
         return answer_many(self, questions, contexts, **generation)
 
-    def stream(self, question: str, contexts: Sequence[SoftPrompt | str], **generation: Any) -> Iterator[str]:
+    def stream(self, question: str, contexts: Sequence[Memory | str], **generation: Any) -> Iterator[str]:
         """Yield the answer's text as it is generated."""
         from ..generation import stream
 
         return stream(self, question, contexts, **generation)
 
-    def stream_many(self, questions: Sequence[str], contexts: Sequence[Sequence[SoftPrompt | str]],
+    def stream_many(self, questions: Sequence[str], contexts: Sequence[Sequence[Memory | str]],
                     **generation: Any) -> Iterator[tuple[int, str]]:
         """Answer several questions in one batch, yielding (question index, text piece) as generated."""
         from ..generation import stream_many
 
         return stream_many(self, questions, contexts, **generation)
 
-    def reconstruct(self, soft_prompt: SoftPrompt, **generation: Any) -> str:
+    def reconstruct(self, soft_prompt: Memory, **generation: Any) -> str:
         """Decode what a memory holds back to text (autoencoding / restate mode)."""
         from ..generation import reconstruct
 
@@ -197,9 +214,8 @@ class Compressor(nn.Module):
                 f"{self.backbone_id}: re-compress the text with this compressor")
         if prompt.readable_by_any_compressor:
             return
-        made_by = _REGISTRY.get(prompt.compressor)
-        reads_text = made_by is not None and made_by[1].reads_text
-        if not reads_text and (prompt.compressor, prompt.compressor_version) != (self.kind, self.version):
+        if (prompt.compressor, prompt.compressor_version) != (self.kind, self.version) \
+                and not _reads_text(prompt.compressor):
             raise BackboneMismatchError(
                 f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")
@@ -236,6 +252,15 @@ class Compressor(nn.Module):
             "versions": package_versions(),
         })
         return path
+
+
+def _reads_text(kind: str) -> bool:
+    """Whether `kind` is a text-reading baseline (its soft prompts any compressor may read); loads
+    the kind if it is declared but not used yet."""
+    try:
+        return get_compressor_class(kind)[1].reads_text
+    except InvalidInputError:  # an unknown kind, or a plugin that does not load
+        return False
 
 
 class _TensorBag(nn.Module):

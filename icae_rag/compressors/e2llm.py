@@ -23,7 +23,7 @@ from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, Encod
 from ..chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
 from ..text import check_text
-from .base import Compressor, Encoded, register_compressor
+from .base import Compressor, Encoded
 
 
 @dataclass
@@ -76,6 +76,8 @@ class AttentionPooling(nn.Module):
 class E2llmCompressor(Compressor):
     """E2LLM compressor: sentence encoder + adapter, `m` soft tokens per chunk."""
 
+    kind = "e2llm"
+    config_class = E2llmConfig
     trainable = True
 
     def __init__(self, config: E2llmConfig, decoder: DecoderBackbone, encoder: EncoderBackbone) -> None:
@@ -192,12 +194,10 @@ class E2llmCompressor(Compressor):
         return super().backbones_info() | {"encoder": {"name": self.encoder.name, "fingerprint": self.encoder.fingerprint}}
 
     @classmethod
-    def build(cls, config: E2llmConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> E2llmCompressor:
-        """Load the decoder and encoder named in `config` and wrap them (untrained)."""
+    def build(cls, config: E2llmConfig, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> E2llmCompressor:
+        """Load the decoder and encoder named in `config` and wrap them (untrained); the options are the base's."""
         from ..backbones import load_decoder, load_encoder
 
+        cls.check_build(config, unknown)
         decoder = load_decoder(config.decoder, device=device, dtype=dtype)
         return cls(config, decoder, load_encoder(config.encoder, device=str(decoder.device)))
-
-
-register_compressor("e2llm", E2llmConfig, E2llmCompressor)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
-from .base import Compressor, Encoded, register_compressor
+from .base import Compressor, Encoded
 
 MODES = ("autoencode", "continue", "answer")
 
@@ -72,6 +71,8 @@ class IcaeConfig:
 class IcaeCompressor(Compressor):
     """ICAE compressor: LoRA encoder + k memory embeddings per span; frozen decoder reads slots."""
 
+    kind = "icae"
+    config_class = IcaeConfig
     trainable = True
 
     def __init__(self, config: IcaeConfig, decoder: DecoderBackbone) -> None:
@@ -223,13 +224,3 @@ class IcaeCompressor(Compressor):
     def expected_ratio(config: IcaeConfig) -> float:
         """Compression ratio on full spans."""
         return config.span_tokens / math.ceil(config.span_tokens / config.ratio)
-
-    @classmethod
-    def build(cls, config: IcaeConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> IcaeCompressor:
-        """Load the decoder named in `config` and wrap it (untrained)."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
-
-
-register_compressor("icae", IcaeConfig, IcaeCompressor)

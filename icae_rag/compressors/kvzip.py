@@ -45,7 +45,7 @@ from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, t
 from ..memory import Memory
 from ..soft_prompt import Piece, text_sha256
 from ..text import check_texts_and_leads
-from .base import Compressor, register_compressor
+from .base import Compressor
 
 # Ratios an adaptive memory may take, smallest memory first; keeping everything (1.0) always passes.
 LADDER = (16.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5)
@@ -142,6 +142,8 @@ class KvzipConfig:
 class KvzipCompressor(Compressor):
     """Compresses a passage into the decoder's kept KV entries (`KvMemory`); nothing is trained."""
 
+    kind = "kvzip"
+    config_class = KvzipConfig
     uses_leads = True
 
     def __init__(self, config: KvzipConfig, decoder: DecoderBackbone) -> None:
@@ -154,13 +156,6 @@ class KvzipCompressor(Compressor):
         if config.adaptive:
             settings |= {"fidelity": config.target_fidelity, "ladder": config.ladder, "check": CHECK}
         self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-    @classmethod
-    def build(cls, config: KvzipConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> KvzipCompressor:
-        """Load the decoder named in `config`."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
 
     @property
     def label(self) -> str:
@@ -412,6 +407,3 @@ def _join_windows(parts: list[_Kept], n_tokens: int, sha: str, storage: str, pro
     pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
     return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],
                                  counts, storage, pieces=pieces, scores=scores[order], **provenance)
-
-
-register_compressor("kvzip", KvzipConfig, KvzipCompressor)

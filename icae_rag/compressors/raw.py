@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
-from .base import Compressor, Encoded, register_compressor
+from .base import Compressor, Encoded
 
 
 @dataclass
@@ -22,6 +21,8 @@ class RawConfig:
 class RawTextCompressor(Compressor):
     """No compression: what the decoder reads is exactly the text's tokens."""
 
+    kind = "raw"
+    config_class = RawConfig
     reads_text = True
 
     def __init__(self, config: RawConfig, decoder: DecoderBackbone) -> None:
@@ -40,13 +41,3 @@ class RawTextCompressor(Compressor):
             ids = self.tokenize(text)
             out.append((self.decoder.embed_ids(torch.tensor(ids, dtype=torch.long)), [(0, len(ids), len(ids))]))
         return out
-
-    @classmethod
-    def build(cls, config: RawConfig, *, device: str = "auto", dtype: str = "auto", **_: Any) -> RawTextCompressor:
-        """Load the decoder named in `config`."""
-        from ..backbones import load_decoder
-
-        return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
-
-
-register_compressor("raw", RawConfig, RawTextCompressor)
