@@ -44,7 +44,6 @@ from ..kv_attention import KvView, rerotate
 from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ..memory import Memory
 from ..soft_prompt import Piece, text_sha256
-from ..text import check_texts_and_leads
 from .base import Compressor
 
 # Ratios an adaptive memory may take, smallest memory first; keeping everything (1.0) always passes.
@@ -184,8 +183,7 @@ class KvzipCompressor(Compressor):
 
         from ..generation import prompt_texts
 
-        texts = check_texts_and_leads(texts, leads)
-        leads = [None] * len(texts) if leads is None else list(leads)
+        texts, leads = self.check_inputs(texts, leads)
         tok, model = self.decoder.tokenizer, self.decoder.model
         prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
