@@ -82,8 +82,27 @@ class KvMemory(Memory):
                                          or self.quant["q_group"].shape != (2,)
                                          or int(self.quant["q_group"][0]) not in kv_quant.QUANT_BITS.values()):
             problems.append("int4 / int2 quantisation tensors are incomplete")
+        elif self.quant is not None:
+            problems += self._quant_problems()
         if problems:
             raise InvalidInputError("inconsistent KvMemory: " + "; ".join(problems))
+
+    def _quant_problems(self) -> list[str]:
+        q, n = self.quant, self.keys.shape[0]
+        bits, group = (int(x) for x in q["q_group"])
+        if group < 1 or q["q_key_scale"].dim() != 2:
+            return [f"int{bits} group {group} or key scales {tuple(q['q_key_scale'].shape)} are malformed"]
+        dim = q["q_key_scale"].shape[1]
+        _, small, groups = kv_quant.key_groups(self.counts, group)
+        value_groups = dim // kv_quant.value_group(group, dim) if dim else 0
+        want = {"q_key_scale": (groups, dim), "q_key_zero": (groups, dim),
+                "q_key_entry_scale": (int(small.sum()), value_groups),
+                "q_key_entry_zero": (int(small.sum()), value_groups),
+                "q_value_scale": (n, value_groups), "q_value_zero": (n, value_groups)}
+        problems = [f"{k} is {tuple(q[k].shape)}, expected {v}" for k, v in want.items() if tuple(q[k].shape) != v]
+        if self.keys.dim() != 2 or self.keys.shape[1] != -(-dim * bits // 8):
+            problems.append(f"int{bits} codes {tuple(self.keys.shape)} do not hold {dim} channels")
+        return problems
 
     # --- sizes ----------------------------------------------------------------------------------
     @property

@@ -167,3 +167,18 @@ def test_pack_unpack_round_trip(bits, dim):
     packed = pack(codes, bits)
     assert packed.shape == (5, -(-dim * bits // 8)) and packed.dtype == torch.uint8
     assert torch.equal(unpack(packed, bits, dim), codes)
+
+
+def test_inconsistent_quantisation_tensors_are_refused():
+    import dataclasses
+
+    from icae_rag.errors import InvalidInputError
+
+    m = _int("int4").compress(TEXT)
+    for name in ("q_key_scale", "q_value_zero", "q_key_entry_scale"):
+        quant = dict(m.quant)
+        quant[name] = torch.zeros(quant[name].shape[0] + 1, max(1, quant[name].shape[1]), dtype=torch.float16)
+        with pytest.raises(InvalidInputError, match=name):
+            dataclasses.replace(m, quant=quant)
+    with pytest.raises(InvalidInputError, match="codes"):
+        dataclasses.replace(m, keys=m.keys[:, :-1], values=m.values[:, :-1])
