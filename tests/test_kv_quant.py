@@ -182,3 +182,19 @@ def test_inconsistent_quantisation_tensors_are_refused():
             dataclasses.replace(m, quant=quant)
     with pytest.raises(InvalidInputError, match="codes"):
         dataclasses.replace(m, keys=m.keys[:, :-1], values=m.values[:, :-1])
+
+
+def test_passages_of_32768_tokens_or_more_keep_int32_positions(tmp_path):
+    from icae_rag.soft_prompt import Piece
+
+    torch.manual_seed(0)
+    counts = torch.tensor([[3, 20], [0, 40]], dtype=torch.int32)
+    n = int(counts.sum())
+    positions = torch.cat([torch.randperm(40000)[:int(c)].sort().values for c in counts.reshape(-1)])
+    provenance = dict(pieces=(Piece("0" * 64, 0, 40000, 0, 40000),), prefix_tokens=5, prefix_sha256="1" * 64,
+                      compressor="kvzip", compressor_version="kvzip-test", backbone="tiny@0")
+    m = KvMemory._quantised(torch.randn(n, 16), torch.randn(n, 16), positions, counts, 4, 8, **provenance)
+    assert m.positions.dtype == torch.int32 and "positions" in m.tensors()  # 63 x 4 bytes < the bitmap
+    m.save(tmp_path / "long.safetensors")
+    back = Memory.load(tmp_path / "long.safetensors")
+    assert torch.equal(back.positions, m.positions) and back.storage == "int4"
