@@ -4,6 +4,8 @@ Compresses held-out SQuAD paragraphs (the RAG-node case) and long WikiText-2 tes
 windowed case) with each storage type, in one run, on the default decoder:
 
     python -m benchmarks.kvzip_storage --paragraphs 40 --long-tokens 2048 8192 --out docs/results/kvzip-storage
+
+Each row also splits the bytes per source token by stored tensor (codes, scales, positions, scores).
 """
 
 from __future__ import annotations
@@ -17,25 +19,29 @@ from typing import Any
 from icae_rag.errors import IcaeRagError
 from icae_rag.eval.record import PeakRss, environment, write_report
 
-STORAGES = ("float16", "int8")
+STORAGES = ("float16", "int8", "int4", "int2")
 
 
 def measure(compressor: Any, texts: list[str]) -> dict[str, Any]:
     """Compress `texts` one by one; bytes, tokens, seconds and the peak resident memory rise."""
     tokens = stored = 0
     entries = 0.0
+    by_tensor: dict[str, int] = {}
     with PeakRss() as mem:
         start = time.perf_counter()
         for text in texts:
             memory = compressor.compress(text)
             tokens += memory.source_tokens
             stored += memory.nbytes()
+            for name, t in memory.tensors().items():
+                by_tensor[name] = by_tensor.get(name, 0) + t.numel() * t.element_size()
             entries += memory.kept_entries
         seconds = time.perf_counter() - start
     layers_heads = memory.layers * memory.kv_heads
     return {"texts": len(texts), "source_tokens": tokens, "bytes_per_source_token": stored / tokens,
             "seconds_per_1000_tokens": 1000 * seconds / tokens, "peak_rss_rise_mb": mem.peak_mb,
-            "kept_share": entries / (tokens * layers_heads)}
+            "kept_share": entries / (tokens * layers_heads),
+            "bytes_per_source_token_by_tensor": {k: round(v / tokens, 2) for k, v in sorted(by_tensor.items())}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paragraphs", type=int, default=40, help="held-out SQuAD paragraphs")
     p.add_argument("--long-tokens", type=int, nargs="*", default=[2048, 8192], help="lengths of long texts")
     p.add_argument("--ratio", type=float, default=4.0)
+    p.add_argument("--storages", nargs="+", default=list(STORAGES), choices=STORAGES)
+    p.add_argument("--quant-group", type=int, help="int4 / int2 group size (default: KvzipConfig's)")
     p.add_argument("--data-root", help="the shared data folder (default: $ICAE_RAG_DATA or ../shared/data)")
     p.add_argument("--out", default="bench-kvzip-storage")
     a = p.parse_args(argv)
@@ -54,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         paragraphs = paragraphs[: a.paragraphs]
         wiki = "\n".join(datasets.load_text("wikitext2-test", root=a.data_root))
         rows = []
-        for storage in STORAGES:
-            comp = new_compressor("kvzip", ratio=a.ratio, storage=storage)
+        for storage in a.storages:
+            group = {"quant_group": a.quant_group} if a.quant_group and storage in ("int4", "int2") else {}
+            comp = new_compressor("kvzip", ratio=a.ratio, storage=storage, **group)
             ids = comp.tokenize(wiki)
             cases = {"squad paragraphs": paragraphs} | {
                 f"wikitext {n} tokens": [comp.decoder.tokenizer.decode(ids[:n])] for n in a.long_tokens}

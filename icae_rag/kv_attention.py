@@ -111,6 +111,23 @@ def rerotate(keys: torch.Tensor, delta: int, rotary_emb: nn.Module) -> torch.Ten
     return (k * cos + _rotate_half(k) * sin).to(keys.dtype)
 
 
+def rotate_each(keys: torch.Tensor, positions: torch.Tensor, rotary_emb: nn.Module,
+                chunk: int = 65536) -> torch.Tensor:
+    """Keys (N, head_dim), row i rotated by `positions[i]` positions (negative: back), as float32.
+
+    Un-rotating post-RoPE keys by their own positions gives pre-RoPE keys; rotating those by a new
+    absolute position gives the keys computed there (rotations compose, as in `rerotate`).
+    """
+    out = torch.empty(keys.shape, dtype=torch.float32, device=keys.device)
+    scale = float(getattr(rotary_emb, "attention_scaling", 1.0))
+    for lo in range(0, keys.shape[0], chunk):
+        k, pos = keys[lo:lo + chunk].float(), positions[lo:lo + chunk].to(keys.device).long()
+        cos, sin = rotary_emb(k, pos.abs()[None])
+        sign = torch.where(pos < 0, -1.0, 1.0).to(k.device)[:, None]
+        out[lo:lo + chunk] = k * (cos[0].float() / scale) + _rotate_half(k) * (sin[0].float() / scale * sign)
+    return out
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

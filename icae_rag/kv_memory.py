@@ -5,7 +5,10 @@ Entries are stored flat, ordered by layer, then KV head, then position: `keys`/`
 kv_heads) how many entries each head kept. Keys carry their rotary rotation for position
 `prefix_tokens + position`, i.e. as computed right after the prompt prefix (`prefix_sha256`); a
 reader re-rotates them to wherever the passage stands in its prompt. Storage is float16 (default),
-float32, or int8 (keys per channel of each head, values per entry, absmax scales: KIVI's layout).
+float32, or int8 (keys per channel of each head, values per entry, absmax scales: KIVI's layout), or
+int4 / int2: keys stored before rotation, codes packed into bytes, per-group fp16 scales and zero
+points (see `kv_quant`); a reader de-quantises and rotates them to its own positions in one step.
+Their positions are int16 (int32 from 32,768 tokens), written as a per-head bitmap when smaller.
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from . import kv_quant
 from .errors import CorruptFileError, InvalidInputError
 from .io import write_tensors
 from .memory import Memory
 from .soft_prompt import Piece
 
 FORMAT_VERSION = 1
-STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8}
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8,
+                  "int4": torch.uint8, "int2": torch.uint8}  # int4 / int2: packed codes
+QUANT_TENSORS = ("q_group", "q_key_scale", "q_key_zero", "q_key_entry_scale", "q_key_entry_zero",
+                 "q_value_scale", "q_value_zero")
 
 
 @dataclass
@@ -47,6 +54,8 @@ class KvMemory(Memory):
     value_scale: torch.Tensor | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     scores: torch.Tensor | None = None  # (entries,) float16: how much the decoder needed each entry
+    # int4 / int2: QUANT_TENSORS by name; "q_group" is int32 [bits, group size]
+    quant: dict[str, torch.Tensor] | None = None
     format_name = "kv"
     readable_by_any_compressor = True
 
@@ -67,8 +76,33 @@ class KvMemory(Memory):
             problems.append(f"scores {tuple(self.scores.shape)} do not match {n} entries")
         if (self.keys.dtype == torch.int8) != (self.key_scale is not None and self.value_scale is not None):
             problems.append("int8 entries need key_scale and value_scale, other dtypes none")
+        if (self.keys.dtype == torch.uint8) != (self.quant is not None):
+            problems.append("int4 / int2 entries need their quantisation tensors, other dtypes none")
+        elif self.quant is not None and (sorted(self.quant) != sorted(QUANT_TENSORS)
+                                         or self.quant["q_group"].shape != (2,)
+                                         or int(self.quant["q_group"][0]) not in kv_quant.QUANT_BITS.values()):
+            problems.append("int4 / int2 quantisation tensors are incomplete")
+        elif self.quant is not None:
+            problems += self._quant_problems()
         if problems:
             raise InvalidInputError("inconsistent KvMemory: " + "; ".join(problems))
+
+    def _quant_problems(self) -> list[str]:
+        q, n = self.quant, self.keys.shape[0]
+        bits, group = (int(x) for x in q["q_group"])
+        if group < 1 or q["q_key_scale"].dim() != 2:
+            return [f"int{bits} group {group} or key scales {tuple(q['q_key_scale'].shape)} are malformed"]
+        dim = q["q_key_scale"].shape[1]
+        _, small, groups = kv_quant.key_groups(self.counts, group)
+        value_groups = dim // kv_quant.value_group(group, dim) if dim else 0
+        want = {"q_key_scale": (groups, dim), "q_key_zero": (groups, dim),
+                "q_key_entry_scale": (int(small.sum()), value_groups),
+                "q_key_entry_zero": (int(small.sum()), value_groups),
+                "q_value_scale": (n, value_groups), "q_value_zero": (n, value_groups)}
+        problems = [f"{k} is {tuple(q[k].shape)}, expected {v}" for k, v in want.items() if tuple(q[k].shape) != v]
+        if self.keys.dim() != 2 or self.keys.shape[1] != -(-dim * bits // 8):
+            problems.append(f"int{bits} codes {tuple(self.keys.shape)} do not hold {dim} channels")
+        return problems
 
     # --- sizes ----------------------------------------------------------------------------------
     @property
@@ -98,8 +132,10 @@ class KvMemory(Memory):
 
     @property
     def storage(self) -> str:
-        """"float16", "float32" or "int8"."""
-        return next(k for k, v in STORAGE_DTYPES.items() if v == self.keys.dtype)
+        """"float16", "float32", "int8", "int4" or "int2"."""
+        if self.quant is not None:
+            return f"int{int(self.quant['q_group'][0])}"
+        return next(k for k, v in STORAGE_DTYPES.items() if v == self.keys.dtype and k not in kv_quant.QUANT_BITS)
 
     def nbytes(self) -> int:
         """Bytes of every stored tensor (what a file holds, header aside)."""
@@ -108,12 +144,24 @@ class KvMemory(Memory):
     # --- building and reading -------------------------------------------------------------------
     @classmethod
     def from_entries(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
-                     counts: torch.Tensor, storage: str, **provenance: Any) -> KvMemory:
-        """Store float entries (ordered by layer, head, position) as `storage`."""
+                     counts: torch.Tensor, storage: str, *, quant_group: int = 128,
+                     rotary_emb: torch.nn.Module | None = None, **provenance: Any) -> KvMemory:
+        """Store float entries (ordered by layer, head, position; keys rotated for `prefix_tokens +
+        position`) as `storage`. int4 / int2 un-rotate the keys with the decoder's `rotary_emb` and
+        quantise in groups of `quant_group` (see `kv_quant`)."""
         if storage not in STORAGE_DTYPES:
             raise InvalidInputError(f"unknown KV storage {storage!r}: use one of {sorted(STORAGE_DTYPES)}")
         if provenance.get("scores") is not None:
             provenance["scores"] = provenance["scores"].detach().to("cpu", torch.float16)
+        if storage in kv_quant.QUANT_BITS:
+            from .kv_attention import rotate_each
+
+            if rotary_emb is None:
+                raise InvalidInputError(f"{storage} KV storage needs the decoder's rotary embedding")
+            back = -(positions.to(keys.device).long() + int(provenance["prefix_tokens"]))
+            plain = rotate_each(keys, back, rotary_emb).cpu()
+            return cls._quantised(plain, values.float().cpu(), positions, counts.to(torch.int32).cpu(),
+                                  kv_quant.QUANT_BITS[storage], quant_group, **provenance)
         keys, values = keys.float().cpu(), values.float().cpu()
         positions, counts = positions.to(torch.int32).cpu(), counts.to(torch.int32).cpu()
         if storage != "int8":
@@ -128,8 +176,51 @@ class KvMemory(Memory):
         return cls(qk, qv, positions, counts, key_scale=key_scale.view(*counts.shape, -1).half(),
                    value_scale=value_scale.half(), **provenance)
 
-    def float_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys, values) as float32, de-quantised if stored as int8."""
+    @classmethod
+    def _quantised(cls, plain_keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                   counts: torch.Tensor, bits: int, group: int, **provenance: Any) -> KvMemory:
+        """An int4 / int2 memory of pre-RoPE float keys and values."""
+        n_tokens = sum(p.source_tokens for p in provenance["pieces"])
+        positions = positions.cpu().to(torch.int16 if n_tokens < 32768 else torch.int32)
+        k = kv_quant.quantise_keys(plain_keys, counts, bits, group)
+        v_codes, v_scale, v_zero = kv_quant.quantise_values(values, bits, group)
+        quant = {"q_group": torch.tensor([bits, group], dtype=torch.int32), "q_key_scale": k["key_scale"],
+                 "q_key_zero": k["key_zero"], "q_key_entry_scale": k["key_entry_scale"],
+                 "q_key_entry_zero": k["key_entry_zero"], "q_value_scale": v_scale, "q_value_zero": v_zero}
+        return cls(kv_quant.pack(k["codes"], bits), kv_quant.pack(v_codes, bits), positions, counts,
+                   quant=quant, **provenance)
+
+    def dequantised(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int4 / int2: (keys before rotation, values) as float32."""
+        if self.quant is None:
+            raise InvalidInputError(f"a {self.storage} KV memory is not quantised to int4 / int2")
+        q = self.quant
+        bits, group = (int(x) for x in q["q_group"])
+        dim = q["q_key_scale"].shape[1]
+        keys = kv_quant.dequantise_keys(kv_quant.unpack(self.keys, bits, dim), self.counts, group, q["q_key_scale"],
+                                        q["q_key_zero"], q["q_key_entry_scale"], q["q_key_entry_zero"])
+        values = kv_quant.dequantise_values(kv_quant.unpack(self.values, bits, dim), q["q_value_scale"],
+                                            q["q_value_zero"])
+        return keys, values
+
+    def _rotated_entries(self, delta: int, rotary_emb: torch.nn.Module | None, device: torch.device | str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (keys rotated for prefix_tokens + delta + position, values) on `device`."""
+        from .kv_attention import rerotate, rotate_each
+
+        if self.quant is None:
+            keys, values = self.float_entries()
+            return rerotate(keys.to(device), delta, rotary_emb) if delta else keys.to(device), values.to(device)
+        if rotary_emb is None:
+            raise InvalidInputError(f"reading a {self.storage} KV memory needs the decoder's rotary embedding")
+        keys, values = self.to(device).dequantised()
+        return rotate_each(keys, self.positions.to(device).long() + (self.prefix_tokens + delta), rotary_emb), values
+
+    def float_entries(self, rotary_emb: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) as float32, de-quantised if stored as int8 / int4 / int2 (those need the
+        decoder's `rotary_emb`: their keys are stored before rotation)."""
+        if self.quant is not None:
+            return self._rotated_entries(0, rotary_emb, self.keys.device)
         if self.key_scale is None:
             return self.keys.float(), self.values.float()
         owner = entry_owners(self.counts).to(self.keys.device)
@@ -144,11 +235,8 @@ class KvMemory(Memory):
         Each head's entries fill its first columns; a layer is as wide as its fullest head and
         `valid` marks which columns each head really kept.
         """
-        from .kv_attention import rerotate
-
-        keys, values = self.float_entries()
-        keys = rerotate(keys.to(device), delta, rotary_emb).to(dtype)
-        values = values.to(device, dtype)
+        keys, values = self._rotated_entries(delta, rotary_emb, device)  # int4 / int2: one rotation
+        keys, values = keys.to(dtype), values.to(dtype)
         positions = self.positions.to(device).long() + (self.prefix_tokens + delta)
         flat = self.counts.reshape(-1).long().to(device)
         owner = entry_owners(self.counts).to(device)
@@ -177,12 +265,22 @@ class KvMemory(Memory):
         return self.select(self.scores.float().topk(entries).indices.sort().values)
 
     def select(self, kept: torch.Tensor) -> KvMemory:
-        """A copy with the entries at the sorted indices `kept` (order by layer, head, position is kept)."""
+        """A copy with the entries at the sorted indices `kept` (order by layer, head, position is kept).
+
+        int4 / int2 keys are re-quantised over the copy's groups (values keep their codes)."""
         from dataclasses import replace
 
         if kept.numel() == self.kept_entries:
             return self
         counts = torch.bincount(entry_owners(self.counts)[kept], minlength=self.counts.numel()).view(self.counts.shape)
+        if self.quant is not None:
+            keys, values = self.dequantised()
+            bits, group = (int(x) for x in self.quant["q_group"])
+            provenance = {f.name: getattr(self, f.name) for f in fields(self)
+                          if f.name not in ("keys", "values", "positions", "counts", "quant", "scores")}
+            return type(self)._quantised(keys[kept], values[kept], self.positions[kept], counts.to(torch.int32),
+                                         bits, group, scores=None if self.scores is None else self.scores[kept],
+                                         **provenance)
         return replace(self, keys=self.keys[kept], values=self.values[kept], positions=self.positions[kept],
                        counts=counts.to(torch.int32), scores=None if self.scores is None else self.scores[kept],
                        value_scale=None if self.value_scale is None else self.value_scale[kept])
@@ -191,6 +289,12 @@ class KvMemory(Memory):
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the memory stores, by name (what its file holds)."""
         out = {"keys": self.keys, "values": self.values, "positions": self.positions, "counts": self.counts}
+        if self.quant is not None:
+            out |= self.quant
+            bitmap_bytes = self.counts.numel() * -(-self.source_tokens // 8)
+            if bitmap_bytes < self.positions.numel() * self.positions.element_size():
+                del out["positions"]
+                out["position_bits"] = kv_quant.positions_bitmap(self.positions, self.counts, self.source_tokens)
         if self.key_scale is not None:
             out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
         if self.scores is not None:
@@ -214,11 +318,19 @@ class KvMemory(Memory):
             if _checksum(tensors) != header["sha256"]:
                 raise CorruptFileError(f"{path}: its tensors do not match the checksum in its header: "
                                        "the file was edited or damaged; compress the text again")
-            memory = cls(tensors["keys"], tensors["values"], tensors["positions"], tensors["counts"],
+            positions = tensors.get("positions")
+            if positions is None:
+                positions, per_head = kv_quant.bitmap_positions(tensors["position_bits"])
+                if not torch.equal(per_head, tensors["counts"].reshape(-1).long()):
+                    raise CorruptFileError(f"{path}: its position bitmap disagrees with its counts")
+                pieces = tuple(Piece(*row) for row in header["pieces"])
+                positions = positions.to(torch.int16 if sum(p.source_tokens for p in pieces) < 32768 else torch.int32)
+            quant = {k: tensors[k] for k in QUANT_TENSORS} if "q_group" in tensors else None
+            memory = cls(tensors["keys"], tensors["values"], positions, tensors["counts"],
                          tuple(Piece(*row) for row in header["pieces"]), int(header["prefix_tokens"]),
                          header["prefix_sha256"], header["compressor"], header["compressor_version"],
                          header["backbone"], tensors.get("key_scale"), tensors.get("value_scale"),
-                         dict(header.get("metadata", {})), tensors.get("scores"))
+                         dict(header.get("metadata", {})), tensors.get("scores"), quant)
         except (KeyError, TypeError, ValueError) as e:  # InvalidInputError is a ValueError
             raise CorruptFileError(f"{path} is not a readable icae_rag KV memory ({e}): compress the text again") from e
         return memory if str(device) == "cpu" else memory.to(device)
@@ -227,7 +339,10 @@ class KvMemory(Memory):
         """A copy whose tensors live on `device` (storage dtype unchanged)."""
         from dataclasses import replace
 
-        moved = {k: t.to(device) for k, t in self.tensors().items()}
+        names = ("keys", "values", "positions", "counts", "key_scale", "value_scale", "scores")
+        moved = {k: getattr(self, k).to(device) for k in names if getattr(self, k) is not None}
+        if self.quant is not None:
+            moved["quant"] = {k: t.to(device) for k, t in self.quant.items()}
         return replace(self, **moved)
 
 

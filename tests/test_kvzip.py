@@ -175,7 +175,7 @@ def test_reconstruct_repeats_from_the_memory(kv_full):
     assert isinstance(text, str)
 
 
-@pytest.mark.parametrize("storage", ["float16", "float32", "int8"])
+@pytest.mark.parametrize("storage", ["float16", "float32", "int8", "int4", "int2"])
 def test_save_load_round_trip(tmp_path, storage):
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, storage=storage)
     m = comp.compress(TEXT)
@@ -219,7 +219,7 @@ def test_memory_of_another_decoder_or_prefix_is_refused(kvzip):
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=1), dict(ratio=0.5), dict(ratio="4"), dict(ratio=float("nan")),
-                                 dict(keep_fraction=0), dict(keep_fraction=1.5), dict(storage="int4")])
+                                 dict(keep_fraction=0), dict(keep_fraction=1.5), dict(storage="int3")])
 def test_bad_config_is_a_typed_error(bad):
     with pytest.raises(ConfigError):
         new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **bad)

@@ -71,7 +71,8 @@ class KvzipConfig:
     max_ratio: float = 16.0  # adaptive: never keep less than 1/max_ratio of a window's entries
     ratio: float | None = None  # fixed: keep 1/ratio of the passage's (layer, head, position) entries
     keep_fraction: float | None = None  # fixed, instead of ratio: the share kept (1.0 keeps everything)
-    storage: str = "float16"  # "float16", "float32" or "int8"
+    storage: str = "float16"  # "float16", "float32", "int8", "int4" or "int2"
+    quant_group: int = 128  # int4 / int2: entries per key scale group (a power of two >= 8; see kv_quant)
     # Store each passage at this ratio (<= ratio) and, when memories are read together, prune them to
     # `ratio` overall with one budget: the passage the decoder needs most keeps most.
     stored_ratio: float | None = None
@@ -105,6 +106,9 @@ class KvzipConfig:
                               f"stored_ratio={self.stored_ratio} with ratio={self.ratio}")
         if self.storage not in STORAGE_DTYPES:
             raise ConfigError(f"kvzip storage must be one of {sorted(STORAGE_DTYPES)}, got {self.storage!r}")
+        if isinstance(self.quant_group, bool) or not isinstance(self.quant_group, int) or self.quant_group < 8 \
+                or self.quant_group & (self.quant_group - 1):
+            raise ConfigError(f"kvzip quant_group must be a power of two >= 8, got {self.quant_group!r}")
         if self.window_tokens < 16 or self.lead_tokens < 0:
             raise ConfigError("kvzip window_tokens must be >= 16 and lead_tokens >= 0")
 
@@ -150,7 +154,8 @@ class KvzipCompressor(Compressor):
         kv_attention.require(decoder.model)
         self.trained = True  # training-free: what it claims is what it is
         # Every store lookup asks for the version: render the prefix and hash the config once.
-        settings = {k: v for k, v in asdict(config).items() if k != "decoder"}
+        settings = {k: v for k, v in asdict(config).items()  # quant_group: only int4 / int2 memories differ
+                    if k != "decoder" and (k != "quant_group" or config.storage in ("int4", "int2"))}
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         if config.adaptive:
             settings |= {"fidelity": config.target_fidelity, "ladder": config.ladder, "check": CHECK}
@@ -191,6 +196,7 @@ class KvzipCompressor(Compressor):
         prefix = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
                           compressor_version=self.version, backbone=self.backbone_id)
+        quant = dict(quant_group=self.config.quant_group, rotary_emb=kv_attention.rotary(model))
         memories = []
         step, lead_tokens = self.config.window_tokens, self.config.lead_tokens
         for text, lead in tqdm(list(zip(texts, leads, strict=True)), desc="kvzip: scoring passages", unit="passage",
@@ -206,7 +212,7 @@ class KvzipCompressor(Compressor):
                 context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
                 window = self._score_window(context, ids[start:start + step], start, cache, repeat_ids)
                 parts.append(self._choose(window, sha, provenance))
-            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance)
+            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
             memory.metadata |= _budget_metadata(parts, self.config)
             if lead:
                 memory.metadata["lead_sha256"] = text_sha256(lead)
