@@ -1,4 +1,5 @@
 """Experiment helpers: teacher-forced target log-probs from answer prompts with KV memories."""
+
 import re
 from dataclasses import replace
 
@@ -13,10 +14,31 @@ from icae_rag.kv_memory import KvMemory
 def target_logprobs(comp, contexts_list, questions, targets, mode="answer"):
     """Per row: (n_t, V) log-softmax of the next-token distribution at each target token."""
     dec = comp.decoder
-    prompts = [G.build_prompt(comp, ctx, question=q, mode=mode) if mode == "answer" else G.build_prompt(comp, ctx, mode=mode)
-               for ctx, q in zip(contexts_list, questions)]
-    prompts = [replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], dec.embed_ids(torch.tensor(t[:-1], dtype=torch.long)).to(p.segments[-1].dtype)]) if len(t) > 1 else p.segments[-1]])
-               for p, t in zip(prompts, targets)]
+    prompts = [
+        G.build_prompt(comp, ctx, question=q, mode=mode)
+        if mode == "answer"
+        else G.build_prompt(comp, ctx, mode=mode)
+        for ctx, q in zip(contexts_list, questions, strict=False)
+    ]
+    prompts = [
+        replace(
+            p,
+            segments=[
+                *p.segments[:-1],
+                torch.cat(
+                    [
+                        p.segments[-1],
+                        dec.embed_ids(torch.tensor(t[:-1], dtype=torch.long)).to(
+                            p.segments[-1].dtype
+                        ),
+                    ]
+                )
+                if len(t) > 1
+                else p.segments[-1],
+            ],
+        )
+        for p, t in zip(prompts, targets, strict=False)
+    ]
     # replicate _prefill (memory path) keeping all text positions' hidden states
     prefix = prompts[0].segments[0]
     shared = G._extend(dec, G._RowCache.empty(), prefix)[1]
@@ -44,19 +66,25 @@ def target_logprobs(comp, contexts_list, questions, targets, mode="answer"):
         qpos[i, n:] = pos[-1]
     cache, _, valid, columns = G._stack_rows(dec, rows)
     heads = valid[0].shape[1]
-    view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
-                  positions=[torch.cat([p, qpos[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
-                  query_positions=qpos)
-    out = dec.model.model(inputs_embeds=x, position_ids=qpos, past_key_values=cache, use_cache=False, kv_view=view)
+    view = KvView(
+        valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
+        positions=[torch.cat([p, qpos[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
+        query_positions=qpos,
+    )
+    out = dec.model.model(
+        inputs_embeds=x, position_ids=qpos, past_key_values=cache, use_cache=False, kv_view=view
+    )
     h = out.last_hidden_state
     res = []
-    for i, (n, tg) in enumerate(zip(lengths, targets)):
-        hs = h[i, n - len(tg): n]
+    for i, (n, tg) in enumerate(zip(lengths, targets, strict=False)):
+        hs = h[i, n - len(tg) : n]
         res.append(torch.log_softmax(dec.model.lm_head(hs).float(), -1))
     return res
 
 
-_SALIENT = re.compile(r"[A-Za-z_\-\.]*\d[\w\-\.,:/%]*|--?[A-Za-z][\w\-]*|[A-Z][\w\-]*[A-Z_\d][\w\-]*|\b[a-z]+_[\w]+|\b[A-Z][a-z]{2,}")
+_SALIENT = re.compile(
+    r"[A-Za-z_\-\.]*\d[\w\-\.,:/%]*|--?[A-Za-z][\w\-]*|[A-Z][\w\-]*[A-Z_\d][\w\-]*|\b[a-z]+_[\w]+|\b[A-Z][a-z]{2,}"
+)
 
 
 def cloze_spans(text, n, prev_words=8):
@@ -68,13 +96,20 @@ def cloze_spans(text, n, prev_words=8):
         if len(before) < 3:
             continue
         # skip sentence-initial capitalised words
-        if m.group()[0].isupper() and not any(c.isdigit() for c in m.group()) and text[:s].rstrip()[-1:] in ".!?\n":
+        if (
+            m.group()[0].isupper()
+            and not any(c.isdigit() for c in m.group())
+            and text[:s].rstrip()[-1:] in ".!?\n"
+        ):
             continue
         target = text[s:].split()[:3]
         cands.append((" ".join(before[-prev_words:]), " ".join(target)[:40]))
     if not cands:
         words = text.split()
-        cands = [(" ".join(words[max(0, i - prev_words):i]), " ".join(words[i:i + 3])) for i in range(3, len(words), 7)]
+        cands = [
+            (" ".join(words[max(0, i - prev_words) : i]), " ".join(words[i : i + 3]))
+            for i in range(3, len(words), 7)
+        ]
     if len(cands) <= n:
         return cands
     step = len(cands) / n
