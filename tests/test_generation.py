@@ -23,7 +23,8 @@ from icae_rag.soft_prompt import SoftPrompt
 def test_answer_reports_positions_and_ratio(tiny_compressor):
     contexts = [TEXT] if tiny_compressor.kind == "raw" else [tiny_compressor.compress(TEXT)]
     ans = tiny_compressor.answer("When did Apollo 11 land?", contexts, max_new_tokens=5)
-    assert 1 <= ans.new_tokens <= 5 and isinstance(ans.text, str)
+    assert 1 <= ans.new_tokens <= 5 and ans.new_tokens == len(ans.token_ids)
+    assert ans.text == tiny_compressor.decoder.tokenizer.decode(ans.token_ids, skip_special_tokens=True).strip()
     assert ans.source_tokens == len(tiny_compressor.tokenize(TEXT))
     assert ans.input_positions > ans.soft_tokens
     if tiny_compressor.kind == "raw":

@@ -51,7 +51,10 @@ def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
     assert isinstance(engine, RetrieverQueryEngine)
     assert list(engine.get_prompts()) == ["response_synthesizer:question_template"]
     response = engine.query("When did Apollo 11 land?")
-    assert isinstance(response, Response) and isinstance(response.response, str)
+    contexts = engine._response_synthesizer.contexts(response.source_nodes)
+    assert isinstance(response, Response)
+    assert response.response == tiny_icae.answer("When did Apollo 11 land?", contexts, max_new_tokens=6).text
+    assert sum(isinstance(c, str) for c in contexts) == 1 and len(contexts) == 3  # keep_top_raw=1
     assert len(response.source_nodes) == 3 and all(n.node.ref_doc_id.startswith("doc") for n in response.source_nodes)
     asyn = asyncio.run(engine.aquery("When did Apollo 11 land?"))
     assert asyn.response == response.response
