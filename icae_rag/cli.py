@@ -30,6 +30,17 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+# Third-party libraries whose advisory warnings (deprecations, future defaults) a command hides.
+_QUIET_MODULES = r"(torch|transformers|peft|accelerate|sentence_transformers|huggingface_hub|tqdm|llmlingua)(\.|$)"
+
+
+def _quiet_warnings() -> None:
+    # Only these: icae-rag's own warnings (e.g. "ignoring ... keys written by a newer icae-rag") still
+    # reach stderr. "Untrained" is said once, plainly, by `main` instead of as a Python warning.
+    warnings.filterwarnings("ignore", module=_QUIET_MODULES)
+    warnings.filterwarnings("ignore", message=r".*(is marked untrained|compressor is untrained)", category=UserWarning)
+
+
 def _load(args: argparse.Namespace, kind: str | None = None):
     from .compressors import load_compressor
 
@@ -318,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="compress documents into a memory store (local or Ray workers)")
     idx.add_argument("docs", nargs="+", metavar="DOCS", help="UTF-8 text files")
     idx.add_argument("--store", required=True, help="SlotStore directory, .lance path, lance://... or s3://.../x.lance")
-    idx.add_argument("--compressor", default="icae", help="kind, kind:key=value,... or checkpoint dir (default icae)")
+    idx.add_argument("--compressor", default=DEFAULT_KIND,
+                     help="kind, kind:key=value,... or checkpoint dir (default %(default)s)")
     idx.add_argument("--engine", default="local", choices=["local", "ray"])
     idx.add_argument("--workers", type=int, help="Ray actors (default 2; local: 1)")
     idx.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor (default 1)")
@@ -343,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
-            # Say "untrained" once, plainly, instead of a Python warning with a stack location.
-            warnings.simplefilter("ignore")
+            _quiet_warnings()
             result = args.func(args)
     except IcaeRagError as e:
         if as_json:

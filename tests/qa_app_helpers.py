@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import BaseEmbedding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,18 +22,55 @@ if str(ROOT) not in sys.path:  # `examples` is imported from the repository root
     sys.path.insert(0, str(ROOT))
 
 
+class Hold:
+    """A point where work waits, once `after` passes went through, until `release()`: a test holds an
+    upload mid-way for as long as it needs (`wait_until_holding()`), with no clock in its checks."""
+
+    def __init__(self, after: int = 0, wait: float = 60.0) -> None:
+        self.after, self.wait, self.passes = after, wait, 0
+        self.released, self.holding = threading.Event(), threading.Event()
+
+    def enter(self) -> None:
+        """Called by the held work: waits here (at most `wait` s) from the `after`-th pass on, until released."""
+        if self.passes >= self.after and not self.released.is_set():
+            self.holding.set()
+            if not self.released.wait(self.wait):
+                self.released.set()  # waited once in vain: the test fails on its own checks, the work goes on
+        self.passes += 1
+
+    def wrap(self, fn):
+        """`fn`, entering this hold before each call."""
+        def held(*args, **kwargs):
+            self.enter()
+            return fn(*args, **kwargs)
+        return held
+
+    def wait_until_holding(self, timeout: float = 60.0) -> bool:
+        """Whether the work reached the hold within `timeout` seconds."""
+        return self.holding.wait(timeout)
+
+    def release(self) -> None:
+        """Let held and later passes through."""
+        self.released.set()
+
+
 class HashEmbedding(BaseEmbedding):
     """Words hashed into `dim` buckets, L2-normalised: instant, deterministic, topical enough to retrieve by.
 
-    `delay` seconds are slept per document text (not per query), to make uploads slow on purpose.
+    `hold(after)` returns a `Hold` that document texts (not queries) enter before being embedded.
     """
 
     dim: int = 64
-    delay: float = 0.0
+    _hold: Hold | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         return "HashEmbedding"
+
+    def hold(self, after: int = 0, wait: float = 60.0) -> Hold:
+        """From now on, document texts after the first `after` wait until the returned hold is released."""
+        self._hold = Hold(after, wait)
+        return self._hold
 
     def _vector(self, text: str) -> list[float]:
         v = [0.0] * self.dim
@@ -48,7 +86,8 @@ class HashEmbedding(BaseEmbedding):
         return self._vector(query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        time.sleep(self.delay)
+        if self._hold is not None:
+            self._hold.enter()
         return self._vector(text)
 
 

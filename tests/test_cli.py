@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import TEXT
 from icae_rag.cli import main
+from icae_rag.compressors.base import CONFIG_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -84,3 +91,32 @@ def test_errors_are_typed_and_json(capsys, tmp_path):
 def test_unknown_compressor_is_rejected_by_the_parser(capsys):
     code, out, _ = run(capsys, "ask", "--json", "--compressor", "zip", "--context", "x", "Q?")
     assert code == 2 and json.loads(out)["type"] == "UsageError" and "zip" in json.loads(out)["error"]
+
+
+def test_index_defaults_to_the_default_kind():
+    from icae_rag import DEFAULT_KIND
+    from icae_rag.cli import build_parser
+
+    parser = build_parser()
+    assert DEFAULT_KIND == "kvzip"
+    assert parser.parse_args(["index", "docs", "--store", "m.lance"]).compressor == DEFAULT_KIND
+    assert parser.parse_args(["ask", "--context", "x.txt", "Q?"]).compressor == DEFAULT_KIND
+
+
+def test_the_project_s_own_warnings_reach_stderr(ckpt, tmp_path):
+    # A checkpoint written by a newer icae-rag (an unknown config key) loads with a warning the user sees,
+    # through the real console entry point (a fresh process: stderr as the user gets it).
+    config = Path(ckpt) / CONFIG_NAME
+    meta = json.loads(config.read_text())
+    meta["config"]["a_future_option"] = 1
+    config.write_text(json.dumps(meta))
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(TEXT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", "import sys; from icae_rag.cli import main; sys.exit(main())",
+                           "compress", str(ctx), "-o", str(tmp_path / "m.safetensors"), "--checkpoint", ckpt,
+                           "--device", "cpu", "--json"], capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring IcaeConfig keys ['a_future_option'] written by a newer icae-rag" in proc.stderr
+    # "Untrained" stays the CLI's own plain line (where a command reports it), not a Python warning too.
+    assert "is marked untrained" not in proc.stderr

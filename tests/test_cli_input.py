@@ -1,4 +1,4 @@
-"""Bad input to `icae-rag`: a typed error and exit 2 before any model (or torch) loads, in well under 3 s."""
+"""Bad input to `icae-rag`: a typed error and exit 2 before any model (or torch) is imported."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,14 @@ PROBE = ("import json, sys\n"
          "'transformers': 'transformers' in sys.modules}))\n")
 
 
-def run_cli(*argv: str) -> tuple[dict, dict, float]:
-    """(the CLI's JSON error, the probe's report, seconds) for `icae-rag <argv>` in a fresh process."""
+def run_cli(*argv: str) -> tuple[dict, dict]:
+    """(the CLI's JSON error, the probe's report) for `icae-rag <argv>` in a fresh process."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
                           timeout=60, check=False)
-    seconds = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 2, f"expected the error and the probe report, got {proc.stdout!r} / {proc.stderr!r}"
-    return json.loads(lines[0]), json.loads(lines[1]), seconds
+    return json.loads(lines[0]), json.loads(lines[1])
 
 
 @pytest.fixture
@@ -73,22 +70,21 @@ def test_bad_context_file_is_refused_before_any_model(tmp_path, case, error_type
     path = _bad_file(tmp_path, case)
     argv = (["ask", "--json", "--context", path, "What?"] if command == "ask"
             else ["compress", "--json", path, "-o", str(tmp_path / "out.safetensors")])
-    error, probe, seconds = run_cli(*argv)
+    error, probe = run_cli(*argv)
     assert probe["code"] == 2 and error["type"] == error_type and words in error["error"], error
     assert not probe["torch"] and not probe["transformers"], "a model library was imported before the check"
-    assert seconds < 3
 
 
 @pytest.mark.parametrize("question", ["", "   \n "])
 def test_empty_question_blames_the_question(good, question):
-    error, probe, seconds = run_cli("ask", "--json", "--context", str(good), question)
+    error, probe = run_cli("ask", "--json", "--context", str(good), question)
     assert probe["code"] == 2 and error["type"] == "EmptyTextError"
     assert "question" in error["error"] and str(good) not in error["error"]
-    assert not probe["torch"] and seconds < 3
+    assert not probe["torch"]
 
 
 def test_question_checked_before_the_files(tmp_path):
-    error, probe, _ = run_cli("ask", "--json", "--context", str(tmp_path / "missing.txt"), " ")
+    error, probe = run_cli("ask", "--json", "--context", str(tmp_path / "missing.txt"), " ")
     assert probe["code"] == 2 and error["type"] == "EmptyTextError"
 
 
@@ -99,30 +95,32 @@ def test_question_checked_before_the_files(tmp_path):
     ["--json", "nonsense"],
 ])
 def test_argparse_errors_are_json(argv):
-    error, probe, seconds = run_cli(*argv)
+    error, probe = run_cli(*argv)
     assert probe["code"] == 2 and error["type"] == "UsageError" and error["error"]
-    assert not probe["torch"] and seconds < 3
+    assert not probe["torch"]
 
 
 def test_bad_numbers_are_refused_before_any_model(good):
     for flag in ("--budget", "--max-new-tokens"):
-        error, probe, _ = run_cli("ask", "--json", "--context", str(good), flag, "0", "What?")
+        error, probe = run_cli("ask", "--json", "--context", str(good), flag, "0", "What?")
         assert probe["code"] == 2 and error["type"] == "InvalidInputError" and flag in error["error"]
         assert not probe["torch"]
 
 
 def test_an_explicit_builtin_compressor_does_not_import_torch_before_the_checks(tmp_path):
     from icae_rag.cli import BUILTIN_KINDS
-    from icae_rag.compressors import compressor_kinds
+    from icae_rag.compressors.base import _REGISTRY
 
-    assert set(BUILTIN_KINDS) <= set(compressor_kinds()), "BUILTIN_KINDS names a kind that is not registered"
+    # Exactly the kinds icae_rag itself registers (other tests may register their own for a while).
+    own = sorted(kind for kind, (_, cls) in _REGISTRY.items() if cls.__module__.startswith("icae_rag."))
+    assert list(BUILTIN_KINDS) == own, "BUILTIN_KINDS must list the kinds icae_rag.compressors registers"
     for kind in ("raw", "kvzip:ratio=8"):
-        error, probe, seconds = run_cli("ask", "--json", "--compressor", kind, "--context", str(tmp_path), "What?")
-        assert probe["code"] == 2 and error["type"] == "NotAFileError" and not probe["torch"] and seconds < 3
+        error, probe = run_cli("ask", "--json", "--compressor", kind, "--context", str(tmp_path), "What?")
+        assert probe["code"] == 2 and error["type"] == "NotAFileError" and not probe["torch"]
 
 
 def test_reconstruct_of_a_directory_is_refused_before_any_model(tmp_path):
-    error, probe, _ = run_cli("reconstruct", "--json", str(tmp_path))
+    error, probe = run_cli("reconstruct", "--json", str(tmp_path))
     assert probe["code"] == 2 and error["type"] == "NotAFileError" and not probe["torch"]
 
 

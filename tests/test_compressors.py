@@ -270,3 +270,40 @@ def test_e2llm_with_encoder_and_decoder_lora_round_trip(tmp_path):
     assert loaded.answer("When?", [prompt], max_new_tokens=4).token_ids == answer.token_ids
     # The decoder LoRA is the compressor's own: another compressor's decoder is untouched.
     assert not any("lora" in n for n, _ in plain.decoder.model.named_parameters())
+
+
+def _last_row_contained(readme: str, mode: str) -> str:
+    """The contained share in the README's last table row for `mode`."""
+    rows = [line for line in readme.splitlines() if line.startswith(f"| {mode} |")]
+    return rows[-1].split("|")[4].split()[0]
+
+
+@pytest.mark.parametrize("kind", ["icae", "e2llm"])
+def test_shipped_note_quotes_the_checkpoint_readme(kind):
+    from icae_rag.compressors import shipped_checkpoint, shipped_note
+
+    readme = (shipped_checkpoint(kind) / "README.md").read_text()
+    note = shipped_note(kind)
+    assert "\n" not in note and "CPU-trained demonstration" in note and f"`icae-rag train {kind}`" in note
+    own, none = _last_row_contained(readme, kind), _last_row_contained(readme, "none")
+    assert f"contain the gold answer {own} of the time vs {none} with no context" in note
+
+
+def test_loading_a_shipped_checkpoint_logs_one_line(tiny_icae, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import icae_rag.compressors as compressors
+
+    tiny_icae.trained = True
+    tiny_icae.save_pretrained(tmp_path / "icae-tiny")
+    readme = compressors.SHIPPED_DIR / compressors.SHIPPED["icae"] / "README.md"
+    (tmp_path / "icae-tiny" / "README.md").write_text(readme.read_text())
+    monkeypatch.setattr(compressors, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setitem(compressors.SHIPPED, "icae", "icae-tiny")
+    with caplog.at_level(logging.INFO, logger="icae_rag"):
+        load_compressor("icae", device="cpu")
+    assert [r.getMessage() for r in caplog.records] == [compressors.shipped_note("icae")]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="icae_rag"):
+        load_compressor(tiny_icae.save_pretrained(tmp_path / "own"), device="cpu")
+    assert caplog.records == [], "a checkpoint of one's own is not the shipped demonstration"

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import TEXT
 from icae_rag.errors import InvalidInputError
-from icae_rag.generation import _NgramBan, build_prompt
+from icae_rag.generation import (
+    GenerationConfig,
+    _NgramBan,
+    build_prompt,
+    generate_from_prompts,
+    reconstruct_token_ids,
+    stop_token_ids,
+)
+from icae_rag.soft_prompt import SoftPrompt
 
 
 def test_answer_reports_positions_and_ratio(tiny_compressor):
     contexts = [TEXT] if tiny_compressor.kind == "raw" else [tiny_compressor.compress(TEXT)]
     ans = tiny_compressor.answer("When did Apollo 11 land?", contexts, max_new_tokens=5)
-    assert 1 <= ans.new_tokens <= 5 and isinstance(ans.text, str)
+    assert 1 <= ans.new_tokens <= 5 and ans.new_tokens == len(ans.token_ids)
+    assert ans.text == tiny_compressor.decoder.tokenizer.decode(ans.token_ids, skip_special_tokens=True).strip()
     assert ans.source_tokens == len(tiny_compressor.tokenize(TEXT))
     assert ans.input_positions > ans.soft_tokens
     if tiny_compressor.kind == "raw":
@@ -68,9 +79,22 @@ def test_stop_string_cuts_the_answer(tiny_raw):
     assert cut.text == full.text[: len(full.text) // 2].strip()
 
 
-def test_reconstruct_returns_text(tiny_icae):
-    text = tiny_icae.reconstruct(tiny_icae.compress(TEXT), max_new_tokens=4)
-    assert isinstance(text, str)
+def test_reconstruct_decodes_each_piece_alone_in_autoencode_mode(tiny_icae):
+    # reconstruct = greedy autoencoding of each piece's own soft prompt (batched), ids joined, then decoded.
+    prompt = tiny_icae.compress(TEXT)
+    assert len(prompt.pieces) > 1
+    tok, stops = tiny_icae.decoder.tokenizer, stop_token_ids(tiny_icae.decoder.tokenizer)
+    expected: list[int] = []
+    for piece in prompt.pieces:
+        rows = prompt.embeddings[piece.slot_start:piece.slot_end]
+        alone = SoftPrompt(rows, (dataclasses.replace(piece, slot_start=0, slot_end=rows.shape[0]),),
+                           prompt.compressor, prompt.compressor_version, prompt.backbone)
+        with torch.no_grad():
+            built = build_prompt(tiny_icae, [alone], mode="autoencode")
+        cfg = GenerationConfig(max_new_tokens=4, no_repeat_ngram_size=0)
+        expected += [t for t in generate_from_prompts(tiny_icae, [built], cfg)[0].token_ids if t not in stops]
+    assert expected and reconstruct_token_ids(tiny_icae, prompt, max_new_tokens=4, batch_size=2) == expected
+    assert tiny_icae.reconstruct(prompt, max_new_tokens=4) == tok.decode(expected, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("question", ["", "  ", None, 3])

@@ -16,7 +16,16 @@ from icae_rag.errors import (
     CorruptFileError,
     UnsupportedModelError,
 )
-from icae_rag.generation import _extend, _prefill, _RowCache, build_prompt
+from icae_rag.generation import (
+    GenerationConfig,
+    _extend,
+    _prefill,
+    _RowCache,
+    build_prompt,
+    generate_from_prompts,
+    reconstruct_token_ids,
+    stop_token_ids,
+)
 from icae_rag.kv_attention import rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
@@ -171,8 +180,17 @@ def test_soft_prompts_and_kv_memories_mix_in_one_prompt(tiny_icae, kvzip):
 
 
 def test_reconstruct_repeats_from_the_memory(kv_full):
-    text = kv_full.reconstruct(kv_full.compress(SECOND), max_new_tokens=5)
-    assert isinstance(text, str)
+    # Nothing evicted, fp32: the greedy repeat from the memory is the greedy repeat from the passage's own
+    # text in the same "repeat" prompt (the layout the memory was computed in).
+    memory, tok = kv_full.compress(SECOND), kv_full.decoder.tokenizer
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=0)
+    with torch.no_grad():
+        from_text = generate_from_prompts(kv_full, [build_prompt(kv_full, [SECOND], mode="repeat")], cfg)[0]
+    expected = [t for t in from_text.token_ids if t not in stop_token_ids(tok)]
+    assert len(expected) >= 6
+    assert reconstruct_token_ids(kv_full, memory, max_new_tokens=12) == expected
+    assert kv_full.reconstruct(memory, max_new_tokens=12) == tok.decode(expected, skip_special_tokens=True)
+    assert reconstruct_token_ids(kv_full, kv_full.compress(TEXT), max_new_tokens=12) != expected
 
 
 @pytest.mark.parametrize("storage", ["float16", "float32", "int8", "int4", "int2"])

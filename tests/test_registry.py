@@ -77,7 +77,11 @@ def test_the_llamaindex_engine_takes_the_toy_kind(toy):
     index = VectorStoreIndex.from_documents([Document(text=TEXT)], embed_model=MockEmbedding(embed_dim=8))
     engine = build_query_engine(index, "toy", device="cpu", generation={"max_new_tokens": 2})
     response = engine.query("When did Apollo 11 land?")
-    assert response.source_nodes and isinstance(str(response), str)
+    synth = engine._response_synthesizer
+    assert synth.compressor.kind == "toy"
+    contexts = synth.contexts(response.source_nodes)
+    assert response.source_nodes and [type(c).__name__ for c in contexts] == ["SoftPrompt"]
+    assert str(response) == synth.compressor.answer("When did Apollo 11 land?", contexts, max_new_tokens=2).text
     post = SoftPromptCompressor("toy", device="cpu")
     assert post.compressor.kind == "toy" and post.compressor_name == "toy"
     with pytest.raises(ValueError, match="'toy'"):

@@ -200,6 +200,7 @@ def _run_cli(args: list[str], launcher: list[str]) -> None:
                    check=True, env=env, capture_output=True, timeout=600)
 
 
+@pytest.mark.timeout(1300)  # two training runs, each with its own 600 s subprocess limit
 def test_two_processes_match_one_with_doubled_accumulation(corpus, tmp_path):
     """Two processes under `accelerate launch` == one process with grad_accum 2.
 

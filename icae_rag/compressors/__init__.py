@@ -53,6 +53,7 @@ __all__ = [
     "register_compressor",
     "shipped_checkpoint",
     "shipped_kinds",
+    "shipped_note",
     "unregister_compressor",
 ]
 # The built-in classes, imported (and their kind registered) on first use: name -> (kind, index in
@@ -70,6 +71,41 @@ def __getattr__(name: str) -> Any:
         kind, index = _CLASSES[name]
         return get_compressor_class(kind)[index]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def shipped_note(kind: str, path: str | os.PathLike | None = None) -> str:
+    """One line on a shipped checkpoint: what it is, how it scores against no context, how to train one.
+
+    The figures are read from the checkpoint's README.md (its last QA table: the share of answers
+    containing the gold answer, for `kind` and for `none`, no context); without them the line omits them.
+    """
+    path = Path(path) if path is not None else shipped_checkpoint(kind)
+    line = (f"{kind}: loaded the shipped checkpoint {path.name if path else kind}, a CPU-trained demonstration "
+            "on SmolLM2-135M")
+    figures = _readme_contained(path / "README.md", kind) if path is not None else None
+    if figures is not None:
+        title, own, none = figures
+        line += f"; on {title}, its answers contain the gold answer {own} of the time vs {none} with no context"
+    return line + f"; train one with `icae-rag train {kind}` (see the checkpoint's README.md)"
+
+
+def _readme_contained(readme: Path, kind: str) -> tuple[str, str, str] | None:
+    """(table title, `kind`'s contained, `none`'s contained) of the README's last QA table, or None."""
+    try:
+        lines = readme.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    found, title, rows = None, None, {}
+    for line in [*lines, ""]:
+        if line.startswith("QA, ") and line.endswith(":"):
+            title, rows = line[len("QA, "):-1], {}
+        elif title is not None and line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) >= 4:
+                rows[cells[0]] = cells[3].split(" ")[0]
+        elif title is not None and not line.strip() and kind in rows and "none" in rows:
+            found, title = (title, rows[kind], rows["none"]), None
+    return found
 
 
 def shipped_kinds() -> list[str]:
@@ -172,6 +208,9 @@ def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:
         raise CheckpointError(f"checkpoint {path} does not fit its own config ({e}): it is corrupted") from e
     compressor.trained = bool(meta.get("trained", False))
     compressor.training_info = dict(meta.get("training", {}))
+    if compressor.trained and shipped_checkpoint(compressor.kind) is not None \
+            and Path(path).resolve() == shipped_checkpoint(compressor.kind).resolve():
+        logger.warning(shipped_note(compressor.kind, path))
     if not compressor.trained:
         warnings.warn(f"checkpoint {path} is marked untrained: its soft prompts carry no usable information",
                       stacklevel=3)

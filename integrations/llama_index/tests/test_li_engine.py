@@ -51,7 +51,10 @@ def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
     assert isinstance(engine, RetrieverQueryEngine)
     assert list(engine.get_prompts()) == ["response_synthesizer:question_template"]
     response = engine.query("When did Apollo 11 land?")
-    assert isinstance(response, Response) and isinstance(response.response, str)
+    contexts = engine._response_synthesizer.contexts(response.source_nodes)
+    assert isinstance(response, Response)
+    assert response.response == tiny_icae.answer("When did Apollo 11 land?", contexts, max_new_tokens=6).text
+    assert sum(isinstance(c, str) for c in contexts) == 1 and len(contexts) == 3  # keep_top_raw=1
     assert len(response.source_nodes) == 3 and all(n.node.ref_doc_id.startswith("doc") for n in response.source_nodes)
     asyn = asyncio.run(engine.aquery("When did Apollo 11 land?"))
     assert asyn.response == response.response
@@ -72,12 +75,23 @@ def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
 
 def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     engine = build_query_engine(_index(), tiny_raw, generation={"max_new_tokens": 4})
+    sync = engine.query("Who walked on the Moon?")
+    native = SoftPromptCompressor._apostprocess_nodes
+    calls = []
+
+    async def spy(self, nodes, query_bundle=None):
+        calls.append(len(nodes))
+        return await native(self, nodes, query_bundle)
 
     def blocked(*args, **kwargs):
         raise AssertionError("aquery must not call the sync _postprocess_nodes")
 
     monkeypatch.setattr(SoftPromptCompressor, "_postprocess_nodes", blocked)
-    assert isinstance(asyncio.run(engine.aquery("Who walked on the Moon?")).response, str)
+    monkeypatch.setattr(SoftPromptCompressor, "_apostprocess_nodes", spy)
+    answer = asyncio.run(engine.aquery("Who walked on the Moon?"))
+    assert calls == [len(sync.source_nodes)]
+    assert answer.response == sync.response and sync.response
+    assert [n.node.node_id for n in answer.source_nodes] == [n.node.node_id for n in sync.source_nodes]
 
 
 def test_concurrent_async_queries_share_one_compressor_safely(tiny_icae):
@@ -100,7 +114,12 @@ def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
     with pytest.raises(AssertionError, match="OpenAI"):  # LlamaIndex's pitfall, which build_query_engine avoids
         index.as_query_engine(node_postprocessors=[post], response_synthesizer=synth)
     engine = index.as_query_engine(llm=MockLLM(), node_postprocessors=[post], response_synthesizer=synth)
-    assert isinstance(engine.query("Who walked on the Moon?").response, str)
+    response = engine.query("Who walked on the Moon?")
+    # The answer is the decoder's, read from the postprocessed nodes, not the MockLLM's.
+    contexts = synth.contexts(response.source_nodes)
+    assert len(contexts) == len(response.source_nodes) > 0
+    assert response.response == tiny_raw.answer("Who walked on the Moon?", contexts, max_new_tokens=4).text
+    assert response.response and response.response != MockLLM().complete("Who walked on the Moon?").text
 
 
 def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
