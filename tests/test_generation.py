@@ -8,6 +8,7 @@ import torch
 from conftest import TEXT
 from icae_rag.errors import InvalidInputError
 from icae_rag.generation import _NgramBan, build_prompt
+from icae_rag.hf_compat import cache_arg, output_cache
 
 
 def test_answer_reports_positions_and_ratio(tiny_compressor):
@@ -200,9 +201,9 @@ def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
                 out = model(inputs_embeds=kvzip.decoder.embed_ids(torch.tensor([[t]])), attention_mask=mask,
-                            position_ids=positions, past_key_values=cache, use_cache=True,
+                            position_ids=positions, **cache_arg(cache), use_cache=True,
                             **({} if view is None else {"kv_view": view}))
-                logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+                logits, cache, positions = out.logits[:, -1], output_cache(out), positions + 1
                 steps.append(logits.float()[0])
         assert torch.allclose(lp, torch.stack(steps), atol=1e-3)
     with pytest.raises(InvalidInputError, match="non-empty target"):
