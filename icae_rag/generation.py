@@ -19,6 +19,7 @@ import torch
 
 from . import kv_attention
 from .errors import BackboneMismatchError, InvalidInputError
+from .hf_compat import cache_arg, output_cache
 from .kv_attention import KvView
 from .kv_memory import KvMemory, token_ids_sha256
 from .memory import Memory
@@ -263,8 +264,8 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: Genera
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             out = model(inputs_embeds=dec.embed_ids(nxt[:, None]), attention_mask=mask, position_ids=positions,
-                        past_key_values=cache, use_cache=True, **extra)
-            logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+                        **cache_arg(cache), use_cache=True, **extra)
+            logits, cache, positions = out.logits[:, -1], output_cache(out), positions + 1
 
 
 class _NgramBan:
@@ -328,7 +329,7 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[
                         logits_to_keep=max(tails))
         logits = out.logits[:, -1] if explicit is None else [out.logits[i, out.logits.shape[1] - n:]
                                                             for i, n in enumerate(tails)]
-        return Prefilled(logits, out.past_key_values, mask, positions[:, -1:] + 1, None)
+        return Prefilled(logits, output_cache(out), mask, positions[:, -1:] + 1, None)
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     shared = _extend(dec, _RowCache.empty(), prefix)[1]
@@ -362,14 +363,14 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
                   query_positions=query_positions)
     keep = sorted({j for n, tail in zip(lengths, tails, strict=True) for j in range(n - tail, n)})
-    out = dec.model(inputs_embeds=x, position_ids=query_positions, past_key_values=cache, use_cache=True,
+    out = dec.model(inputs_embeds=x, position_ids=query_positions, **cache_arg(cache), use_cache=True,
                     logits_to_keep=torch.tensor(keep, device=dec.device), kv_view=view)
     at = {j: k for k, j in enumerate(keep)}
     if explicit is None:
         logits = torch.stack([out.logits[i, at[n - 1]] for i, n in enumerate(lengths)])
     else:
         logits = [out.logits[i, at[n - tail]:at[n - 1] + 1] for i, (n, tail) in enumerate(zip(lengths, tails, strict=True))]
-    return Prefilled(logits, out.past_key_values, None, next_positions, KvView(valid=view.valid))
+    return Prefilled(logits, output_cache(out), None, next_positions, KvView(valid=view.valid))
 
 
 @dataclass
@@ -428,9 +429,9 @@ def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> li
     else:
         cache, view = DynamicCache(config=dec.model.config), KvView()
     last = sorted({n - 1 for n in lengths})
-    out = dec.model(inputs_embeds=x, position_ids=positions, past_key_values=cache, use_cache=True,
+    out = dec.model(inputs_embeds=x, position_ids=positions, **cache_arg(cache), use_cache=True,
                     logits_to_keep=torch.tensor(last, device=dec.device), kv_view=view)
-    layers = out.past_key_values.layers
+    layers = output_cache(out).layers
     extended = []
     for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
         keys, values, valid, columns = [], [], [], []

@@ -17,6 +17,7 @@ from icae_rag.generation import (
     reconstruct_token_ids,
     stop_token_ids,
 )
+from icae_rag.hf_compat import cache_arg, output_cache
 from icae_rag.soft_prompt import SoftPrompt
 
 
@@ -224,9 +225,9 @@ def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
                 out = model(inputs_embeds=kvzip.decoder.embed_ids(torch.tensor([[t]])), attention_mask=mask,
-                            position_ids=positions, past_key_values=cache, use_cache=True,
+                            position_ids=positions, **cache_arg(cache), use_cache=True,
                             **({} if view is None else {"kv_view": view}))
-                logits, cache, positions = out.logits[:, -1], out.past_key_values, positions + 1
+                logits, cache, positions = out.logits[:, -1], output_cache(out), positions + 1
                 steps.append(logits.float()[0])
         assert torch.allclose(lp, torch.stack(steps), atol=1e-3)
     with pytest.raises(InvalidInputError, match="non-empty target"):

@@ -11,6 +11,7 @@ from conftest import TEXT
 from icae_rag import KvMemory, Memory, new_compressor
 from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import ConfigError, CorruptFileError
+from icae_rag.hf_compat import output_cache
 from icae_rag.kv_attention import rerotate, rotary, rotate_each
 from icae_rag.kv_quant import SMALL_HEAD_ENTRIES, key_groups, pack, unpack, value_group
 
@@ -74,8 +75,8 @@ def test_pre_rotary_keys_rotated_back_equal_the_stored_rotated_keys(exact):
     ids = torch.tensor([exact.tokenize(TEXT)])
     n = ids.shape[1]
     with torch.no_grad():
-        a = model(input_ids=ids, position_ids=torch.arange(n)[None], use_cache=True).past_key_values.layers[0]
-        b = model(input_ids=ids, position_ids=torch.arange(5, 5 + n)[None], use_cache=True).past_key_values.layers[0]
+        a = output_cache(model(input_ids=ids, position_ids=torch.arange(n)[None], use_cache=True)).layers[0]
+        b = output_cache(model(input_ids=ids, position_ids=torch.arange(5, 5 + n)[None], use_cache=True)).layers[0]
     for head in range(a.keys.shape[1]):
         torch.testing.assert_close(rotate_each(a.keys[0, head], -torch.arange(n), rotary(model)),
                                    rotate_each(b.keys[0, head], -torch.arange(5, 5 + n), rotary(model)),

@@ -26,6 +26,7 @@ from icae_rag.generation import (
     reconstruct_token_ids,
     stop_token_ids,
 )
+from icae_rag.hf_compat import output_cache
 from icae_rag.kv_attention import rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
@@ -78,7 +79,7 @@ def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
     lead, text = kv_full.tokenize(SECOND), kv_full.tokenize(TEXT)
     ids = torch.tensor([lead + text])
     with torch.no_grad():
-        cache = model(inputs_embeds=torch.cat([prefix, dec.embed_ids(ids[0])])[None], use_cache=True).past_key_values
+        cache = output_cache(model(inputs_embeds=torch.cat([prefix, dec.embed_ids(ids[0])])[None], use_cache=True))
     p = prefix.shape[0] + len(lead)
     keys, _, valid, _ = memory.cache_tensors(0, rotary(model), dec.dtype, dec.device)
     assert all(bool(v.all()) for v in valid)
@@ -99,8 +100,8 @@ def test_rerotated_keys_equal_keys_computed_at_the_shifted_position(kvzip):
     shift = 7
     n = ids.shape[1]
     with torch.no_grad():
-        at_0 = model(input_ids=ids, position_ids=torch.arange(n)[None], use_cache=True).past_key_values
-        at_s = model(input_ids=ids, position_ids=torch.arange(shift, shift + n)[None], use_cache=True).past_key_values
+        at_0 = output_cache(model(input_ids=ids, position_ids=torch.arange(n)[None], use_cache=True))
+        at_s = output_cache(model(input_ids=ids, position_ids=torch.arange(shift, shift + n)[None], use_cache=True))
     for a, b in zip(at_0.layers, at_s.layers, strict=True):
         torch.testing.assert_close(rerotate(a.keys, shift, rotary(model)), b.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(rerotate(b.keys, -shift, rotary(model)), a.keys, atol=1e-5, rtol=1e-5)
@@ -402,7 +403,7 @@ def test_scoring_pass_gives_the_checks_reference():
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32")
     tok, ids = comp.decoder.tokenizer, comp.tokenize(SECOND)
     with torch.no_grad():
-        prefix = comp.decoder.model(input_ids=comp._ids(comp._prefix_ids()), use_cache=True).past_key_values
+        prefix = output_cache(comp.decoder.model(input_ids=comp._ids(comp._prefix_ids()), use_cache=True))
         cache = DynamicCache(config=comp.decoder.model.config)
         for i, layer in enumerate(prefix.layers):
             cache.update(layer.keys, layer.values, i)

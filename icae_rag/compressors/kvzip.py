@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..errors import ConfigError, InvalidInputError
+from ..hf_compat import cache_arg, output_cache
 from ..kv_attention import KvView, rerotate
 from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ..memory import Memory
@@ -193,7 +194,7 @@ class KvzipCompressor(Compressor):
         prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
         out = model(input_ids=self._ids(prefix_ids), use_cache=True, logits_to_keep=1)
-        prefix = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        prefix = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
                           compressor_version=self.version, backbone=self.backbone_id)
         quant = dict(quant_group=self.config.quant_group, rotary_emb=kv_attention.rotary(model))
@@ -239,10 +240,10 @@ class KvzipCompressor(Compressor):
         prefix_len = cache.get_seq_length()
         seq = lead + window
         positions = torch.arange(prefix_len, prefix_len + len(seq), device=self.decoder.device)[None]
-        out = model(input_ids=self._ids(seq), position_ids=positions, past_key_values=cache, use_cache=True,
+        out = model(input_ids=self._ids(seq), position_ids=positions, **cache_arg(cache), use_cache=True,
                     logits_to_keep=1)
         col = prefix_len + len(lead)
-        layers = out.past_key_values.layers
+        layers = output_cache(out).layers
         keys = torch.stack([layer.keys[0, :, col:col + len(window)] for layer in layers])  # (L, H, w, d)
         # Stored keys are rotated as if the passage started right after the prefix.
         keys = rerotate(keys, start - len(lead), kv_attention.rotary(model))
@@ -254,7 +255,7 @@ class KvzipCompressor(Compressor):
         # With no lead the scoring pass reads exactly the full memory alone, as the check reads a pruned
         # one, so its logits over the repeated window are the check's reference.
         reference = self.config.adaptive and not lead
-        scored = model(input_ids=self._ids(repeat), position_ids=positions, past_key_values=out.past_key_values,
+        scored = model(input_ids=self._ids(repeat), position_ids=positions, **cache_arg(output_cache(out)),
                        use_cache=True, logits_to_keep=len(window) + 1 if reference else 1, kv_view=view)
         scores = torch.stack([view.scores[i][0, :, col:col + len(window)] for i in range(len(layers))])
         ref = torch.softmax(scored.logits[0, :-1].float(), dim=-1) if reference else None
