@@ -155,8 +155,11 @@ class KvzipCompressor(Compressor):
         kv_attention.require(decoder.model)
         self.trained = True  # training-free: what it claims is what it is
         # Every store lookup asks for the version: render the prefix and hash the config once.
-        settings = {k: v for k, v in asdict(config).items()  # quant_group: only int4 / int2 memories differ
-                    if k != "decoder" and (k != "quant_group" or config.storage in ("int4", "int2"))}
+        # Settings that change no entry stay out, so memories made before they existed keep their version:
+        # quant_group outside int4 / int2, the adaptive settings in fixed mode.
+        unused = {"decoder"} | ({"quant_group"} if config.storage not in ("int4", "int2") else set()) | (
+            set() if config.adaptive else {"fidelity", "max_ratio"})
+        settings = {k: v for k, v in asdict(config).items() if k not in unused}
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         if config.adaptive:
             settings |= {"fidelity": config.target_fidelity, "ladder": config.ladder, "check": CHECK}
