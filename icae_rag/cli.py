@@ -187,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
     """Compress documents into a memory store (skipping what it holds), in this process or on Ray workers."""
-    from .distributed import index, read_documents
+    from .indexing import index, read_documents
 
     _quiet_transformers()
     texts = read_documents(args.docs, chunk_tokens=args.chunk_tokens, compressor_spec=args.compressor)

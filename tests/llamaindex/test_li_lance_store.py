@@ -16,7 +16,7 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag.compressors import load_compressor
-from icae_rag.distributed import index_local
+from icae_rag.indexing import index_local
 
 pytest.importorskip("lance")
 from icae_rag.lance_store import LanceMemoryStore  # noqa: E402
