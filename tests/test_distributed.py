@@ -21,8 +21,7 @@ from icae_rag.compressors import load_compressor
 from icae_rag.datasets import load_squad
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.io import read_tensors
-from icae_rag.slot_store import SlotKey
-from icae_rag.stores import open_store
+from icae_rag.stores import SlotKey, open_store
 
 pytest.importorskip("lance")
 
