@@ -27,7 +27,7 @@ from typing import Any
 
 def heldout_paragraphs(n: int, root: str | None) -> list[str]:
     """The first `n` distinct paragraphs of the held-out SQuAD articles, in file order."""
-    from icae_rag.datasets import load_squad
+    from icae_rag.data import load_squad
 
     paragraphs = list(dict.fromkeys(e.context for e in load_squad("heldout", root=root)))
     if len(paragraphs) < n:

@@ -46,7 +46,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from icae_rag.compressors import shipped_kinds
-from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
+from icae_rag.data import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # answers held-out SQuAD best (README, Results: kvzip at 4x, no training).
 DEFAULT_KIND = "kvzip"
 
-# Public names -> defining module; imported on first use so `import icae_rag.datasets` stays light.
+# Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
 _EXPORTS = {
     "Answer": "generation",
     "Compressor": "compressors",
@@ -47,7 +47,7 @@ _EXPORTS = {
     "new_compressor": "compressors",
     "open_store": "stores",
     "read_document": "text",
-    "select_context": "retrieval",
+    "select_context": "data.retrieval",
 }
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 

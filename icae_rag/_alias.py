@@ -17,9 +17,13 @@ from typing import Any
 # Old module -> (the path to import instead, the modules its names now live in). The project itself
 # imports only the new paths (tests/test_imports.py checks it).
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "icae_rag.chunking": ("icae_rag.data.chunking", ("icae_rag.data.chunking",)),
+    "icae_rag.datasets": ("icae_rag.data", ("icae_rag.data.registry", "icae_rag.data.readers",
+                                             "icae_rag.data.qa", "icae_rag.data.longqa")),
     "icae_rag.distributed": ("icae_rag.indexing", ("icae_rag.indexing",)),
     "icae_rag.lance_store": ("icae_rag.stores", ("icae_rag.stores.lance",)),
     "icae_rag.memory_store": ("icae_rag.stores", ("icae_rag.stores.base",)),
+    "icae_rag.retrieval": ("icae_rag.data.retrieval", ("icae_rag.data.retrieval",)),
     "icae_rag.slot_store": ("icae_rag.stores", ("icae_rag.stores.sqlite",)),
 }
 
@@ -32,6 +36,8 @@ def deprecated(old: str) -> Callable[[str], Any]:
                   "release)", DeprecationWarning, stacklevel=3)
 
     def __getattr__(name: str) -> Any:
+        if name == "__all__":  # what `from <alias> import *` takes: the new modules' public names
+            return sorted({n for new in modules for n in _public(importlib.import_module(new))})
         for new in modules:
             module = importlib.import_module(new)
             if hasattr(module, name):
@@ -39,3 +45,7 @@ def deprecated(old: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {old!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def _public(module: Any) -> list[str]:
+    return list(getattr(module, "__all__", [n for n in vars(module) if not n.startswith("_")]))

@@ -60,7 +60,7 @@ def read_documents(paths: Sequence[str | os.PathLike], *, chunk_tokens: int = 0,
     Chunk sizes count tokens of the compressor's decoder, so `chunk_tokens` loads the compressor
     named by `compressor_spec` (on the CPU) in this process for its tokenizer.
     """
-    from .datasets import read_text_file
+    from .data.readers import read_text_file
 
     files = [Path(p) for p in paths]
     for path in files:
@@ -71,8 +71,8 @@ def read_documents(paths: Sequence[str | os.PathLike], *, chunk_tokens: int = 0,
         return texts
     if chunk_tokens < 0:
         raise InvalidInputError(f"chunk_tokens must be positive (or 0 for one node per file), got {chunk_tokens}")
-    from .chunking import sentence_chunks
     from .compressors import load_compressor
+    from .data.chunking import sentence_chunks
 
     tokenizer = load_compressor(compressor_spec, device="cpu").decoder.tokenizer
     nodes: list[str] = []

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from icae_rag import indexing
-from icae_rag.chunking import sentence_boundaries
 from icae_rag.cli import main
 from icae_rag.compressors import load_compressor
-from icae_rag.datasets import load_squad
+from icae_rag.data import load_squad
+from icae_rag.data.chunking import sentence_boundaries
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.io import read_tensors
 from icae_rag.stores import SlotKey, open_store

@@ -5,7 +5,7 @@ import torch
 sys.path.insert(0, "/work/exp")
 from probe_lib import target_logprobs, cloze_spans
 from icae_rag import load_compressor
-from icae_rag.datasets import load_squad
+from icae_rag.data import load_squad
 
 torch.manual_seed(0)
 N = int(sys.argv[1]); out_path = sys.argv[2]; source = sys.argv[3] if len(sys.argv) > 3 else "squad-train"
