@@ -27,7 +27,7 @@ from typing import Any
 
 def heldout_paragraphs(n: int, root: str | None) -> list[str]:
     """The first `n` distinct paragraphs of the held-out SQuAD articles, in file order."""
-    from icae_rag.datasets import load_squad
+    from icae_rag.data import load_squad
 
     paragraphs = list(dict.fromkeys(e.context for e in load_squad("heldout", root=root)))
     if len(paragraphs) < n:
@@ -37,7 +37,7 @@ def heldout_paragraphs(n: int, root: str | None) -> list[str]:
 
 def run(engine: str, workers: int, nodes: list[str], args: argparse.Namespace, store_base: str) -> dict[str, Any]:
     """Index `nodes` into a fresh store twice with one configuration; the timings of both runs."""
-    from icae_rag.distributed import index
+    from icae_rag.indexing import index
 
     uri = f"{store_base.rstrip('/')}/{engine}-{workers}-{uuid.uuid4().hex[:8]}.lance"
     options: dict[str, Any] = {"concurrency": workers, "batch_size": args.batch_size, "device": args.device,

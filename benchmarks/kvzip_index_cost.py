@@ -24,7 +24,7 @@ from typing import Any
 
 def text_groups(tokenizer: Any, nodes: int, root: str | None) -> dict[str, list[str]]:
     """{group: texts}: techdocs test nodes, held-out SQuAD paragraphs, 2,048-token techdocs texts."""
-    from icae_rag.datasets import load_dataset, load_squad
+    from icae_rag.data import load_dataset, load_squad
 
     docs = list(dict.fromkeys(r.document for r in load_dataset("techdocs")))
     ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]

@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-kvzip-storage")
     a = p.parse_args(argv)
     try:
-        from icae_rag import datasets, new_compressor
+        from icae_rag import data, new_compressor
 
-        paragraphs = list(dict.fromkeys(ex.context for ex in datasets.load_squad("heldout", root=a.data_root)))
+        paragraphs = list(dict.fromkeys(ex.context for ex in data.load_squad("heldout", root=a.data_root)))
         paragraphs = paragraphs[: a.paragraphs]
-        wiki = "\n".join(datasets.load_text("wikitext2-test", root=a.data_root))
+        wiki = "\n".join(data.load_text("wikitext2-test", root=a.data_root))
         rows = []
         for storage in a.storages:
             group = {"quant_group": a.quant_group} if a.quant_group and storage in ("int4", "int2") else {}

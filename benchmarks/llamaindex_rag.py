@@ -46,13 +46,13 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from icae_rag.compressors import shipped_kinds
-from icae_rag.datasets import LongDocQA, dataset_names, get_dataset
+from icae_rag.data import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.io import atomic_path
-from icae_rag.slot_store import SlotStore
+from icae_rag.stores import SlotStore
 
 PROGRESS_FILE = "progress.jsonl"  # in --out: the questions answered so far, so a stopped run resumes
 

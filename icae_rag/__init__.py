@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # answers held-out SQuAD best (README, Results: kvzip at 4x, no training).
 DEFAULT_KIND = "kvzip"
 
-# Public names -> defining module; imported on first use so `import icae_rag.datasets` stays light.
+# Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
 _EXPORTS = {
     "Answer": "generation",
     "Compressor": "compressors",
@@ -34,12 +34,12 @@ _EXPORTS = {
     "KvMemory": "kv_memory",
     "KvzipCompressor": "compressors",
     "KvzipConfig": "compressors",
-    "LanceMemoryStore": "lance_store",
+    "LanceMemoryStore": "stores",
     "Memory": "memory",
     "MemoryStore": "stores",
     "Piece": "soft_prompt",
     "RawTextCompressor": "compressors",
-    "SlotStore": "slot_store",
+    "SlotStore": "stores",
     "SoftPrompt": "soft_prompt",
     "load_compressor": "compressors",
     "load_decoder": "backbones",
@@ -47,7 +47,7 @@ _EXPORTS = {
     "new_compressor": "compressors",
     "open_store": "stores",
     "read_document": "text",
-    "select_context": "retrieval",
+    "select_context": "data.retrieval",
 }
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import DEFAULT_KIND, __version__
+from .data.retrieval import DEFAULT_BUDGET
 from .errors import IcaeRagError, InvalidInputError, UsageError
 from .plugins import BUILTIN_COMPRESSORS, compressor_kinds
-from .retrieval import DEFAULT_BUDGET
 from .text import check_file, check_text, read_document
 
 # This module imports no torch or transformers at import time: every check of the command line and
@@ -55,7 +55,7 @@ def _positive(flag: str, value: int) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     """Answer a question from context files: whole if they fit the budget, else from retrieved passages."""
-    from .retrieval import decoder_window, select_context
+    from .data.retrieval import decoder_window, select_context
 
     question = check_text(args.question, what="question")
     texts = [read_document(p) for p in args.context]
@@ -198,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
     """Compress documents into a memory store (skipping what it holds), in this process or on Ray workers."""
-    from .distributed import index, read_documents
+    from .indexing import index, read_documents
 
     _quiet_transformers()
     texts = read_documents(args.docs, chunk_tokens=args.chunk_tokens, compressor_spec=args.compressor)
@@ -257,7 +257,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `icae-rag`."""
-    from .datasets import dataset_names
+    from .data.registry import dataset_names
 
     parser = _Parser(prog="icae-rag", description="Answer from compressed context.")
     parser.add_argument("--version", action="version", version=f"icae-rag {__version__}")

@@ -8,7 +8,7 @@ Two groups, read with `importlib.metadata` (a distribution declares them in its 
   time the kind is used (`get_compressor_class`, `load_compressor`, `compressor_kinds` with a trait).
 - ``icae_rag.datasets``: name = the data set, value = ``"package.module:obj"``, a `Dataset` or a
   callable taking no argument that returns one (or registers it with `register_dataset`); read by
-  `icae_rag.datasets` on its first lookup.
+  `icae_rag.data.registry` on its first lookup.
 
 The built-in kinds are `BUILTIN_COMPRESSORS`, declared with the same values in icae-rag's own
 pyproject.toml: an install whose metadata predates them, or a source tree on PYTHONPATH, finds them

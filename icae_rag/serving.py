@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import InvalidInputError
-from .memory_store import SlotKey, compressor_identity
 from .soft_prompt import text_sha256
+from .stores.base import SlotKey, compressor_identity
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
     from .memory import Memory
-    from .memory_store import MemoryStore
+    from .stores.base import MemoryStore
 
 __all__ = ["RECENT_ENTRIES", "Fitted", "Resolved", "SlotCache", "TokenStream"]
 

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import torch
 
-from icae_rag.slot_store import SlotStore
 from icae_rag.soft_prompt import Piece, SoftPrompt, text_sha256
+from icae_rag.stores import SlotStore
 
 
 def expected(text: str, rows: int) -> SoftPrompt:

@@ -7,10 +7,16 @@ import random
 
 import pytest
 
-from icae_rag import retrieval
 from icae_rag.cli import main
+from icae_rag.data import retrieval
+from icae_rag.data.retrieval import (
+    bm25_top,
+    chunk_passages,
+    count_tokens,
+    select_context,
+    text_pieces,
+)
 from icae_rag.errors import ContextTooLongError
-from icae_rag.retrieval import bm25_top, chunk_passages, count_tokens, select_context, text_pieces
 
 RAW = "raw:decoder=tiny-llama"
 WORDS = "apollo moon river rhine barge grain coal oxygen plant light energy orbit lunar surface program".split()

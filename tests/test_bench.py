@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TEXT
 from icae_rag.cli import main
-from icae_rag.datasets import default_data_root
+from icae_rag.data import default_data_root
 from icae_rag.errors import BackboneMismatchError, DataError, InvalidInputError, MissingFileError
 from icae_rag.eval.bench import BenchOptions, run_bench, validate
 

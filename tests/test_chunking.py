@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icae_rag.chunking import sentence_chunks, slots_for, split_spans
+from icae_rag.data.chunking import sentence_chunks, slots_for, split_spans
 from icae_rag.errors import InvalidInputError
 
 

@@ -176,7 +176,7 @@ def test_read_document_streams_blocks(tmp_path, monkeypatch):
 
 
 def test_the_checks_import_no_model_library():
-    code = ("import sys, icae_rag.cli, icae_rag.text, icae_rag.retrieval; "
+    code = ("import sys, icae_rag.cli, icae_rag.text, icae_rag.data.retrieval; "
             "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -1,4 +1,4 @@
-"""Tests for icae_rag.datasets: the real shared data files, plus tiny JSONL files in tmp_path."""
+"""Tests for icae_rag.data (readers, registry): the real shared data files, plus tiny JSONL files in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from icae_rag.datasets import (
+from icae_rag.data import (
     SQUAD_HELDOUT_ARTICLES,
     LongDocQA,
     QAExample,

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from icae_rag import distributed
-from icae_rag.chunking import sentence_boundaries
+from icae_rag import indexing
 from icae_rag.cli import main
 from icae_rag.compressors import load_compressor
-from icae_rag.datasets import load_squad
+from icae_rag.data import load_squad
+from icae_rag.data.chunking import sentence_boundaries
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.io import read_tensors
-from icae_rag.slot_store import SlotKey
-from icae_rag.stores import open_store
+from icae_rag.stores import SlotKey, open_store
 
 pytest.importorskip("lance")
 
@@ -70,8 +69,8 @@ def same_files(a: dict, b: dict) -> bool:
 def two_actor_run(ray_cluster, nodes, tmp_path_factory):
     """The 200 nodes compressed (tiny kvzip) by 2 Ray actors into a Lance table, and by one process into a SlotStore."""
     root = tmp_path_factory.mktemp("two_actors")
-    local = distributed.index_local(nodes, KVZIP, root / "local-slots", batch_size=16, device="cpu", num_cpus=1)
-    ray_run = distributed.index_with_ray(nodes, KVZIP, root / "memories.lance", concurrency=2, num_cpus=1,
+    local = indexing.index_local(nodes, KVZIP, root / "local-slots", batch_size=16, device="cpu", num_cpus=1)
+    ray_run = indexing.index_with_ray(nodes, KVZIP, root / "memories.lance", concurrency=2, num_cpus=1,
                                          batch_size=16, device="cpu")
     return root, local, ray_run
 
@@ -87,7 +86,7 @@ def test_two_actors_give_exactly_the_memories_of_one_process(two_actor_run, node
 
 def test_a_second_run_writes_nothing(two_actor_run, nodes):
     root = two_actor_run[0]
-    again = distributed.index_with_ray(nodes, KVZIP, root / "memories.lance", concurrency=2, batch_size=16,
+    again = indexing.index_with_ray(nodes, KVZIP, root / "memories.lance", concurrency=2, batch_size=16,
                                        device="cpu")
     assert (again.texts, again.written) == (N, 0)
     assert open_store(root / "memories.lance").row_count() == N
@@ -96,7 +95,7 @@ def test_a_second_run_writes_nothing(two_actor_run, nodes):
 def test_an_actor_killed_mid_run_is_retried_and_every_key_is_stored_once(ray_cluster, nodes, tmp_path, monkeypatch):
     marker = tmp_path / "died"
 
-    class DiesOnce(distributed.CompressBatch):  # defined here, so Ray ships it to the actors by value
+    class DiesOnce(indexing.CompressBatch):  # defined here, so Ray ships it to the actors by value
         def __call__(self, batch):
             out = super().__call__(batch)  # the batch is committed to the store...
             if not marker.exists():
@@ -104,8 +103,8 @@ def test_an_actor_killed_mid_run_is_retried_and_every_key_is_stored_once(ray_clu
                 os._exit(1)  # ...then the actor dies before reporting it: Ray restarts it and retries
             return out
 
-    monkeypatch.setattr(distributed, "CompressBatch", DiesOnce)
-    report = distributed.index_with_ray(nodes, RAW, tmp_path / "m.lance", concurrency=2, batch_size=16, device="cpu")
+    monkeypatch.setattr(indexing, "CompressBatch", DiesOnce)
+    report = indexing.index_with_ray(nodes, RAW, tmp_path / "m.lance", concurrency=2, batch_size=16, device="cpu")
     assert marker.exists(), "an actor died"
     store = open_store(tmp_path / "m.lance")
     assert report.texts == N and report.written < N, "the retried batch found its rows and wrote nothing"
@@ -118,13 +117,13 @@ def test_two_ingestions_at_once_lose_nothing(ray_cluster, nodes, tmp_path):
 
     def ray_side() -> None:
         try:
-            distributed.index_with_ray(nodes[:150], RAW, uri, concurrency=1, batch_size=10, device="cpu")
+            indexing.index_with_ray(nodes[:150], RAW, uri, concurrency=1, batch_size=10, device="cpu")
         except BaseException as e:  # re-raised below, in the test's thread
             errors.append(e)
 
     other = threading.Thread(target=ray_side)
     other.start()
-    distributed.index_local(list(reversed(nodes[50:])), RAW, uri, batch_size=10, device="cpu")
+    indexing.index_local(list(reversed(nodes[50:])), RAW, uri, batch_size=10, device="cpu")
     other.join(timeout=240)
     assert not other.is_alive() and not errors, errors
     store = open_store(uri)
@@ -139,7 +138,7 @@ def test_a_killed_ingestion_started_again_leaves_no_holes_and_no_duplicates(node
     uri = str(tmp_path / "m.lance")
     docs = tmp_path / "nodes.json"
     docs.write_text(json.dumps(nodes), encoding="utf-8")
-    code = ("import json, sys, torch; torch.set_num_threads(1); from icae_rag.distributed import index_local; "
+    code = ("import json, sys, torch; torch.set_num_threads(1); from icae_rag.indexing import index_local; "
             f"index_local(json.load(open(sys.argv[1])), {KVZIP!r}, sys.argv[2], batch_size=4, device='cpu')")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                                                  os.environ.get("PYTHONPATH", "")])}
@@ -153,7 +152,7 @@ def test_a_killed_ingestion_started_again_leaves_no_holes_and_no_duplicates(node
     proc.wait()
     killed_at = store.row_count()
     assert 0 < killed_at < N, "the writer was killed mid-run"
-    again = distributed.index_local(nodes, KVZIP, uri, batch_size=4, device="cpu")
+    again = indexing.index_local(nodes, KVZIP, uri, batch_size=4, device="cpu")
     assert again.written == N - killed_at and len(store) == store.row_count() == N
 
 
@@ -174,9 +173,9 @@ def test_cli_index_resumes_and_reports(tmp_path, nodes, capsys):
 
 def test_options_are_checked():
     with pytest.raises(InvalidInputError, match="one worker"):
-        distributed.index_local(["x"], RAW, "unused", concurrency=2)
+        indexing.index_local(["x"], RAW, "unused", concurrency=2)
     with pytest.raises(InvalidInputError, match="engine"):
-        distributed.index(["x"], RAW, "unused", engine="spark")
+        indexing.index(["x"], RAW, "unused", engine="spark")
     with pytest.raises(InvalidInputError, match="texts or LlamaIndex nodes"):
-        distributed.texts_of([3])
-    assert distributed.texts_of(["a", "b", "a"]) == ["a", "b"]
+        indexing.texts_of([3])
+    assert indexing.texts_of(["a", "b", "a"]) == ["a", "b"]

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import re
+import sys
 from pathlib import Path
+
+import pytest
+
+from icae_rag._alias import ALIASES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "icae_rag"
 
@@ -97,3 +104,67 @@ def test_the_check_finds_a_cycle(tmp_path: Path) -> None:
     graph = import_graph(pkg)
     assert graph["pkg.c"] == set(), "an import under TYPE_CHECKING never runs"
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
+
+
+ROOT = PACKAGE.parent
+# Where the project's own code lives: none of it may import a deprecated alias module.
+PROJECT_DIRS = ("icae_rag", "tests", "benchmarks", "examples", "integrations", "docs")
+# Files another branch is rewriting right now (icae_rag/compressors/*): their one import of the
+# `icae_rag.chunking` alias moves to `icae_rag.data.chunking` when that branch is merged; then
+# empty this.
+PENDING = {"icae_rag/compressors/e2llm.py": {"icae_rag.chunking"},
+           "icae_rag/compressors/icae.py": {"icae_rag.chunking"}}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module name a Python file imports, relative imports resolved inside icae_rag."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                here = module_name(path, ROOT).split(".")
+                keep = len(here) - node.level + (path.name == "__init__.py")
+                base = ".".join(here[:keep] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_project_imports_no_deprecated_alias() -> None:
+    aliases = set(ALIASES)
+    alias_files = {ROOT / (old.replace(".", "/") + ".py") for old in aliases}
+    text_import = re.compile(r"(?:from|import)\s+(icae_rag\.[\w.]+)|from\s+icae_rag\s+import\s+([\w, ]+)")
+    found = []
+    for folder in PROJECT_DIRS:
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path in alias_files or ".venv" in path.parts or not path.is_file():
+                continue
+            if path.suffix == ".py":
+                used = _imported_names(path)
+            elif path.suffix in (".md", ".ipynb"):
+                used = set()
+                for dotted, listed in text_import.findall(path.read_text(encoding="utf-8")):
+                    used |= {dotted} if dotted else {f"icae_rag.{n.strip()}" for n in listed.split(",")}
+            else:
+                continue
+            where = str(path.relative_to(ROOT))
+            found += [f"{where}: {name}" for name in sorted(used & aliases - PENDING.get(where, set()))]
+    assert not found, "imports of deprecated aliases (import the new paths):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("old", sorted(ALIASES))
+def test_an_alias_warns_and_forwards_every_name(old: str) -> None:
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)} is deprecated: import {ALIASES[old][0]}"):
+        alias = importlib.import_module(old)
+    for new in ALIASES[old][1]:
+        module = importlib.import_module(new)
+        for name in [n for n in vars(module) if not n.startswith("__")]:
+            assert getattr(alias, name) is getattr(module, name) or name in vars(alias), (old, name)
+    star: dict[str, object] = {}
+    exec(f"from {old} import *", star)  # the new modules' public names, not the alias's own imports
+    assert set(star) - {"__builtins__"} == set(alias.__all__) and "deprecated" not in star

@@ -17,14 +17,13 @@ from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.io import read_tensors
 from icae_rag.memory import Memory
-from icae_rag.slot_store import SlotKey, SlotStore
-from icae_rag.stores import MemoryStore, is_lance_uri, open_store
+from icae_rag.stores import MemoryStore, SlotKey, SlotStore, is_lance_uri, open_store
 
 lance = pytest.importorskip("lance")
-from icae_rag.lance_store import SCHEMA_KEY, LanceMemoryStore, _schema  # noqa: E402
+from icae_rag.stores.lance import SCHEMA_KEY, LanceMemoryStore, _schema  # noqa: E402
 
 OTHER = "A second passage. It talks about something else entirely, namely rivers and bridges."
-LOGGERS = {"slot": "icae_rag.slot_store", "lance": "icae_rag.lance_store"}
+LOGGERS = {"slot": "icae_rag.stores.sqlite", "lance": "icae_rag.stores.lance"}
 
 
 @pytest.fixture(params=["slot", "lance"])

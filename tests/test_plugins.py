@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TEXT
-from icae_rag import datasets as dataset_registry
 from icae_rag import plugins
+from icae_rag.data import registry as dataset_registry
 from icae_rag.errors import DataError, PluginError, UnknownCompressorError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ class NotACompressor:
 # Data-set modules are imported when the registry is first read (the CLI builds its parser from
 # it), so this one imports no torch.
 PLUGIN_DATA = '''
-from icae_rag.datasets import Dataset, QAExample
+from icae_rag.data import Dataset, QAExample
 
 TEXT = {text!r}
 
@@ -161,7 +161,7 @@ def test_a_raw_soft_prompt_is_readable_before_its_kind_is_loaded_again(tiny_raw,
 
 
 def test_a_plugin_data_set_is_registered_on_first_lookup_and_can_be_unregistered(third_party):
-    from icae_rag.datasets import dataset_names, get_dataset, register_dataset, unregister_dataset
+    from icae_rag.data import dataset_names, get_dataset, register_dataset, unregister_dataset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

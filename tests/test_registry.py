@@ -10,11 +10,11 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 
 from conftest import TEXT
-from icae_rag import datasets as dataset_registry
 from icae_rag.backbones import TINY_DECODER
 from icae_rag.compressors import RawTextCompressor, register_compressor
 from icae_rag.compressors import base as compressor_registry
-from icae_rag.datasets import QAExample, register_dataset
+from icae_rag.data import QAExample, register_dataset
+from icae_rag.data import registry as dataset_registry
 
 
 @dataclass
@@ -97,7 +97,7 @@ def test_the_qa_app_offers_the_toy_kind(toy):
 
 def test_kinds_and_datasets_are_read_when_asked(toy):
     from icae_rag.compressors import compressor_kinds
-    from icae_rag.datasets import dataset_names
+    from icae_rag.data import dataset_names
     from icae_rag.eval.bench import BenchOptions
 
     assert "toy" in compressor_kinds(reads_text=False) and "toy" not in compressor_kinds(trainable=True)

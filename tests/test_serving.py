@@ -11,8 +11,7 @@ from conftest import TEXT, spy_compress
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.serving import SlotCache, TokenStream
-from icae_rag.slot_store import SlotStore
-from icae_rag.stores import as_store
+from icae_rag.stores import SlotStore, as_store
 
 TEXTS = ["Apollo 11 landed on the Moon in July 1969.", "Eagle was the lunar module.", TEXT]
 

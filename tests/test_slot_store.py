@@ -17,7 +17,8 @@ from slot_worker import FakeCompressor, expected, texts
 
 from conftest import TEXT, same_memory, spy_compress
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
-from icae_rag.slot_store import DB_NAME, PERSIST_SUBDIR, SlotKey, SlotStore
+from icae_rag.stores import SlotKey, SlotStore
+from icae_rag.stores.sqlite import DB_NAME, PERSIST_SUBDIR
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "slot_worker.py"
@@ -65,7 +66,7 @@ def test_other_compressor_version_is_never_served(tiny_icae, tiny_raw, tmp_path,
     with torch.no_grad():
         tiny_icae.memory.add_(0.5)  # as training would: new weights, new version
     assert tiny_icae.version != old_version
-    with caplog.at_level(logging.WARNING, logger="icae_rag.slot_store"):
+    with caplog.at_level(logging.WARNING, logger="icae_rag.stores.sqlite"):
         assert store.get(TEXT, tiny_icae) is None
     assert f"icae/{old_version}/" in caplog.text and "not served" in caplog.text
     assert store.get(TEXT, tiny_raw) is None, "another decoder/compressor kind is not served either"
@@ -97,7 +98,7 @@ def test_unreadable_blob_is_a_miss_with_a_warning(tmp_path, caplog, damage):
         blob.unlink()
     else:  # a readable soft prompt, but of another text: must not be served as "one"
         blob.write_bytes((tmp_path / SlotKey.of("two", comp).blob).read_bytes())
-    with caplog.at_level(logging.WARNING, logger="icae_rag.slot_store"):
+    with caplog.at_level(logging.WARNING, logger="icae_rag.stores.sqlite"):
         assert store.get("one", comp) is None
     assert "dropping an unreadable entry" in caplog.text
     assert len(store) == 1 and not store.has("one", comp), "the bad row is deleted"

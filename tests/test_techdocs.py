@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from icae_rag.datasets import TECHDOCS_DIR, LongDocQA, get_dataset, load_dataset, load_techdocs
+from icae_rag.data import TECHDOCS_DIR, LongDocQA, get_dataset, load_dataset, load_techdocs
 from icae_rag.errors import DataError, MissingFileError
 
 ROOT = Path(__file__).resolve().parent.parent

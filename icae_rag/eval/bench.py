@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..compressors import shipped_kinds
-from ..datasets import DEFAULT_BENCH_LIMIT, dataset_names, get_dataset, load_text
+from ..data.readers import load_text
+from ..data.registry import DEFAULT_BENCH_LIMIT, dataset_names, get_dataset
 from ..errors import BackboneMismatchError, CheckpointError, InvalidInputError, MissingFileError
 from .record import environment, write_report
 

@@ -83,7 +83,7 @@ def _quote(text: str) -> str:
 
 def load_fidelity_texts(data: str | None, root: Path | None) -> list[str]:
     """Held-out text: a user's .txt / {"text"} JSONL file, else WikiText-2 test."""
-    from .. import datasets as readers
+    from ..data import readers
 
     if data is None:
         return readers.load_text("wikitext2-test", root=root)

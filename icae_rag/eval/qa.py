@@ -17,10 +17,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..chunking import sentence_chunks
 from ..compressors.base import Compressor
+from ..data.chunking import sentence_chunks
+from ..data.retrieval import search
 from ..errors import DataError
-from ..retrieval import search
 from .metrics import (
     answer_contained,
     bootstrap_ci,
@@ -44,7 +44,8 @@ class QAItem:
 
 def load_items(dataset: str, data: str | None, limit: int, seed: int, root: Path | None) -> tuple[list[QAItem], dict]:
     """Sample `limit` questions (seeded) from a `bench-qa` data set or a user's QA JSONL; no model needed."""
-    from ..datasets import LongDocQA, dataset_names, get_dataset, load_jsonl_qa
+    from ..data.readers import LongDocQA, load_jsonl_qa
+    from ..data.registry import dataset_names, get_dataset
 
     if data is not None:
         examples, split = load_jsonl_qa(Path(data)), f"user file {data}"

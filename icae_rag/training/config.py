@@ -11,7 +11,7 @@ import yaml
 
 from ..compressors import compressor_kinds
 from ..compressors.base import compressor_config_from_dict, get_compressor_class
-from ..datasets import dataset_names, get_dataset, load_dataset
+from ..data.registry import dataset_names, get_dataset, load_dataset
 from ..errors import ConfigError, MissingFileError
 
 

@@ -1,4 +1,4 @@
-"""Training samples for each objective, built from the readers in `icae_rag.datasets` with a fixed split.
+"""Training samples for each objective, built from the readers in `icae_rag.data` with a fixed split.
 
 Pretraining (plain text): documents are cut into windows of `sample_tokens` (+ `continuation_tokens`);
 a window is an autoencoding sample (reproduce it) with probability `ae_lambda`, else a continuation
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datasets import QAExample
+from ..data.readers import QAExample
 from ..errors import DataError
 from .config import TrainConfig
 

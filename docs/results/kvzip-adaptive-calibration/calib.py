@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from probe_lib import cloze_spans, target_logprobs
 
 from icae_rag import load_compressor
-from icae_rag.datasets import load_squad
+from icae_rag.data import load_squad
 
 torch.manual_seed(0)
 N = int(sys.argv[1])

@@ -16,10 +16,10 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag.compressors import load_compressor
-from icae_rag.distributed import index_local
+from icae_rag.indexing import index_local
 
 pytest.importorskip("lance")
-from icae_rag.lance_store import LanceMemoryStore  # noqa: E402
+from icae_rag.stores import LanceMemoryStore  # noqa: E402
 
 KVZIP = "kvzip:decoder=tiny-llama,window_tokens=32"
 DOCS = [Document(text=t, id_=f"doc{i}", metadata={"file": f"doc{i}.txt"}) for i, t in enumerate(TEXTS)]

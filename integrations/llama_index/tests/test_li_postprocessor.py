@@ -16,7 +16,7 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag.errors import InvalidInputError
-from icae_rag.slot_store import SlotKey
+from icae_rag.stores import SlotKey
 
 
 def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):

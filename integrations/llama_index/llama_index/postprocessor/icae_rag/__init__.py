@@ -12,7 +12,7 @@ An application that drives the decoder itself uses the core's `icae_rag.serving`
 `TokenStream`) with the same compressor object, so it shares the components' lock and recent memories.
 """
 
-from icae_rag.slot_store import SlotStore
+from icae_rag.stores import SlotStore
 
 from ._shared import SLOT_KEY, best_last, node_text
 from .engine import (

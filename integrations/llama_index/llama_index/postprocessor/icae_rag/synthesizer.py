@@ -20,10 +20,9 @@ from llama_index.core.types import RESPONSE_TEXT_TYPE
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
 from icae_rag.generation import GenerationConfig
-from icae_rag.memory_store import SlotKey
 from icae_rag.serving import SlotCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
-from icae_rag.stores import as_store
+from icae_rag.stores import SlotKey, as_store
 
 from ._shared import RAW, SLOT_KEY, UsesCompressor, best_last, node_text
 

@@ -1,6 +1,6 @@
 """`open_store`: a memory store by URI, a local `SlotStore` directory or a `LanceMemoryStore` table.
 
-The interface both implement is `icae_rag.memory_store.MemoryStore`; this module is apart from it
+The interface both implement is `icae_rag.stores.base.MemoryStore`; this module is apart from it
 so that the implementations import the interface and only this module imports them.
 """
 
@@ -10,10 +10,10 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InvalidInputError
-from .lance_store import LanceMemoryStore
-from .memory_store import LANCE_PREFIX, MemoryStore, SlotStats
-from .slot_store import SlotStore
+from ..errors import InvalidInputError
+from .base import LANCE_PREFIX, MemoryStore, SlotStats
+from .lance import LanceMemoryStore
+from .sqlite import SlotStore
 
 __all__ = ["MemoryStore", "SlotStats", "as_store", "is_lance_uri", "open_store"]
 
