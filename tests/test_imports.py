@@ -109,11 +109,6 @@ def test_the_check_finds_a_cycle(tmp_path: Path) -> None:
 ROOT = PACKAGE.parent
 # Where the project's own code lives: none of it may import a deprecated alias module.
 PROJECT_DIRS = ("icae_rag", "tests", "benchmarks", "examples", "integrations", "docs")
-# Files another branch is rewriting right now (icae_rag/compressors/*): their one import of the
-# `icae_rag.chunking` alias moves to `icae_rag.data.chunking` when that branch is merged; then
-# empty this.
-PENDING = {"icae_rag/compressors/e2llm.py": {"icae_rag.chunking"},
-           "icae_rag/compressors/icae.py": {"icae_rag.chunking"}}
 
 
 def _imported_names(path: Path) -> set[str]:
@@ -152,7 +147,7 @@ def test_the_project_imports_no_deprecated_alias() -> None:
             else:
                 continue
             where = str(path.relative_to(ROOT))
-            found += [f"{where}: {name}" for name in sorted(used & aliases - PENDING.get(where, set()))]
+            found += [f"{where}: {name}" for name in sorted(used & aliases)]
     assert not found, "imports of deprecated aliases (import the new paths):\n" + "\n".join(found)
 
 

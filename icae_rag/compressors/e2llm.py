@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
-from ..chunking import sentence_chunks
+from ..data.chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
 from ..text import check_text
 from .base import Compressor, Encoded

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
-from ..chunking import slots_for, split_spans
+from ..data.chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
 from .base import Compressor, Encoded
 
