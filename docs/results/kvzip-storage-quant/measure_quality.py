@@ -15,7 +15,7 @@ from dataclasses import fields
 
 import torch
 
-from icae_rag import datasets, new_compressor
+from icae_rag import data, new_compressor
 from icae_rag.eval.metrics import answer_contained
 from icae_rag.kv_attention import rotary
 
@@ -24,7 +24,7 @@ VARIANTS = [("float16", 128), ("int8", 128), ("int4", 32), ("int4", 128), ("int2
 
 def main() -> None:
     examples = {}
-    for ex in datasets.load_squad("heldout"):
+    for ex in data.load_squad("heldout"):
         if ex.answers and ex.context not in examples:
             examples[ex.context] = ex
     examples = list(examples.values())[:20]
