@@ -21,6 +21,8 @@ ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "icae_rag.datasets": ("icae_rag.data", ("icae_rag.data.registry", "icae_rag.data.readers",
                                              "icae_rag.data.qa", "icae_rag.data.longqa")),
     "icae_rag.distributed": ("icae_rag.indexing", ("icae_rag.indexing",)),
+    "icae_rag.generation": ("icae_rag.decoding", ("icae_rag.decoding.prompts", "icae_rag.decoding.prefill",
+                                                   "icae_rag.decoding.generate")),
     "icae_rag.lance_store": ("icae_rag.stores", ("icae_rag.stores.lance",)),
     "icae_rag.memory_store": ("icae_rag.stores", ("icae_rag.stores.base",)),
     "icae_rag.retrieval": ("icae_rag.data.retrieval", ("icae_rag.data.retrieval",)),

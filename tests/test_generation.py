@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from conftest import TEXT
-from icae_rag.errors import InvalidInputError
-from icae_rag.generation import (
+from icae_rag.decoding import (
     GenerationConfig,
-    _NgramBan,
     build_prompt,
     generate_from_prompts,
     reconstruct_token_ids,
     stop_token_ids,
 )
+from icae_rag.decoding.generate import _NgramBan
+from icae_rag.errors import InvalidInputError
 from icae_rag.hf_compat import cache_arg, output_cache
 from icae_rag.soft_prompt import SoftPrompt
 
@@ -192,7 +192,7 @@ def test_stream_many_bad_input(tiny_raw):
 def test_memory_prompts_are_prefilled_together_as_one_by_one():
     from icae_rag import new_compressor
     from icae_rag.backbones import TINY_DECODER
-    from icae_rag.generation import _prefill
+    from icae_rag.decoding.prefill import _prefill
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
     a, b = kvzip.compress(TEXT), kvzip.compress("The Saturn V rocket launched every crewed Apollo mission.")
@@ -208,7 +208,7 @@ def test_memory_prompts_are_prefilled_together_as_one_by_one():
 def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
     from icae_rag import new_compressor
     from icae_rag.backbones import TINY_DECODER
-    from icae_rag.generation import _prefill, target_logits
+    from icae_rag.decoding.prefill import _prefill, target_logits
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2)
     contexts = [[kvzip.compress(TEXT)], [kvzip.compress("Short note."), "raw text"]] if with_memory else [[TEXT], ["x"]]

@@ -10,21 +10,19 @@ import torch
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SlotStore, new_compressor
 from icae_rag.backbones import TINY_DECODER, _tiny_decoder_dir
+from icae_rag.decoding import (
+    GenerationConfig,
+    build_prompt,
+    generate_from_prompts,
+    reconstruct_token_ids,
+    stop_token_ids,
+)
+from icae_rag.decoding.prefill import _extend, _prefill, _RowCache
 from icae_rag.errors import (
     BackboneMismatchError,
     ConfigError,
     CorruptFileError,
     UnsupportedModelError,
-)
-from icae_rag.generation import (
-    GenerationConfig,
-    _extend,
-    _prefill,
-    _RowCache,
-    build_prompt,
-    generate_from_prompts,
-    reconstruct_token_ids,
-    stop_token_ids,
 )
 from icae_rag.hf_compat import output_cache
 from icae_rag.kv_attention import rerotate, rotary
@@ -398,7 +396,7 @@ def test_scoring_pass_gives_the_checks_reference():
     # so its distributions over the repeated passage are the check's reference at no extra cost.
     from transformers import DynamicCache
 
-    from icae_rag.generation import prompt_texts
+    from icae_rag.decoding import prompt_texts
 
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32")
     tok, ids = comp.decoder.tokenizer, comp.tokenize(SECOND)

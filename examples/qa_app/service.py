@@ -44,8 +44,8 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag import DEFAULT_KIND
+from icae_rag.decoding import build_prompt
 from icae_rag.errors import CorruptFileError, InvalidInputError
-from icae_rag.generation import build_prompt
 from icae_rag.io import atomic_path, read_json, write_json
 
 # SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import decoding
 from ..backbones import DecoderBackbone, weights_fingerprint
 from ..errors import (
     BackboneMismatchError,
@@ -160,35 +161,25 @@ class Compressor(nn.Module):
         return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))
 
     def answer(self, question: str, contexts: Sequence[Memory | str], **generation: Any):
-        """Answer one question from soft prompts and/or raw text pieces (see `icae_rag.generation`)."""
-        from ..generation import answer
-
-        return answer(self, question, contexts, **generation)
+        """Answer one question from soft prompts and/or raw text pieces (see `icae_rag.decoding`)."""
+        return decoding.answer(self, question, contexts, **generation)
 
     def answer_many(self, questions: Sequence[str], contexts: Sequence[Sequence[Memory | str]], **generation: Any):
         """Answer several questions in one batch, each from its own contexts."""
-        from ..generation import answer_many
-
-        return answer_many(self, questions, contexts, **generation)
+        return decoding.answer_many(self, questions, contexts, **generation)
 
     def stream(self, question: str, contexts: Sequence[Memory | str], **generation: Any) -> Iterator[str]:
         """Yield the answer's text as it is generated."""
-        from ..generation import stream
-
-        return stream(self, question, contexts, **generation)
+        return decoding.stream(self, question, contexts, **generation)
 
     def stream_many(self, questions: Sequence[str], contexts: Sequence[Sequence[Memory | str]],
                     **generation: Any) -> Iterator[tuple[int, str]]:
         """Answer several questions in one batch, yielding (question index, text piece) as generated."""
-        from ..generation import stream_many
-
-        return stream_many(self, questions, contexts, **generation)
+        return decoding.stream_many(self, questions, contexts, **generation)
 
     def reconstruct(self, soft_prompt: Memory, **generation: Any) -> str:
         """Decode what a memory holds back to text (autoencoding / restate mode)."""
-        from ..generation import reconstruct
-
-        return reconstruct(self, soft_prompt, **generation)
+        return decoding.reconstruct(self, soft_prompt, **generation)
 
     # --- identity ----------------------------------------------------------------------------
     @property

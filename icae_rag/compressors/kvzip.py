@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
+from ..decoding import build_prompt, context_prefix_ids, prompt_texts, target_logits
 from ..errors import ConfigError, InvalidInputError
 from ..hf_compat import cache_arg, output_cache
 from ..kv_attention import KvView, rerotate
@@ -178,8 +179,6 @@ class KvzipCompressor(Compressor):
         return self._version
 
     def _prefix_ids(self) -> list[int]:
-        from ..generation import context_prefix_ids
-
         return context_prefix_ids(self.decoder.tokenizer)
 
     @torch.no_grad()
@@ -189,8 +188,6 @@ class KvzipCompressor(Compressor):
         it in its document), if given. Texts are scored one at a time (`batch_size` is unused).
         Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
         from transformers import DynamicCache
-
-        from ..generation import prompt_texts
 
         texts, leads = self.check_inputs(texts, leads)
         tok, model = self.decoder.tokenizer, self.decoder.model
@@ -286,8 +283,6 @@ class KvzipCompressor(Compressor):
 
     def _repeat_probs(self, memory: KvMemory, ids: list[int]) -> torch.Tensor:
         """The decoder's next-token distributions over `ids`, repeated from `memory` read alone."""
-        from ..generation import build_prompt, target_logits
-
         return torch.softmax(target_logits(self, [build_prompt(self, [memory], mode="repeat")], [ids])[0], dim=-1)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..compressors.base import Compressor
-from ..generation import reconstruct_token_ids
+from ..decoding import reconstruct_token_ids
 from .metrics import bleu4, bootstrap_ci, token_accuracy
 
 

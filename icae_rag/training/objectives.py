@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compressors.base import Compressor
-from ..generation import build_prompt, stop_token_ids
+from ..decoding import build_prompt, stop_token_ids
 from .samples import Sample
 
 

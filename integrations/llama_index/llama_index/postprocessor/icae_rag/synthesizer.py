@@ -18,8 +18,8 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
 from icae_rag.compressors import as_compressor
+from icae_rag.decoding import GenerationConfig
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
-from icae_rag.generation import GenerationConfig
 from icae_rag.serving import SlotCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import SlotKey, as_store
@@ -41,7 +41,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     A node marked by `SoftPromptCompressor` is read as its soft prompt (from memory, then the slot
     store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
     question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
-    `get_prompts()`); instruction and context layout are `icae_rag.generation.build_prompt`'s.
+    `get_prompts()`); instruction and context layout are `icae_rag.decoding.build_prompt`'s.
     ``best_last=True`` reads the nodes highest-scored last, next to the question (`best_last`);
     False reads them in the order given.
     ``streaming=True`` streams tokens as they are decoded (`query` and `aquery`).

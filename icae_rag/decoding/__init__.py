@@ -1,0 +1,51 @@
+"""Answer from memories: the prompt layout (`prompts`), the cache each prompt builds (`prefill`), and
+decoding, streaming and reconstruction (`generate`)."""
+
+from .generate import (
+    Answer,
+    GenerationConfig,
+    answer,
+    answer_many,
+    generate_from_prompts,
+    reconstruct,
+    reconstruct_token_ids,
+    stream,
+    stream_many,
+)
+from .prefill import Prefilled, target_logits
+from .prompts import (
+    INSTRUCTIONS,
+    MODES,
+    REPEAT_REQUEST,
+    Context,
+    Prompt,
+    TrainingContext,
+    build_prompt,
+    context_prefix_ids,
+    prompt_texts,
+    stop_token_ids,
+)
+
+__all__ = [
+    "INSTRUCTIONS",
+    "MODES",
+    "REPEAT_REQUEST",
+    "Answer",
+    "Context",
+    "GenerationConfig",
+    "Prefilled",
+    "Prompt",
+    "TrainingContext",
+    "answer",
+    "answer_many",
+    "build_prompt",
+    "context_prefix_ids",
+    "generate_from_prompts",
+    "prompt_texts",
+    "reconstruct",
+    "reconstruct_token_ids",
+    "stop_token_ids",
+    "stream",
+    "stream_many",
+    "target_logits",
+]
