@@ -260,8 +260,13 @@ def _load_hub_tokenizer(hub_id: str):
 
 def _tiny_encoder_dir() -> Path:
     """A tiny random BERT with the default encoder's tokenizer, saved as a sentence-transformer."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    try:  # sentence-transformers >= 6.3 moved the module classes (the old path warns)
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
 
     target = cache_dir() / "encoders" / "tiny-bert-v1"
     if (target / "modules.json").is_file():
