@@ -113,7 +113,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     from .compressors.kvzip import memory_budget
 
     budget = memory_budget(prompt)
-    return {"output": str(args.output), "compressor": compressor.kind, "soft_tokens": prompt.num_soft_tokens,
+    return {"output": str(args.output), "compressor": compressor.kind, "soft_tokens": prompt.num_positions,
             "input_tokens": prompt.source_tokens, "compression_ratio": round(prompt.compression_ratio, 3),
             "fidelity": budget["fidelity"], "fidelity_target": budget["fidelity_target"],
             "pieces": len(prompt.pieces)}
@@ -127,7 +127,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     prompt = Memory.load(args.file)
     compressor = _load(args, kind=prompt.compressor)
     return {"text": compressor.reconstruct(prompt), "compressor": prompt.compressor,
-            "soft_tokens": prompt.num_soft_tokens, "input_tokens": prompt.source_tokens}
+            "soft_tokens": prompt.num_positions, "input_tokens": prompt.source_tokens}
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class KvMemory(Memory):
         return self.keys.shape[0]
 
     @property
-    def num_soft_tokens(self) -> int:
+    def num_positions(self) -> int:
         """Kept entries in token-equivalents: entries / (layers * kv_heads), rounded up."""
         return math.ceil(self.kept_entries / (self.layers * self.kv_heads))
 

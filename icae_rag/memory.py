@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ._deprecation import renamed
 from .errors import CorruptFileError
 from .io import read_tensors
 
@@ -39,9 +40,15 @@ class Memory:
             Memory._formats[cls.format_name] = cls
 
     @property
-    def num_soft_tokens(self) -> int:
+    def num_positions(self) -> int:
         """Decoder positions (or, for KV memories, position-equivalents of cache) this memory takes."""
         raise NotImplementedError
+
+    @property
+    def num_soft_tokens(self) -> int:
+        """Deprecated name of `num_positions` (removed in the next release)."""
+        renamed("Memory.num_soft_tokens", "Memory.num_positions")
+        return self.num_positions
 
     @property
     def source_tokens(self) -> int:
@@ -50,8 +57,8 @@ class Memory:
 
     @property
     def compression_ratio(self) -> float:
-        """Source tokens per soft token."""
-        return self.source_tokens / max(1, self.num_soft_tokens)
+        """Source tokens per decoder position the memory takes."""
+        return self.source_tokens / max(1, self.num_positions)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the memory stores, by name (what its file holds)."""

@@ -135,12 +135,12 @@ class SlotCache:
                 compressed += one.compressed
                 memories[i] = (one.prompts[0], one.keys[0])
             memory, key = memories[i]
-            if max_positions is None or used + memory.num_soft_tokens <= max_positions:
-                out.append(Fitted(key, memory.num_soft_tokens, memory.source_tokens))
-                used += memory.num_soft_tokens
+            if max_positions is None or used + memory.num_positions <= max_positions:
+                out.append(Fitted(key, memory.num_positions, memory.source_tokens))
+                used += memory.num_positions
             else:
                 logger.info("text %d: %d soft tokens exceed the remaining budget of %d; dropped",
-                            i, memory.num_soft_tokens, max_positions - used)
+                            i, memory.num_positions, max_positions - used)
                 out.append(None)
         if texts and all(f is None for f in out):
             logger.warning("max_positions=%s is smaller than every text's memory: no context is left", max_positions)

@@ -70,7 +70,7 @@ class SoftPrompt(Memory):
         return self.embeddings.shape[0]
 
     @property
-    def num_soft_tokens(self) -> int:
+    def num_positions(self) -> int:
         """Number of soft tokens (decoder input positions this prompt takes)."""
         return self.embeddings.shape[0]
 
@@ -103,7 +103,7 @@ class SoftPrompt(Memory):
         pieces, offset = [], 0
         for p in prompts:
             pieces += [replace(q, slot_start=q.slot_start + offset, slot_end=q.slot_end + offset) for q in p.pieces]
-            offset += p.num_soft_tokens
+            offset += p.num_positions
         device = first.embeddings.device
         embeddings = torch.cat([p.embeddings.to(device) for p in prompts], dim=0)
         return cls(embeddings, tuple(pieces), first.compressor, first.compressor_version, first.backbone)

@@ -52,7 +52,7 @@ def test_icae_multi_span_keeps_ratio(tiny_icae):
     prompt = tiny_icae.compress(TEXT)
     spans = math.ceil(n / TINY_ICAE["span_tokens"])
     assert len(prompt.pieces) == spans > 1
-    assert prompt.num_soft_tokens == sum(math.ceil(p.source_tokens / 4) for p in prompt.pieces)
+    assert prompt.num_positions == sum(math.ceil(p.source_tokens / 4) for p in prompt.pieces)
     assert prompt.compression_ratio > 3.5
 
 
@@ -61,7 +61,7 @@ def test_e2llm_chunks_at_sentences(tiny_e2llm):
     assert all(e - s <= 24 for s, e, _ in chunks)
     assert "".join(c for _, _, c in chunks).replace(" ", "") == TEXT.replace(" ", "")
     prompt = tiny_e2llm.compress(TEXT)
-    assert prompt.num_soft_tokens == 2 * len(chunks)
+    assert prompt.num_positions == 2 * len(chunks)
 
 
 def test_batched_equals_one_by_one(tiny_compressor):
@@ -232,7 +232,7 @@ def test_e2llm_attention_adapter_round_trip(tmp_path):
     comp = new_compressor("e2llm", device="cpu", **(TINY_E2LLM | {"adapter": "attention", "adapter_hidden": 32}))
     _randomise(comp)
     prompt = comp.compress(TEXT)
-    assert prompt.num_soft_tokens == 2 * len(comp.chunk(TEXT))
+    assert prompt.num_positions == 2 * len(comp.chunk(TEXT))
     loaded = load_compressor(comp.save_pretrained(tmp_path / "ckpt"), device="cpu")
     assert torch.equal(loaded.compress(TEXT).embeddings, prompt.embeddings)
 

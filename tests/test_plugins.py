@@ -156,7 +156,7 @@ def test_a_raw_soft_prompt_is_readable_before_its_kind_is_loaded_again(tiny_raw,
 
     prompt = tiny_raw.compress(TEXT)
     unregister_compressor("raw")  # as in a process that never used the raw kind
-    tiny_icae.check_soft_prompt(prompt)
+    tiny_icae.check_memory(prompt)
     assert "raw" in plugins._REGISTRY
 
 

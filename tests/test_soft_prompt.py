@@ -35,13 +35,13 @@ def test_save_load_is_bit_identical(tmp_path, dtype):
 
 def test_ratio_and_counts():
     prompt = make(n=5)
-    assert prompt.num_soft_tokens == 5 and prompt.source_tokens == 20 and prompt.compression_ratio == 4.0
+    assert prompt.num_positions == 5 and prompt.source_tokens == 20 and prompt.compression_ratio == 4.0
 
 
 def test_concat_shifts_pieces_and_rejects_mixed_versions():
     a, b = make(3), make(4)
     joined = SoftPrompt.concat([a, b])
-    assert joined.num_soft_tokens == 7
+    assert joined.num_positions == 7
     assert [(p.slot_start, p.slot_end) for p in joined.pieces] == [(0, 3), (3, 7)]
     assert torch.equal(joined.embeddings[3:], b.embeddings)
     with pytest.raises(BackboneMismatchError):

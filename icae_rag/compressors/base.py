@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import decoding
+from .._deprecation import renamed
 from ..backbones import DecoderBackbone, weights_fingerprint
 from ..errors import (
     BackboneMismatchError,
@@ -197,19 +198,24 @@ class Compressor(nn.Module):
         """Identifies the trained weights; soft prompts of another version are not interchangeable."""
         return f"{self.kind}-{weights_fingerprint(_TensorBag(self.trainable_state_dict()))}"
 
-    def check_soft_prompt(self, prompt: Memory) -> None:
+    def check_memory(self, memory: Memory) -> None:
         """Raise if a memory was not made for this backbone (soft prompts: by this compressor)."""
-        if prompt.backbone != self.backbone_id:
+        if memory.backbone != self.backbone_id:
             raise BackboneMismatchError(
-                f"soft prompt was made for backbone {prompt.backbone}, this compressor uses "
+                f"memory was made for backbone {memory.backbone}, this compressor uses "
                 f"{self.backbone_id}: re-compress the text with this compressor")
-        if prompt.readable_by_any_compressor:
+        if memory.readable_by_any_compressor:
             return
-        if (prompt.compressor, prompt.compressor_version) != (self.kind, self.version) \
-                and not _reads_text(prompt.compressor):
+        if (memory.compressor, memory.compressor_version) != (self.kind, self.version) \
+                and not _reads_text(memory.compressor):
             raise BackboneMismatchError(
-                f"soft prompt was made by {prompt.compressor}/{prompt.compressor_version}, this is "
+                f"memory was made by {memory.compressor}/{memory.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")
+
+    def check_soft_prompt(self, prompt: Memory) -> None:
+        """Deprecated name of `check_memory` (removed in the next release)."""
+        renamed("Compressor.check_soft_prompt", "Compressor.check_memory")
+        self.check_memory(prompt)
 
     # --- checkpoints -------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

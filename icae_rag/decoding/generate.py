@@ -279,7 +279,7 @@ def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_ne
     token ranges of one source, so joining ids (not stripped texts) keeps the spacing."""
     if not isinstance(soft_prompt, Memory):
         raise InvalidInputError(f"reconstruct takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
-    compressor.check_soft_prompt(soft_prompt)
+    compressor.check_memory(soft_prompt)
     stops = stop_token_ids(compressor.decoder.tokenizer)
     # Copying a text must reproduce its own repeated phrases, so the answers' loop stop is off here.
     config = partial(GenerationConfig, no_repeat_ngram_size=0)

@@ -52,7 +52,7 @@ class Prompt:
     @property
     def positions(self) -> int:
         """Decoder positions the prompt takes (a KV memory counts its kept entries' token-equivalents)."""
-        return sum(s.num_soft_tokens if isinstance(s, KvMemory) else s.shape[0] for s in self.segments)
+        return sum(s.num_positions if isinstance(s, KvMemory) else s.shape[0] for s in self.segments)
 
     @property
     def has_memories(self) -> bool:
@@ -109,7 +109,7 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
         if i:
             segments.append(separator)
         if isinstance(ctx, KvMemory):
-            compressor.check_soft_prompt(ctx)
+            compressor.check_memory(ctx)
             prefix_sha = prefix_sha or token_ids_sha256(dec.tokenizer(before, add_special_tokens=False)["input_ids"])
             if ctx.prefix_sha256 != prefix_sha:
                 raise BackboneMismatchError(
@@ -118,7 +118,7 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
                     "compress the text again")
             segments.append(ctx)
         elif isinstance(ctx, SoftPrompt):
-            compressor.check_soft_prompt(ctx)
+            compressor.check_memory(ctx)
             segments.append(ctx.embeddings.to(dec.device, dec.dtype))
         elif isinstance(ctx, torch.Tensor):
             segments.append(ctx.to(dec.dtype))
@@ -133,7 +133,7 @@ def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *,
             continue
         else:
             raise InvalidInputError(f"a context must be a SoftPrompt, KvMemory or str, got {type(ctx).__name__}")
-        soft += ctx.num_soft_tokens
+        soft += ctx.num_positions
         source += ctx.source_tokens
     segments.append(compressor.mode_embedding(mode).to(dec.dtype))
     segments.append(dec.embed_text(after))

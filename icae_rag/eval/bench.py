@@ -186,7 +186,7 @@ def _qa_modes(items, compressors, raw, lingua):
         def make(it, comp=comp, first=(i == 0)):
             prompts = comp.compress_many(it.passages)
             if first:
-                budget[it.id] = sum(p.num_soft_tokens for p in prompts)
+                budget[it.id] = sum(p.num_positions for p in prompts)
             return prompts
         modes[comp.label] = make
         readers[comp.label] = comp

@@ -235,7 +235,7 @@ class LanceMemoryStore(MemoryStore):
                     rows[col].append(value)
                 rows["row_id"].append(uuid.uuid4().hex)
                 rows["memory"].append(path.read_bytes())
-                rows["soft_tokens"].append(memory.num_soft_tokens)
+                rows["soft_tokens"].append(memory.num_positions)
                 rows["source_tokens"].append(memory.source_tokens)
                 rows["created"].append(now)
         self._append(pa.Table.from_pydict(rows, schema=_schema()))

@@ -148,7 +148,7 @@ class SlotStore(MemoryStore):
 
     def _write_one(self, key: SlotKey, prompt: Memory) -> None:
         prompt.save(self.path / key.blob)  # atomic: temp file + rename, before the row exists
-        row = (*key._row(), key.blob, prompt.num_soft_tokens, prompt.source_tokens, time.time())
+        row = (*key._row(), key.blob, prompt.num_positions, prompt.source_tokens, time.time())
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             self._stats.writes += 1

@@ -45,7 +45,7 @@ def test_keep_top_raw_keeps_the_best_scored_nodes_as_text(tiny_icae):
 
 def test_budget_caps_context_positions(tiny_icae, caplog):
     texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in make_nodes()]
-    soft = [tiny_icae.compress(t).num_soft_tokens for t in texts]
+    soft = [tiny_icae.compress(t).num_positions for t in texts]
     cap = soft[1] + soft[0]
     assert len(tiny_icae.tokenize(texts[1])) > cap and soft[3] > soft[0], "the sizes this test relies on"
     with EventCollector(kind=SoftPromptCompressEndEvent) as seen, caplog.at_level(logging.INFO):
