@@ -52,7 +52,7 @@ from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.io import atomic_path
-from icae_rag.stores import SlotStore
+from icae_rag.stores import SqliteMemoryStore
 
 PROGRESS_FILE = "progress.jsonl"  # in --out: the questions answered so far, so a stopped run resumes
 
@@ -149,7 +149,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     done = _open_progress(progress_file, key) if progress_file is not None else {}
     with tempfile.TemporaryDirectory(prefix="icae-rag-bench-") as tmp:
         for comp in compressors:
-            store = SlotStore(Path(tmp) / f"store-{len(engines)}")
+            store = SqliteMemoryStore(Path(tmp) / f"store-{len(engines)}")
             start = time.perf_counter()
             SoftPromptIngestion(comp, store)(nodes, show_progress=True)
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}

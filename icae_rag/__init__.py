@@ -39,7 +39,7 @@ _EXPORTS = {
     "MemoryStore": "stores",
     "Piece": "soft_prompt",
     "RawTextCompressor": "compressors",
-    "SlotStore": "stores",
+    "SqliteMemoryStore": "stores",
     "SoftPrompt": "soft_prompt",
     "load_compressor": "compressors",
     "load_decoder": "backbones",
@@ -52,7 +52,15 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 
 
+# Deprecated names (one release) -> their new names in _EXPORTS.
+_RENAMED = {"SlotStore": "SqliteMemoryStore"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        from ._deprecation import renamed
+        renamed(f"icae_rag.{name}", f"icae_rag.{_RENAMED[name]}")
+        name = _RENAMED[name]
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'icae_rag' has no attribute {name!r}")

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     idx = sub.add_parser("index", help="compress documents into a memory store (local or Ray workers)")
     idx.add_argument("docs", nargs="+", metavar="DOCS", help="UTF-8 text files")
-    idx.add_argument("--store", required=True, help="SlotStore directory, .lance path, lance://... or s3://.../x.lance")
+    idx.add_argument("--store", required=True, help="SqliteMemoryStore directory, .lance path, lance://... or s3://.../x.lance")
     idx.add_argument("--compressor", default=DEFAULT_KIND,
                      help="kind, kind:key=value,... or checkpoint dir (default %(default)s)")
     idx.add_argument("--engine", default="local", choices=["local", "ray"])

@@ -16,7 +16,7 @@ writes only what is missing: no duplicates, no holes.
   makes the run restart that worker until it is stopped: watch the log for restarts.
 
 Every worker opens the store by URI, so it must be reachable from every machine: a Lance table on
-an object store (``s3://bucket/memories.lance``) for a cluster; a local `SlotStore` directory or
+an object store (``s3://bucket/memories.lance``) for a cluster; a local `SqliteMemoryStore` directory or
 local ``.lance`` table for workers of one machine.
 """
 

@@ -1,8 +1,8 @@
-"""One compressor serving many threads: `SlotCache` (its lock, recent memories, the store) and `TokenStream`.
+"""One compressor serving many threads: `MemoryCache` (its lock, recent memories, the store) and `TokenStream`.
 
 ICAE switches its LoRA adapter off while decoding, so compressing and decoding with one compressor
 object must never overlap: every user of that object (the LlamaIndex components, the QA app) takes
-`SlotCache(compressor).lock`, one lock per compressor object.
+`MemoryCache(compressor).lock`, one lock per compressor object.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Seque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from ._deprecation import class_aliases
 from .errors import InvalidInputError
 from .soft_prompt import text_sha256
-from .stores.base import SlotKey, compressor_identity
+from .stores.base import MemoryKey, compressor_identity
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
     from .memory import Memory
     from .stores.base import MemoryStore
 
-__all__ = ["RECENT_ENTRIES", "Fitted", "Resolved", "SlotCache", "TokenStream"]
+__all__ = ["RECENT_ENTRIES", "Fitted", "MemoryCache", "Resolved", "TokenStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ RECENT_ENTRIES = 128  # memories kept in memory per compressor (about 0.6 MB eac
 
 @dataclass
 class _Shared:
-    """What every SlotCache of one compressor object shares."""
+    """What every MemoryCache of one compressor object shares."""
 
     lock: threading.RLock = field(default_factory=threading.RLock)
-    recent: OrderedDict = field(default_factory=OrderedDict)  # SlotKey -> Memory, oldest first
+    recent: OrderedDict = field(default_factory=OrderedDict)  # MemoryKey -> Memory, oldest first
 
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -49,22 +50,22 @@ class Resolved(NamedTuple):
     """Memories in the order asked for, their keys, and how many texts were compressed just now."""
 
     prompts: list[Memory]
-    keys: list[SlotKey]
+    keys: list[MemoryKey]
     compressed: int
 
 
 class Fitted(NamedTuple):
     """A text kept within a budget: its memory's key (None: read as raw text), decoder positions, source tokens."""
 
-    key: SlotKey | None
+    key: MemoryKey | None
     positions: int
     source_tokens: int
 
 
-class SlotCache:
+class MemoryCache:
     """A compressor and its optional memory store: memories from recent use, else the store, else compressed.
 
-    Every SlotCache of the same compressor object shares one lock and one table of recent memories,
+    Every MemoryCache of the same compressor object shares one lock and one table of recent memories,
     so a memory one component just made is found by the next (store or not).
     """
 
@@ -88,7 +89,7 @@ class SlotCache:
         """One memory per text; misses are compressed in batches (and stored when there is a store)."""
         with self.lock:
             identity = self.identity()  # once: an ICAE version hashes the weights
-            keys = [SlotKey(text_sha256(t), *identity) for t in texts]
+            keys = [MemoryKey(text_sha256(t), *identity) for t in texts]
             recent = self._shared.recent
             found = {k: recent[k] for k in keys if k in recent}
             todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
@@ -151,7 +152,7 @@ class SlotCache:
         """Put the memories of `texts` (encoded after `leads`, if given) into the store, not into
         recent memory; returns how many were compressed."""
         if self.store is None:
-            raise InvalidInputError("precomputing soft prompts needs a slot store to keep them in")
+            raise InvalidInputError("precomputing memories needs a memory store to keep them in")
         with self.lock:
             before = self.store.stats.misses
             self.store.get_or_compress(texts, self.compressor, batch_size=batch_size, progress=progress, leads=leads)
@@ -224,3 +225,7 @@ class TokenStream:
         finally:
             # Not pieces.close(): a cancelled read may still be running it in its thread.
             self._stop.set()
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SlotCache": lambda: MemoryCache})

@@ -1,4 +1,4 @@
-"""A stand-in compressor and a writer/reader process for the SlotStore crash and concurrency tests.
+"""A stand-in compressor and a writer/reader process for the SqliteMemoryStore crash and concurrency tests.
 
 Run as ``python tests/slot_worker.py write|read STORE_DIR N ROWS``: `write` stores N entries one at
 a time (printing a line after each), `read` polls until all N are served, checking each hit bit for
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from icae_rag.soft_prompt import Piece, SoftPrompt, text_sha256
-from icae_rag.stores import SlotStore
+from icae_rag.stores import SqliteMemoryStore
 
 
 def expected(text: str, rows: int) -> SoftPrompt:
@@ -26,7 +26,7 @@ def expected(text: str, rows: int) -> SoftPrompt:
 
 
 class FakeCompressor:
-    """Just what SlotStore uses of a compressor: identity, decoder device, compress_many."""
+    """Just what SqliteMemoryStore uses of a compressor: identity, decoder device, compress_many."""
 
     kind, version, backbone_id = "fake", "fake-1", "fake@0"
     decoder = SimpleNamespace(device=torch.device("cpu"))
@@ -47,7 +47,7 @@ def texts(n: int) -> list[str]:
 
 def main(mode: str, path: str, n: int, rows: int) -> None:
     comp = FakeCompressor(rows)
-    with SlotStore(path) as store:
+    with SqliteMemoryStore(path) as store:
         if mode == "write":
             for t in texts(n):
                 store.get_or_compress([t], comp)

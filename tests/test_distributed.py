@@ -21,7 +21,7 @@ from icae_rag.data import load_squad
 from icae_rag.data.chunking import sentence_boundaries
 from icae_rag.errors import IcaeRagError, InvalidInputError
 from icae_rag.io import read_tensors
-from icae_rag.stores import SlotKey, open_store
+from icae_rag.stores import MemoryKey, open_store
 
 pytest.importorskip("lance")
 
@@ -48,14 +48,14 @@ def nodes() -> list[str]:
     return list(sentences)[:N]
 
 
-def files_of(store, texts: list[str], compressor, tmp: Path) -> dict[SlotKey, tuple]:
+def files_of(store, texts: list[str], compressor, tmp: Path) -> dict[MemoryKey, tuple]:
     """Each text's stored memory as (tensors, header), read back through its safetensors file."""
     out = {}
     for i, text in enumerate(texts):
         memory = store.get(text, compressor)
         assert memory is not None, f"node {i} is missing"
         memory.save(tmp / "m.safetensors")
-        out[SlotKey.of(text, compressor)] = read_tensors(tmp / "m.safetensors")
+        out[MemoryKey.of(text, compressor)] = read_tensors(tmp / "m.safetensors")
     return out
 
 
@@ -67,7 +67,7 @@ def same_files(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def two_actor_run(ray_cluster, nodes, tmp_path_factory):
-    """The 200 nodes compressed (tiny kvzip) by 2 Ray actors into a Lance table, and by one process into a SlotStore."""
+    """The 200 nodes compressed (tiny kvzip) by 2 Ray actors into a Lance table, and by one process into a SqliteMemoryStore."""
     root = tmp_path_factory.mktemp("two_actors")
     local = indexing.index_local(nodes, KVZIP, root / "local-slots", batch_size=16, device="cpu", num_cpus=1)
     ray_run = indexing.index_with_ray(nodes, KVZIP, root / "memories.lance", concurrency=2, num_cpus=1,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TEXT
-from icae_rag import KvMemory, Memory, SlotStore, new_compressor
+from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
 from icae_rag.backbones import TINY_DECODER, _tiny_decoder_dir
 from icae_rag.decoding import (
     GenerationConfig,
@@ -243,7 +243,7 @@ def test_bad_config_is_a_typed_error(bad):
 
 
 def test_slot_store_keeps_kv_memories(tmp_path, kvzip):
-    store = SlotStore(tmp_path / "store")
+    store = SqliteMemoryStore(tmp_path / "store")
     first = store.get_or_compress([TEXT, SECOND], kvzip)
     again = store.get_or_compress([TEXT, SECOND], kvzip)
     assert store.stats.writes == 2 and all(isinstance(m, KvMemory) for m in again)
@@ -422,7 +422,7 @@ def test_bad_adaptive_settings_are_typed_errors(bad):
 
 
 def test_store_keys_memories_by_their_setting(tmp_path):
-    store = SlotStore(tmp_path / "store")
+    store = SqliteMemoryStore(tmp_path / "store")
     loose = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.3)
     strict = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9)
     assert loose.version != strict.version != new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).version

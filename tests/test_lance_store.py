@@ -1,4 +1,4 @@
-"""The MemoryStore contract, run on both stores (SlotStore, LanceMemoryStore), plus Lance specifics."""
+"""The MemoryStore contract, run on both stores (SqliteMemoryStore, LanceMemoryStore), plus Lance specifics."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.io import read_tensors
 from icae_rag.memory import Memory
-from icae_rag.stores import MemoryStore, SlotKey, SlotStore, is_lance_uri, open_store
+from icae_rag.stores import MemoryKey, MemoryStore, SqliteMemoryStore, is_lance_uri, open_store
 
 lance = pytest.importorskip("lance")
 from icae_rag.stores.lance import SCHEMA_KEY, LanceMemoryStore, _schema  # noqa: E402
@@ -28,7 +28,7 @@ LOGGERS = {"slot": "icae_rag.stores.sqlite", "lance": "icae_rag.stores.lance"}
 
 @pytest.fixture(params=["slot", "lance"])
 def store_uri(request, tmp_path) -> str:
-    """A fresh store location of each kind: a SlotStore directory, a local .lance table."""
+    """A fresh store location of each kind: a SqliteMemoryStore directory, a local .lance table."""
     return str(tmp_path / ("slots" if request.param == "slot" else "memories.lance"))
 
 
@@ -51,9 +51,9 @@ def same_memory(a: Memory, b: Memory, tmp_path: Path) -> bool:
         ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def damage(store: MemoryStore, key: SlotKey, bytes_of_other: SlotKey | None) -> None:
+def damage(store: MemoryStore, key: MemoryKey, bytes_of_other: MemoryKey | None) -> None:
     """Make the stored bytes of `key` unreadable (or another key's memory), as a crash or bad copy would."""
-    if isinstance(store, SlotStore):
+    if isinstance(store, SqliteMemoryStore):
         blob = store.path / key.blob
         blob.write_bytes((store.path / bytes_of_other.blob).read_bytes() if bytes_of_other else b"garbage")
         return
@@ -85,7 +85,7 @@ def test_round_trip_is_bit_identical(store_uri, kind, request, tmp_path):
 
 
 def test_open_store_picks_the_implementation_and_reopens_by_path(tmp_path):
-    assert isinstance(open_store(tmp_path / "dir"), SlotStore)
+    assert isinstance(open_store(tmp_path / "dir"), SqliteMemoryStore)
     assert isinstance(open_store(tmp_path / "m.lance"), LanceMemoryStore)
     forced = open_store(f"lance://{tmp_path / 'plain'}")
     assert isinstance(forced, LanceMemoryStore) and forced.uri == str(tmp_path / "plain")
@@ -138,7 +138,7 @@ def test_unreadable_bytes_are_a_miss_with_a_warning(store_uri, how, caplog):
     comp = FakeCompressor()
     store = open_store(store_uri)
     store.get_or_compress(["one", "two"], comp)
-    damage(store, SlotKey.of("one", comp), SlotKey.of("two", comp) if how == "swap" else None)
+    damage(store, MemoryKey.of("one", comp), MemoryKey.of("two", comp) if how == "swap" else None)
     with caplog.at_level(logging.WARNING):
         assert store.get("one", comp) is None
     assert "dropping an unreadable" in caplog.text

@@ -346,7 +346,7 @@ def test_restart_reloads_documents_index_and_soft_prompts(tmp_path, compressor, 
         assert status == 200 and again[0]["sources"] == first[0]["sources"]
         assert again[0]["sources"][0]["file"] == "tower.pdf"
         assert answer_text(again) == answer_text(first)  # greedy decoding of the same soft prompts
-        assert calls == []  # soft prompts came from the persisted slot store
+        assert calls == []  # soft prompts came from the persisted memory store
         assert upload(client, "rhine.txt", RHINE).status_code == 201
     with TestClient(make_app(tmp_path, compressor)) as client:
         assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == [

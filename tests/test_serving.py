@@ -10,16 +10,16 @@ import pytest
 from conftest import TEXT, spy_compress
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
-from icae_rag.serving import SlotCache, TokenStream
-from icae_rag.stores import SlotStore, as_store
+from icae_rag.serving import MemoryCache, TokenStream
+from icae_rag.stores import SqliteMemoryStore, as_store
 
 TEXTS = ["Apollo 11 landed on the Moon in July 1969.", "Eagle was the lunar module.", TEXT]
 
 
 def test_caches_of_one_compressor_share_the_lock_and_recent_memories(tiny_icae, tiny_raw, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
-    first, second = SlotCache(tiny_icae), SlotCache(tiny_icae)
-    assert first.lock is second.lock and SlotCache(tiny_raw).lock is not first.lock
+    first, second = MemoryCache(tiny_icae), MemoryCache(tiny_icae)
+    assert first.lock is second.lock and MemoryCache(tiny_raw).lock is not first.lock
     assert first.resolve(TEXTS).compressed == 3
     again = second.resolve(TEXTS[::-1])
     assert calls == [3] and again.compressed == 0, "the second cache finds the first one's memories"
@@ -27,15 +27,15 @@ def test_caches_of_one_compressor_share_the_lock_and_recent_memories(tiny_icae, 
 
 
 def test_precompute_fills_the_store(tiny_raw, tmp_path):
-    with pytest.raises(InvalidInputError, match="needs a slot store"):
-        SlotCache(tiny_raw).precompute(TEXTS)
-    cache = SlotCache(tiny_raw, SlotStore(tmp_path))
+    with pytest.raises(InvalidInputError, match="needs a memory store"):
+        MemoryCache(tiny_raw).precompute(TEXTS)
+    cache = MemoryCache(tiny_raw, SqliteMemoryStore(tmp_path))
     assert cache.precompute(TEXTS) == 3 and cache.precompute(TEXTS) == 0
     assert all(cache.store.has(t, tiny_raw) for t in TEXTS)
 
 
 def test_fit_keeps_raw_texts_first_and_drops_what_does_not_fit(tiny_icae):
-    cache = SlotCache(tiny_icae)
+    cache = MemoryCache(tiny_icae)
     free, compressed = cache.fit(TEXTS, keep_raw=1)
     assert compressed == 2 and free[0].key is None and all(f.key is not None for f in free[1:])
     assert free[0].positions == cache.count_tokens(TEXTS[0])
@@ -70,8 +70,8 @@ def test_argument_helpers(tiny_raw, tmp_path):
     assert as_compressor(tiny_raw) is tiny_raw
     with pytest.raises(InvalidInputError, match="compressor must be"):
         as_compressor(42)
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     assert as_store(store) is store and as_store(None) is None
     assert as_store(tmp_path / "other").path == tmp_path / "other"
-    with pytest.raises(InvalidInputError, match="slot_store must be"):
+    with pytest.raises(InvalidInputError, match="store must be"):
         as_store(42)

@@ -1,4 +1,4 @@
-"""SlotStore: round trip, version isolation, crash safety, corruption fallbacks, concurrent processes."""
+"""SqliteMemoryStore: round trip, version isolation, crash safety, corruption fallbacks, concurrent processes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from slot_worker import FakeCompressor, expected, texts
 
 from conftest import TEXT, same_memory, spy_compress
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
-from icae_rag.stores import SlotKey, SlotStore
+from icae_rag.stores import MemoryKey, SqliteMemoryStore
 from icae_rag.stores.sqlite import DB_NAME, PERSIST_SUBDIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,11 @@ def _worker(mode: str, path: Path, n: int, rows: int) -> subprocess.Popen:
 
 def test_round_trip_is_bit_identical(tiny_compressor, tmp_path):
     prompt = tiny_compressor.compress(TEXT)
-    with SlotStore(tmp_path / "slots") as store:
+    with SqliteMemoryStore(tmp_path / "slots") as store:
         assert not store.has(TEXT, tiny_compressor)
         store.put(TEXT, tiny_compressor, prompt)
         assert store.has(TEXT, tiny_compressor) and len(store) == 1
-    with SlotStore(tmp_path / "slots") as reopened:
+    with SqliteMemoryStore(tmp_path / "slots") as reopened:
         got = reopened.get(TEXT, tiny_compressor)
         assert reopened.stats.hits == 1
     assert same_memory(got, prompt)
@@ -48,7 +48,7 @@ def test_round_trip_is_bit_identical(tiny_compressor, tmp_path):
 
 def test_second_get_or_compress_compresses_nothing(tiny_icae, tmp_path, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     first = store.get_or_compress([TEXT, OTHER, TEXT], tiny_icae, batch_size=2)
     assert calls == [2], "a text repeated in one call is compressed once"
     assert torch.equal(first[0].embeddings, first[2].embeddings)
@@ -59,7 +59,7 @@ def test_second_get_or_compress_compresses_nothing(tiny_icae, tmp_path, monkeypa
 
 
 def test_other_compressor_version_is_never_served(tiny_icae, tiny_raw, tmp_path, caplog):
-    store = SlotStore.in_persist_dir(tmp_path)
+    store = SqliteMemoryStore.in_persist_dir(tmp_path)
     assert store.path == tmp_path / PERSIST_SUBDIR
     store.put(TEXT, tiny_icae, tiny_icae.compress(TEXT))
     old_version = tiny_icae.version
@@ -77,7 +77,7 @@ def test_other_compressor_version_is_never_served(tiny_icae, tiny_raw, tmp_path,
 
 
 def test_put_refuses_a_soft_prompt_of_another_text(tiny_raw, tmp_path):
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     with pytest.raises(InvalidInputError, match="another text"):
         store.put(TEXT, tiny_raw, tiny_raw.compress(OTHER))
     with pytest.raises(InvalidInputError, match="list of texts"):
@@ -89,15 +89,15 @@ def test_put_refuses_a_soft_prompt_of_another_text(tiny_raw, tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "delete", "swap"])
 def test_unreadable_blob_is_a_miss_with_a_warning(tmp_path, caplog, damage):
     comp = FakeCompressor()
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     store.get_or_compress(["one", "two"], comp)
-    blob = tmp_path / SlotKey.of("one", comp).blob
+    blob = tmp_path / MemoryKey.of("one", comp).blob
     if damage == "truncate":
         blob.write_bytes(blob.read_bytes()[:40])
     elif damage == "delete":
         blob.unlink()
     else:  # a readable soft prompt, but of another text: must not be served as "one"
-        blob.write_bytes((tmp_path / SlotKey.of("two", comp).blob).read_bytes())
+        blob.write_bytes((tmp_path / MemoryKey.of("two", comp).blob).read_bytes())
     with caplog.at_level(logging.WARNING, logger="icae_rag.stores.sqlite"):
         assert store.get("one", comp) is None
     assert "dropping an unreadable entry" in caplog.text
@@ -110,31 +110,31 @@ def test_unreadable_blob_is_a_miss_with_a_warning(tmp_path, caplog, damage):
 def test_not_a_database_raises_corrupt_file_error(tmp_path):
     (tmp_path / DB_NAME).write_bytes(b"this is not a sqlite database, just some bytes" * 100)
     with pytest.raises(CorruptFileError, match="delete the directory"):
-        SlotStore(tmp_path)
+        SqliteMemoryStore(tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidInputError, match="is a file"):
-        SlotStore(tmp_path / "file")
+        SqliteMemoryStore(tmp_path / "file")
 
 
 def test_store_of_a_newer_schema_is_refused(tmp_path):
-    SlotStore(tmp_path).close()
+    SqliteMemoryStore(tmp_path).close()
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(CorruptFileError, match="newer icae-rag"):
-        SlotStore(tmp_path)
+        SqliteMemoryStore(tmp_path)
 
 
 def test_leftovers_of_an_interrupted_write_are_ignored_then_pruned(tmp_path):
     comp = FakeCompressor()
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     store.get_or_compress(["kept"], comp)
     # What a writer killed mid-way leaves: a half-written temp file, and a blob whose row never came.
-    orphan = tmp_path / SlotKey.of("orphan", comp).blob
+    orphan = tmp_path / MemoryKey.of("orphan", comp).blob
     expected("orphan", comp.rows).save(orphan)
     half = orphan.parent / f".{orphan.name}.abc123.tmp"
     half.write_bytes(orphan.read_bytes()[:100])
     store.close()
-    with SlotStore(tmp_path) as reopened:
+    with SqliteMemoryStore(tmp_path) as reopened:
         assert len(reopened) == 1 and reopened.get("kept", comp) is not None
         assert reopened.get("orphan", comp) is None
         assert reopened.prune(min_age=3600) == 0, "young files may belong to a live writer"
@@ -153,7 +153,7 @@ def test_reopen_after_killing_a_writer_mid_write(tmp_path):
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
     comp = FakeCompressor(2048)
-    with SlotStore(tmp_path) as store:
+    with SqliteMemoryStore(tmp_path) as store:
         n = len(store)
         assert n >= 5
         got = [store.get(t, comp) for t in texts(n)]
@@ -166,7 +166,7 @@ def test_reopen_after_killing_a_writer_mid_write(tmp_path):
 
 def test_concurrent_readers_while_one_writer_writes(tmp_path):
     n = 30
-    SlotStore(tmp_path).close()  # create the schema before the processes race
+    SqliteMemoryStore(tmp_path).close()  # create the schema before the processes race
     readers = [_worker("read", tmp_path, n, 16) for _ in range(2)]
     writer = _worker("write", tmp_path, n, 16)
     try:

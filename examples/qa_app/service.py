@@ -1,9 +1,9 @@
-"""The app's state: documents, a FAISS index, a slot store, one compressor; persisted under a data dir.
+"""The app's state: documents, a FAISS index, a memory store, one compressor; persisted under a data dir.
 
 Layout of the data directory::
 
     files/<id><ext>          uploaded files, under generated names
-    icae_rag_slots/          SlotStore: soft prompts precomputed at upload (unless --store names another store)
+    icae_rag_slots/          SqliteMemoryStore: soft prompts precomputed at upload (unless --store names another store)
     index/CURRENT.json       {"version": "v-..."}: the one index version in use, switched atomically
     index/v-<uuid>/          LlamaIndex persist dir (FAISS, docstore) + documents.json
 
@@ -34,8 +34,8 @@ from llama_index.core import Document
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 from llama_index.postprocessor.icae_rag import (
-    SlotStore,
     SoftPromptIngestion,
+    SqliteMemoryStore,
     best_last,
     build_faiss_index,
     default_embed_model,
@@ -48,9 +48,9 @@ from icae_rag.decoding import build_prompt
 from icae_rag.errors import CorruptFileError, InvalidInputError
 from icae_rag.io import atomic_path, read_json, write_json
 
-# SlotCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
+# MemoryCache holds the per-compressor lock that the app, the ingestion step and any LlamaIndex
 # component using the same compressor object share; the AnswerBatcher decodes under that lock.
-from icae_rag.serving import SlotCache
+from icae_rag.serving import MemoryCache
 from icae_rag.stores import open_store
 from icae_rag.text import check_text
 
@@ -151,8 +151,8 @@ class QAService:
         self.index_root.mkdir(parents=True, exist_ok=True)
         self.compressor = compressor if compressor is not None else load_app_compressor(settings)
         self.embed_model = embed_model if embed_model is not None else default_embed_model()
-        self.store = open_store(settings.store) if settings.store else SlotStore.in_persist_dir(self.data_dir)
-        self.slots = SlotCache(self.compressor, self.store)
+        self.store = open_store(settings.store) if settings.store else SqliteMemoryStore.in_persist_dir(self.data_dir)
+        self.slots = MemoryCache(self.compressor, self.store)
         self.splitter = SentenceSplitter(chunk_size=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
         self.ingestion = SoftPromptIngestion(self.compressor, self.store)
         self._index_lock = threading.Lock()
@@ -315,7 +315,7 @@ class QAService:
 
     def _prepare_nodes(self, record: dict[str, Any], text: str,
                        progress: Callable[[str, int, int], None] | None = None) -> list[BaseNode]:
-        """Chunks of the text with their soft prompts precomputed into the slot store and their embeddings.
+        """Chunks of the text with their soft prompts precomputed into the memory store and their embeddings.
 
         `progress(stage, done, total)` counts steps: one per node compressed, one per node embedded.
         """
@@ -360,7 +360,7 @@ class QAService:
         hits, text_of = [h for h, _ in pairs], {id(h): text for h, text in pairs}
         # The decoder reads the best passage last, next to the question; the sources list stays best first.
         texts = [text_of[id(h)] for h in best_last(hits)]
-        # The same retrieved nodes either way: their soft prompts from the slot store, or their text.
+        # The same retrieved nodes either way: their soft prompts from the memory store, or their text.
         contexts = self.slots.resolve(texts).prompts if mode == "compressed" else texts
         with self.slots.lock:
             prompt = build_prompt(self.compressor, contexts, question=question)
@@ -394,7 +394,7 @@ class QAService:
 
     def close(self) -> None:
         """Finish the running upload (queued ones are dropped: upload them again) and the queued
-        questions, then close the slot store."""
+        questions, then close the memory store."""
         self._uploads.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()
         self.store.close()

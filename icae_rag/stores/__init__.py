@@ -1,24 +1,29 @@
 """Memory stores: persistent caches of memories, keyed by text and compressor.
 
-- `base`: `MemoryStore`, the one interface, and `SlotKey`, what a memory is stored under.
-- `sqlite`: `SlotStore`, a local directory (SQLite index + one safetensors file per memory).
+- `base`: `MemoryStore`, the one interface, and `MemoryKey`, what a memory is stored under.
+- `sqlite`: `SqliteMemoryStore`, a local directory (SQLite index + one safetensors file per memory).
 - `lance`: `LanceMemoryStore`, one Lance table, local or on an object store.
 - `open`: `open_store(uri)` / `as_store(...)`, which pick one of them.
 """
 
-from .base import MemoryStore, SlotKey, SlotStats, compressor_identity
+from .._deprecation import class_aliases
+from .base import MemoryKey, MemoryStore, StoreStats, compressor_identity
 from .lance import LanceMemoryStore
 from .open import as_store, is_lance_uri, open_store
-from .sqlite import SlotStore
+from .sqlite import SqliteMemoryStore
 
 __all__ = [
     "LanceMemoryStore",
+    "MemoryKey",
     "MemoryStore",
-    "SlotKey",
-    "SlotStats",
-    "SlotStore",
+    "SqliteMemoryStore",
+    "StoreStats",
     "as_store",
     "compressor_identity",
     "is_lance_uri",
     "open_store",
 ]
+
+# Deprecated names (one release): SlotStore, SlotKey, SlotStats.
+__getattr__ = class_aliases(__name__, {"SlotStore": lambda: SqliteMemoryStore, "SlotKey": lambda: MemoryKey,
+                                       "SlotStats": lambda: StoreStats})

@@ -2,12 +2,12 @@
 
 Two implementations share it (and one contract test suite, tests/test_lance_store.py):
 
-- `SlotStore` (icae_rag/stores/sqlite.py): a local directory, SQLite index + one safetensors file per
+- `SqliteMemoryStore` (icae_rag/stores/sqlite.py): a local directory, SQLite index + one safetensors file per
   memory. The embedded default: fastest on one machine, many processes of that machine at once.
 - `LanceMemoryStore` (icae_rag/stores/lance.py): one Lance table, local or on an object store
   (s3://, gs://, az://), appended to by many processes on many machines at once.
 
-Both key a memory by `SlotKey` (text sha256 + compressor kind, version and backbone) and never
+Both key a memory by `MemoryKey` (text sha256 + compressor kind, version and backbone) and never
 serve a memory whose bytes do not load or whose identity differs from its key.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._deprecation import class_aliases
 from ..errors import BackboneMismatchError, InvalidInputError
 from ..memory import Memory
 from ..soft_prompt import text_sha256
@@ -36,7 +37,7 @@ BLOB_DIR = "blobs"
 
 
 @dataclass(frozen=True)
-class SlotKey:
+class MemoryKey:
     """What a soft prompt is cached under: the text's sha256 and the compressor's identity."""
 
     text_sha256: str
@@ -45,16 +46,16 @@ class SlotKey:
     backbone: str
 
     @classmethod
-    def of(cls, text: str, compressor: Compressor) -> SlotKey:
+    def of(cls, text: str, compressor: Compressor) -> MemoryKey:
         """The key of `text` compressed by `compressor`."""
         return cls(text_sha256(text), *compressor_identity(compressor))
 
     @classmethod
-    def parse(cls, value: str) -> SlotKey:
+    def parse(cls, value: str) -> MemoryKey:
         """Read a key written by `str(key)`: "sha256/kind/version/backbone"."""
         parts = value.split("/", 3) if isinstance(value, str) else []
         if len(parts) != 4 or len(parts[0]) != 64 or not all(parts):
-            raise InvalidInputError(f"{value!r} is not a slot key: expected 'sha256/kind/version/backbone'")
+            raise InvalidInputError(f"{value!r} is not a memory key: expected 'sha256/kind/version/backbone'")
         return cls(*parts)
 
     def __str__(self) -> str:
@@ -83,7 +84,7 @@ def compressor_identity(compressor: Compressor) -> tuple[str, str, str]:
 
 
 @dataclass
-class SlotStats:
+class StoreStats:
     """Lookups served from the store (hits), not found (misses), and entries written."""
 
     hits: int = 0
@@ -100,13 +101,13 @@ class MemoryStore(abc.ABC):
 
     path: Any
     _lock: threading.RLock
-    _stats: SlotStats
+    _stats: StoreStats
     _warned: set[tuple[str, str, str]]  # foreign compressor identities already warned about
 
     # --- lookups and writes, the same for every store: each store reads and writes its own way ---
     def get(self, text: str, compressor: Compressor) -> Memory | None:
         """The stored memory of `text` made by this compressor version, or None."""
-        key = SlotKey.of(check_text(text), compressor)
+        key = MemoryKey.of(check_text(text), compressor)
         found = self._load_many([key], compressor.decoder.device).get(key)
         self._count(hits=int(found is not None), misses=int(found is None))
         if found is None:
@@ -133,7 +134,7 @@ class MemoryStore(abc.ABC):
 
     def put(self, text: str, compressor: Compressor, memory: Memory) -> None:
         """Store `memory` as the compression of `text` by `compressor`."""
-        key = SlotKey.of(check_text(text), compressor)
+        key = MemoryKey.of(check_text(text), compressor)
         check_put(key, memory)
         self._write([key], [memory])
 
@@ -150,24 +151,24 @@ class MemoryStore(abc.ABC):
 
     def has(self, text: str, compressor: Compressor) -> bool:
         """Whether an entry exists for `text` and this compressor version (its bytes are read only by `get`)."""
-        key = SlotKey.of(check_text(text), compressor)
+        key = MemoryKey.of(check_text(text), compressor)
         return key in self._present([key])
 
     @staticmethod
     def _keys(texts: Sequence[str], compressor: Compressor, caller: str,
-              leads: Sequence[str | None] | None) -> tuple[list[SlotKey], dict[SlotKey, tuple[str, str | None]]]:
+              leads: Sequence[str | None] | None) -> tuple[list[MemoryKey], dict[MemoryKey, tuple[str, str | None]]]:
         """Keys in order, and each distinct key once with its (text, lead): the first lead seen for it."""
         if isinstance(texts, str):
             raise InvalidInputError(f"{caller} takes a list of texts")
         texts = check_texts_and_leads(texts, leads)
         identity = compressor_identity(compressor)
-        keys = [SlotKey(text_sha256(t), *identity) for t in texts]
-        distinct: dict[SlotKey, tuple[str, str | None]] = {}
+        keys = [MemoryKey(text_sha256(t), *identity) for t in texts]
+        distinct: dict[MemoryKey, tuple[str, str | None]] = {}
         for key, text, lead in zip(keys, texts, leads or [None] * len(texts), strict=True):
             distinct.setdefault(key, (text, lead))
         return keys, distinct
 
-    def _compress(self, compressor: Compressor, distinct: dict[SlotKey, tuple[str, str | None]], todo: list[SlotKey],
+    def _compress(self, compressor: Compressor, distinct: dict[MemoryKey, tuple[str, str | None]], todo: list[MemoryKey],
                   leads: Sequence[str | None] | None, batch_size: int, progress: bool) -> list[Memory]:
         """Compress the texts of `todo` (after their leads, when leads were given) and store them."""
         texts = [distinct[k][0] for k in todo]
@@ -177,7 +178,7 @@ class MemoryStore(abc.ABC):
         self._write(todo, made)
         return made
 
-    def _note_other_versions(self, keys: Sequence[SlotKey]) -> None:
+    def _note_other_versions(self, keys: Sequence[MemoryKey]) -> None:
         """Warn once per foreign compressor when it, not this one, has entries for these texts."""
         others = self._identities_of(sorted({k.text_sha256 for k in keys}))
         with self._lock:
@@ -194,15 +195,15 @@ class MemoryStore(abc.ABC):
             self._stats.misses += misses
 
     @abc.abstractmethod
-    def _load_many(self, keys: Sequence[SlotKey], device: Any) -> dict[SlotKey, Memory]:
+    def _load_many(self, keys: Sequence[MemoryKey], device: Any) -> dict[MemoryKey, Memory]:
         """The memories of `keys` that are stored and valid (a bad entry is dropped with a warning)."""
 
     @abc.abstractmethod
-    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
+    def _present(self, keys: Sequence[MemoryKey]) -> set[MemoryKey]:
         """Which of `keys` have an entry (nothing is read but the index)."""
 
     @abc.abstractmethod
-    def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
+    def _write(self, keys: Sequence[MemoryKey], memories: Sequence[Memory]) -> None:
         """Store the memories under their keys (replacing or shadowing older entries)."""
 
     @abc.abstractmethod
@@ -211,7 +212,7 @@ class MemoryStore(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def stats(self) -> SlotStats:
+    def stats(self) -> StoreStats:
         """Hits, misses and writes of this object since it was opened (a copy)."""
 
     @abc.abstractmethod
@@ -229,7 +230,7 @@ class MemoryStore(abc.ABC):
         self.close()
 
 
-def check_put(key: SlotKey, memory: object) -> None:
+def check_put(key: MemoryKey, memory: object) -> None:
     """Raise unless `memory` is a Memory made by `key`'s compressor from `key`'s text."""
     if not isinstance(memory, Memory):
         raise InvalidInputError(f"put takes a SoftPrompt or KvMemory, got {type(memory).__name__}")
@@ -242,9 +243,11 @@ def check_put(key: SlotKey, memory: object) -> None:
         raise InvalidInputError("soft prompt was compressed from another text than the one given")
 
 
-def matches_key(memory: Memory, key: SlotKey) -> bool:
+def matches_key(memory: Memory, key: MemoryKey) -> bool:
     """Whether a loaded memory is what `key` names (same compressor identity, same source text)."""
     made_by = (memory.compressor, memory.compressor_version, memory.backbone)
     return made_by == key.identity and all(p.source_sha256 == key.text_sha256 for p in memory.pieces)
 
 
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SlotKey": lambda: MemoryKey, "SlotStats": lambda: StoreStats})

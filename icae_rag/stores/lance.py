@@ -2,7 +2,7 @@
 
 One row per stored memory::
 
-    text_sha256, compressor, version, backbone   the `SlotKey` fields
+    text_sha256, compressor, version, backbone   the `MemoryKey` fields
     row_id                                       a random id of the row (for precise deletes)
     memory                                       the memory's safetensors file, as bytes
     soft_tokens, source_tokens                   sizes, for queries over the table
@@ -22,7 +22,7 @@ at the same time both append it. Reads dedupe: of the rows of one key, the oldes
 matches its key is served (so every reader serves the same row). `compact()` deletes the extra rows
 and compacts the table's files; run it after large concurrent ingestions. A row whose bytes do not
 load or hold another memory than its key says is never served: it is deleted (warning logged) and
-the lookup is a miss, as in `SlotStore`.
+the lookup is a miss, as in `SqliteMemoryStore`.
 
 Memories are read only through safetensors (`Memory.load`), never unpickled.
 """
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError
 from ..memory import Memory
-from .base import LANCE_PREFIX, MemoryStore, SlotKey, SlotStats, matches_key
+from .base import LANCE_PREFIX, MemoryKey, MemoryStore, StoreStats, matches_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,7 +109,7 @@ class LanceMemoryStore(MemoryStore):
             self.uri = str(Path(self.uri).expanduser())
         self.storage_options = dict(storage_options or {})
         self._lock = threading.RLock()
-        self._stats = SlotStats()
+        self._stats = StoreStats()
         self._warned: set[tuple[str, str, str]] = set()
         self._create_if_missing()
         self._check_schema()
@@ -184,23 +184,23 @@ class LanceMemoryStore(MemoryStore):
         _lance().write_dataset(table, self.uri, mode="append", storage_options=self.storage_options or None)
 
     # --- storage primitives (lookups and writes are MemoryStore's) -----------------------------
-    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
+    def _present(self, keys: Sequence[MemoryKey]) -> set[MemoryKey]:
         if not keys:
             return set()
         present = {r["text_sha256"] for r in self._rows(keys[0].identity, [k.text_sha256 for k in keys], ["text_sha256"])}
         return {k for k in keys if k.text_sha256 in present}
 
-    def _load_many(self, keys: Sequence[SlotKey], device: Any) -> dict[SlotKey, Memory]:
+    def _load_many(self, keys: Sequence[MemoryKey], device: Any) -> dict[MemoryKey, Memory]:
         """The memories of `keys` that are stored and valid (bad rows are deleted with a warning)."""
         if not keys:
             return {}
         wanted = set(keys)
         identity = keys[0].identity
-        found: dict[SlotKey, Memory] = {}
+        found: dict[MemoryKey, Memory] = {}
         bad: list[str] = []
         with tempfile.TemporaryDirectory(prefix="icae-rag-lance-") as tmp:
             for row in self._rows(identity, [k.text_sha256 for k in keys], [*KEY_COLUMNS, "row_id", "memory"]):
-                key = SlotKey(*(row[c] for c in KEY_COLUMNS))
+                key = MemoryKey(*(row[c] for c in KEY_COLUMNS))
                 if key not in wanted or key in found:  # oldest valid row wins: every reader serves the same one
                     continue
                 path = Path(tmp) / f"{row['row_id']}.safetensors"
@@ -221,7 +221,7 @@ class LanceMemoryStore(MemoryStore):
             self._delete_rows(bad)
         return found
 
-    def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
+    def _write(self, keys: Sequence[MemoryKey], memories: Sequence[Memory]) -> None:
         """Append all rows in one commit, so a killed writer leaves all of them or none."""
         import pyarrow as pa
 
@@ -295,10 +295,10 @@ class LanceMemoryStore(MemoryStore):
         return len(extra)
 
     @property
-    def stats(self) -> SlotStats:
+    def stats(self) -> StoreStats:
         """Hits, misses and writes of this object since it was opened (a copy)."""
         with self._lock:
-            return SlotStats(**vars(self._stats))
+            return StoreStats(**vars(self._stats))
 
     def close(self) -> None:
         """Nothing to release: every operation opens the table's newest version (idempotent)."""

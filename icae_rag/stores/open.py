@@ -1,4 +1,4 @@
-"""`open_store`: a memory store by URI, a local `SlotStore` directory or a `LanceMemoryStore` table.
+"""`open_store`: a memory store by URI, a local `SqliteMemoryStore` directory or a `LanceMemoryStore` table.
 
 The interface both implement is `icae_rag.stores.base.MemoryStore`; this module is apart from it
 so that the implementations import the interface and only this module imports them.
@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .base import LANCE_PREFIX, MemoryStore, SlotStats
+from .base import LANCE_PREFIX, MemoryStore, StoreStats
 from .lance import LanceMemoryStore
-from .sqlite import SlotStore
+from .sqlite import SqliteMemoryStore
 
-__all__ = ["MemoryStore", "SlotStats", "as_store", "is_lance_uri", "open_store"]
+__all__ = ["MemoryStore", "StoreStats", "as_store", "is_lance_uri", "open_store"]
 
 LANCE_SUFFIX = ".lance"
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -37,16 +37,16 @@ def open_store(uri: str | os.PathLike, *, storage_options: dict[str, str] | None
     - ``lance://<path or URI>`` (e.g. ``lance:///data/mem``, ``lance://s3://bucket/mem``), any path
       ending in ``.lance``, any object-store URI (``s3://``, ``gs://``, ``az://``, ...) or an
       existing Lance table: a `LanceMemoryStore`; `storage_options` go to Lance as they are.
-    - any other path: a `SlotStore` directory (the local default).
+    - any other path: a `SqliteMemoryStore` directory (the local default).
     """
     if not isinstance(uri, (str, os.PathLike)):
         raise InvalidInputError(f"a store URI must be a path or a string, got {type(uri).__name__}")
     if is_lance_uri(uri):
         return LanceMemoryStore(os.fspath(uri), storage_options=storage_options)
     if storage_options:
-        raise InvalidInputError(f"{os.fspath(uri)!r} opens a local SlotStore, which takes no storage_options: "
+        raise InvalidInputError(f"{os.fspath(uri)!r} opens a local SqliteMemoryStore, which takes no storage_options: "
                                 "name a Lance table (a .lance path, lance://... or an object-store URI)")
-    return SlotStore(uri)
+    return SqliteMemoryStore(uri)
 
 
 def as_store(store: MemoryStore | str | os.PathLike | None) -> MemoryStore | None:
@@ -54,6 +54,6 @@ def as_store(store: MemoryStore | str | os.PathLike | None) -> MemoryStore | Non
     if store is None or isinstance(store, MemoryStore):
         return store
     if not isinstance(store, (str, os.PathLike)):
-        raise InvalidInputError(f"slot_store must be a SlotStore, a LanceMemoryStore, a directory path or a store URI, "
+        raise InvalidInputError(f"store must be a SqliteMemoryStore, a LanceMemoryStore, a directory path or a store URI, "
                                 f"got {type(store).__name__}")
     return open_store(store)

@@ -1,4 +1,4 @@
-"""`SlotStore`: a persistent, embedded cache of soft prompts, keyed by text and compressor.
+"""`SqliteMemoryStore`: a persistent, embedded cache of soft prompts, keyed by text and compressor.
 
 A store is a directory::
 
@@ -17,7 +17,7 @@ holds another soft prompt than the row says, is never returned: a warning is log
 deleted, and the lookup counts as a miss (the text is compressed again).
 
 Concurrency: SQLite in WAL mode. Any number of processes may read while one writes; other writers
-wait up to `busy_timeout` seconds. One `SlotStore` object may be shared by threads. Keep the
+wait up to `busy_timeout` seconds. One `SqliteMemoryStore` object may be shared by threads. Keep the
 directory on a local file system (WAL needs shared memory between processes).
 """
 
@@ -32,13 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._deprecation import class_aliases
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError
 from ..memory import Memory
 from .base import (
     BLOB_DIR,
+    MemoryKey,
     MemoryStore,
-    SlotKey,
-    SlotStats,
+    StoreStats,
     compressor_identity,
     matches_key,
 )
@@ -67,15 +68,15 @@ CREATE TABLE IF NOT EXISTS slots (
 _PK = "text_sha256 = ? AND compressor = ? AND version = ? AND backbone = ?"
 
 
-__all__ = ["SlotKey", "SlotStats", "SlotStore", "compressor_identity"]
+__all__ = ["MemoryKey", "SqliteMemoryStore", "StoreStats", "compressor_identity"]
 
 
-class SlotStore(MemoryStore):
+class SqliteMemoryStore(MemoryStore):
     """A directory of cached soft prompts with a SQLite index; see the module docstring.
 
     Example::
 
-        with SlotStore.in_persist_dir("./storage") as store:
+        with SqliteMemoryStore.in_persist_dir("./storage") as store:
             prompts = store.get_or_compress(texts, compressor)   # compresses only the misses
 
     Raises:
@@ -87,15 +88,15 @@ class SlotStore(MemoryStore):
         """Create or open the store directory `path`."""
         self.path = Path(path).expanduser()
         if self.path.exists() and not self.path.is_dir():
-            raise InvalidInputError(f"{self.path} is a file; a slot store needs a directory path")
+            raise InvalidInputError(f"{self.path} is a file; a SQLite memory store needs a directory path")
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._stats = SlotStats()
+        self._stats = StoreStats()
         self._warned: set[tuple[str, str, str]] = set()
         self._db = self._connect(busy_timeout)
 
     @classmethod
-    def in_persist_dir(cls, persist_dir: str | os.PathLike, **kwargs) -> SlotStore:
+    def in_persist_dir(cls, persist_dir: str | os.PathLike, **kwargs) -> SqliteMemoryStore:
         """The store beside a LlamaIndex `StorageContext.persist` directory: `<persist_dir>/icae_rag_slots`."""
         return cls(Path(persist_dir).expanduser() / PERSIST_SUBDIR, **kwargs)
 
@@ -108,11 +109,11 @@ class SlotStore(MemoryStore):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise CorruptFileError(
-                    f"slot store {self.path} was written by a newer icae-rag (schema {version}, this "
+                    f"memory store {self.path} was written by a newer icae-rag (schema {version}, this "
                     f"version reads {SCHEMA_VERSION}): upgrade icae-rag, or delete the directory to rebuild it")
             mode = _set_wal(db, busy_timeout)
             if mode.lower() != "wal":
-                logger.warning("slot store %s: SQLite refused WAL mode (got %r); concurrent readers will "
+                logger.warning("memory store %s: SQLite refused WAL mode (got %r); concurrent readers will "
                                "wait for writers", self.path, mode)
             db.execute("PRAGMA synchronous = NORMAL")
             if version == 0:
@@ -126,7 +127,7 @@ class SlotStore(MemoryStore):
         except sqlite3.DatabaseError as e:
             db.close()
             raise CorruptFileError(
-                f"{db_path} is not a readable slot store index ({e}): delete the directory {self.path} "
+                f"{db_path} is not a readable memory store index ({e}): delete the directory {self.path} "
                 "to rebuild it (soft prompts are compressed again on demand)") from e
         except BaseException:
             db.close()
@@ -134,26 +135,26 @@ class SlotStore(MemoryStore):
         return db
 
     # --- storage primitives (lookups and writes are MemoryStore's) -----------------------------
-    def _load_many(self, keys: Sequence[SlotKey], device) -> dict[SlotKey, Memory]:
+    def _load_many(self, keys: Sequence[MemoryKey], device) -> dict[MemoryKey, Memory]:
         found = {key: self._load(key, device) for key in keys}
         return {key: memory for key, memory in found.items() if memory is not None}
 
-    def _present(self, keys: Sequence[SlotKey]) -> set[SlotKey]:
+    def _present(self, keys: Sequence[MemoryKey]) -> set[MemoryKey]:
         with self._lock:
             return {k for k in keys if self._db.execute(f"SELECT 1 FROM slots WHERE {_PK}", k._row()).fetchone()}
 
-    def _write(self, keys: Sequence[SlotKey], memories: Sequence[Memory]) -> None:
+    def _write(self, keys: Sequence[MemoryKey], memories: Sequence[Memory]) -> None:
         for key, memory in zip(keys, memories, strict=True):
             self._write_one(key, memory)
 
-    def _write_one(self, key: SlotKey, prompt: Memory) -> None:
+    def _write_one(self, key: MemoryKey, prompt: Memory) -> None:
         prompt.save(self.path / key.blob)  # atomic: temp file + rename, before the row exists
         row = (*key._row(), key.blob, prompt.num_positions, prompt.source_tokens, time.time())
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             self._stats.writes += 1
 
-    def _load(self, key: SlotKey, device) -> Memory | None:
+    def _load(self, key: MemoryKey, device) -> Memory | None:
         with self._lock:
             row = self._db.execute(f"SELECT blob FROM slots WHERE {_PK}", key._row()).fetchone()
         if row is None:
@@ -163,13 +164,13 @@ class SlotStore(MemoryStore):
             if not matches_key(prompt, key):
                 raise CorruptFileError(f"{row[0]} holds another soft prompt than its index row says")
         except (MissingFileError, CorruptFileError) as e:
-            logger.warning("slot store %s: dropping an unreadable entry, its text will be compressed again (%s)",
+            logger.warning("memory store %s: dropping an unreadable entry, its text will be compressed again (%s)",
                            self.path, e)
             self._drop(key, row[0])
             return None
         return prompt
 
-    def _drop(self, key: SlotKey, blob: str) -> None:
+    def _drop(self, key: MemoryKey, blob: str) -> None:
         with self._lock:
             deleted = self._db.execute(f"DELETE FROM slots WHERE {_PK} AND blob = ?", (*key._row(), blob)).rowcount
         if deleted:
@@ -193,10 +194,10 @@ class SlotStore(MemoryStore):
             return self._db.execute("SELECT COUNT(*) FROM slots").fetchone()[0]
 
     @property
-    def stats(self) -> SlotStats:
+    def stats(self) -> StoreStats:
         """Hits, misses and writes of this object since it was opened (a copy)."""
         with self._lock:
-            return SlotStats(**vars(self._stats))
+            return StoreStats(**vars(self._stats))
 
     def prune(self, *, min_age: float = 3600.0) -> int:
         """Delete blobs without a row and leftover temp files older than `min_age` seconds; returns the count.
@@ -219,14 +220,14 @@ class SlotStore(MemoryStore):
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> SlotStore:
+    def __enter__(self) -> SqliteMemoryStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SlotStore({str(self.path)!r})"
+        return f"SqliteMemoryStore({str(self.path)!r})"
 
 
 def _set_wal(db: sqlite3.Connection, busy_timeout: float) -> str:
@@ -241,3 +242,7 @@ def _set_wal(db: sqlite3.Connection, busy_timeout: float) -> str:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SlotStore": lambda: SqliteMemoryStore})

@@ -16,10 +16,10 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.postprocessor.icae_rag import (
-    SlotStore,
     SoftPromptCompressor,
     SoftPromptIngestion,
     SoftPromptSynthesizer,
+    SqliteMemoryStore,
     build_query_engine,
     faiss_vector_store,
 )
@@ -124,7 +124,7 @@ def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
 
 def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
-    engine = build_query_engine(_index(), tiny_icae, SlotStore(tmp_path), similarity_top_k=2,
+    engine = build_query_engine(_index(), tiny_icae, SqliteMemoryStore(tmp_path), similarity_top_k=2,
                                 generation={"max_new_tokens": 4})
     engine.query("When did Apollo 11 land?")
     assert calls == [2]
@@ -133,7 +133,7 @@ def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
 
 
 def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):
-    store = SlotStore.in_persist_dir(tmp_path)
+    store = SqliteMemoryStore.in_persist_dir(tmp_path)
     ingest = SoftPromptIngestion(tiny_icae, store)
     index = _index(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), ingest])
     n_nodes = len(index.docstore.docs)
@@ -147,7 +147,7 @@ def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, 
     index.insert(Document(text="Michael Collins stayed in lunar orbit aboard Columbia.", id_="late"))
     assert len(store) == n_nodes + 1 and calls == [1], "inserting a document compresses its node"
     assert ingest.to_dict()["slot_store_dir"] == str(store.path)
-    with pytest.raises(InvalidInputError, match="needs a slot store"):
+    with pytest.raises(InvalidInputError, match="needs a memory store"):
         SoftPromptIngestion(tiny_icae)
 
 
@@ -178,13 +178,13 @@ def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, mo
     monkeypatch.setattr(type(kvzip), "compress_many", spy)
     nodes = SentenceSplitter(chunk_size=32, chunk_overlap=0).get_nodes_from_documents([Document(text=" ".join(TEXTS))])
     assert len(nodes) >= 2, "the document must split into several nodes"
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     SoftPromptIngestion(kvzip, store, in_context=True)(nodes)
     texts, leads = seen[-1]
     assert leads[0] is None and leads[1:] == [n.get_content() for n in nodes[:-1]]
     assert store.get(texts[1], kvzip).metadata["lead_sha256"], "a query finds the node's in-context memory"
     seen.clear()
-    SoftPromptIngestion(kvzip, SlotStore(tmp_path / "apart"))(nodes)
+    SoftPromptIngestion(kvzip, SqliteMemoryStore(tmp_path / "apart"))(nodes)
     assert seen[-1][1] is None, "by default nodes are encoded apart"
 
 

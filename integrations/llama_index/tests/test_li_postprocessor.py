@@ -10,13 +10,13 @@ from li_helpers import EventCollector, make_nodes, spy_compress
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.icae_rag import (
     SLOT_KEY,
-    SlotStore,
     SoftPromptCompressEndEvent,
     SoftPromptCompressor,
+    SqliteMemoryStore,
 )
 
 from icae_rag.errors import InvalidInputError
-from icae_rag.stores import SlotKey
+from icae_rag.stores import MemoryKey
 
 
 def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
@@ -31,8 +31,8 @@ def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
         assert new.node.relationships == old.node.relationships
         for mode in (MetadataMode.NONE, MetadataMode.LLM, MetadataMode.EMBED):
             assert new.node.get_content(metadata_mode=mode) == old.node.get_content(metadata_mode=mode)
-        key = SlotKey.parse(new.node.metadata[SLOT_KEY])
-        assert key == SlotKey.of(old.node.get_content(metadata_mode=MetadataMode.LLM), tiny_icae)
+        key = MemoryKey.parse(new.node.metadata[SLOT_KEY])
+        assert key == MemoryKey.of(old.node.get_content(metadata_mode=MetadataMode.LLM), tiny_icae)
     assert [n.model_dump() for n in nodes] == before, "the caller's nodes are never mutated"
 
 
@@ -81,7 +81,7 @@ def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
 
 def test_slot_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     with EventCollector(kind=SoftPromptCompressEndEvent) as seen:
         SoftPromptCompressor(tiny_icae, store).postprocess_nodes(make_nodes())
         assert calls == [4] and len(store) == 4
@@ -93,7 +93,7 @@ def test_slot_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, 
 
 
 def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
-    post = SoftPromptCompressor(tiny_icae, SlotStore(tmp_path), keep_top_raw=1, max_soft_tokens=300)
+    post = SoftPromptCompressor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_soft_tokens=300)
     data = post.to_dict()
     assert SoftPromptCompressor.class_name() == data["class_name"] == "SoftPromptCompressor"
     assert data == {"class_name": "SoftPromptCompressor", "compressor_name": "icae", "device": "auto",
@@ -112,5 +112,5 @@ def test_bad_arguments_raise_clear_errors(tiny_raw):
         SoftPromptCompressor(tiny_raw, keep_top_raw=-1)
     with pytest.raises(InvalidInputError, match="compressor must be"):
         SoftPromptCompressor(42)
-    with pytest.raises(InvalidInputError, match="slot_store must be"):
+    with pytest.raises(InvalidInputError, match="store must be"):
         SoftPromptCompressor(tiny_raw, slot_store=42)

@@ -16,8 +16,8 @@ from llama_index.core.base.response.schema import (
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import (
     SLOT_KEY,
-    SlotStore,
     SoftPromptIngestion,
+    SqliteMemoryStore,
     build_faiss_index,
     build_query_engine,
     default_embed_model,
@@ -71,16 +71,16 @@ def documents():
 
 
 def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, tmp_path, monkeypatch):
-    store = SlotStore.in_persist_dir(tmp_path)
+    store = SqliteMemoryStore.in_persist_dir(tmp_path)
     index = build_faiss_index(documents, kind="flat", embed_model=embed_model,
                               transformations=[SentenceSplitter(), SoftPromptIngestion(icae, store)])
     assert len(store) == len(documents)
     index.storage_context.persist(tmp_path)
     store.close()
 
-    # A new session: reload the index and the slot store beside it.
+    # A new session: reload the index and the memory store beside it.
     index = load_faiss_index(tmp_path, embed_model=embed_model)
-    store = SlotStore.in_persist_dir(tmp_path)
+    store = SqliteMemoryStore.in_persist_dir(tmp_path)
     calls = spy_compress(icae, monkeypatch)
     retrieved = index.as_retriever(similarity_top_k=2).retrieve(QUESTION)
     assert "Levi's Stadium" in retrieved[0].node.get_content()

@@ -16,9 +16,9 @@ from llama_index.core.base.response.schema import (
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.postprocessor.icae_rag import (
     SLOT_KEY,
-    SlotStore,
     SoftPromptCompressor,
     SoftPromptSynthesizer,
+    SqliteMemoryStore,
     best_last,
 )
 
@@ -47,7 +47,7 @@ def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(
 
 def test_raw_nodes_are_read_as_text_and_unmarked_nodes_compressed_on_the_fly(tiny_e2llm, tmp_path):
     nodes = SoftPromptCompressor(tiny_e2llm, keep_top_raw=1).postprocess_nodes(make_nodes())
-    store = SlotStore(tmp_path)
+    store = SqliteMemoryStore(tmp_path)
     synth = SoftPromptSynthesizer(tiny_e2llm, store)
     contexts = synth.contexts(nodes)
     # Read highest-scored last: n2 (no score), n0 (0.2), n3 (0.5), n1 (0.9, kept raw).

@@ -8,11 +8,11 @@
 - `build_faiss_index` / `faiss_vector_store` / `default_embed_model` / `load_faiss_index`: an
   offline FAISS index over the packaged all-MiniLM-L6-v2.
 
-An application that drives the decoder itself uses the core's `icae_rag.serving` (`SlotCache`,
+An application that drives the decoder itself uses the core's `icae_rag.serving` (`MemoryCache`,
 `TokenStream`) with the same compressor object, so it shares the components' lock and recent memories.
 """
 
-from icae_rag.stores import SlotStore
+from icae_rag.stores import SqliteMemoryStore
 
 from ._shared import SLOT_KEY, best_last, node_text
 from .engine import (
@@ -28,11 +28,11 @@ from .synthesizer import SoftPromptSynthesizer
 
 __all__ = [
     "SLOT_KEY",
-    "SlotStore",
     "SoftPromptCompressEndEvent",
     "SoftPromptCompressor",
     "SoftPromptIngestion",
     "SoftPromptSynthesizer",
+    "SqliteMemoryStore",
     "best_last",
     "build_faiss_index",
     "build_query_engine",

@@ -20,7 +20,7 @@ from llama_index.core.schema import (
 from icae_rag import DEFAULT_KIND
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
-from icae_rag.serving import SlotCache
+from icae_rag.serving import MemoryCache
 from icae_rag.stores import as_store
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def mark(node: BaseNode, value: str) -> BaseNode:
 
 
 class UsesCompressor:
-    """The `compressor` and `slot_store` of a component that keeps them in a `SlotCache` (`_cache`)."""
+    """The `compressor` and `slot_store` of a component that keeps them in a `MemoryCache` (`_cache`)."""
 
     @property
     def compressor(self) -> Compressor:
@@ -103,7 +103,7 @@ class SoftPromptComponent(UsesCompressor, BaseComponent):
     slot_store_dir: str | None = Field(default=None, description="Slot store directory, if any.")
     batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
 
-    _cache: SlotCache = PrivateAttr()
+    _cache: MemoryCache = PrivateAttr()
 
     def __init__(self, compressor: Any = None, slot_store: Any = None, **data: Any) -> None:
         """`compressor`: a Compressor, a kind or a checkpoint dir; `slot_store`: a memory store, a directory or None."""
@@ -111,9 +111,9 @@ class SoftPromptComponent(UsesCompressor, BaseComponent):
         store_dir = data.pop("slot_store_dir", None)
         store = as_store(slot_store if slot_store is not None else store_dir)
         if store is None and self.needs_slot_store:
-            raise InvalidInputError(f"{type(self).__name__} needs a slot store (a SlotStore or a directory) to write to")
+            raise InvalidInputError(f"{type(self).__name__} needs a slot store (a SqliteMemoryStore or a directory) to write to")
         super().__init__(compressor_name=name, slot_store_dir=None if store is None else str(store.path), **data)
         arg = compressor if compressor is not None else name
         loaded = as_compressor(arg, device=self.device)
         self.compressor_name = os.fspath(arg) if isinstance(arg, (str, os.PathLike)) else loaded.label
-        self._cache = SlotCache(loaded, store)
+        self._cache = MemoryCache(loaded, store)

@@ -49,7 +49,7 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
     does not fit is compressed instead, a soft one that does not fit is dropped (INFO log, counted
     in `SoftPromptCompressEndEvent`). Nodes with empty text are dropped; media nodes keep their text.
 
-    Example: ``SoftPromptCompressor(load_compressor("kvzip"), SlotStore.in_persist_dir("./storage"))``.
+    Example: ``SoftPromptCompressor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
     """
 
     keep_top_raw: int = Field(default=0, ge=0, description="Highest-scored nodes kept as raw text.")

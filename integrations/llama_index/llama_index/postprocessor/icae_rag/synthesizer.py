@@ -20,9 +20,9 @@ from llama_index.core.types import RESPONSE_TEXT_TYPE
 from icae_rag.compressors import as_compressor
 from icae_rag.decoding import GenerationConfig
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
-from icae_rag.serving import SlotCache, TokenStream
+from icae_rag.serving import MemoryCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
-from icae_rag.stores import SlotKey, as_store
+from icae_rag.stores import MemoryKey, as_store
 
 from ._shared import RAW, SLOT_KEY, UsesCompressor, best_last, node_text
 
@@ -62,7 +62,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
         self._best_last = best_last
-        self._cache = SlotCache(as_compressor(compressor, device=device), as_store(slot_store))
+        self._cache = MemoryCache(as_compressor(compressor, device=device), as_store(slot_store))
 
     def _get_prompts(self) -> PromptDictType:
         return {"question_template": self._question_template}
@@ -147,7 +147,7 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
 
 
 def _check_mark(node_id: str, mark: str, text: str, identity: tuple[str, str, str]) -> None:
-    key = SlotKey.parse(mark)
+    key = MemoryKey.parse(mark)
     if key.identity != identity:
         raise BackboneMismatchError(
             f"node {node_id} was compressed by {'/'.join(key.identity)}, but this synthesizer's compressor is "
