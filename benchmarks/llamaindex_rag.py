@@ -2,7 +2,7 @@
 
 One FAISS index (flat inner product, MiniLM) over a few long real documents cut into
 `node_tokens`-token nodes; per question every mode answers from the same top-k nodes with the same
-decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `SoftPromptIngestion`
+decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `MemoryIngestion`
 when the index was built, so a query compresses nothing), and LongLLMLingua (the nodes' text pruned
 to the first compressor's budget, scored by the same local decoder). Per mode: decoder context
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
@@ -37,8 +37,8 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
 from llama_index.postprocessor.icae_rag import (
+    MemoryIngestion,
     SoftPromptCompressEndEvent,
-    SoftPromptIngestion,
     build_faiss_index,
     build_query_engine,
 )
@@ -151,7 +151,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
         for comp in compressors:
             store = SqliteMemoryStore(Path(tmp) / f"store-{len(engines)}")
             start = time.perf_counter()
-            SoftPromptIngestion(comp, store)(nodes, show_progress=True)
+            MemoryIngestion(comp, store)(nodes, show_progress=True)
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
             engines[comp.label] = build_query_engine(index, comp, store, **common)
             readers[comp.label] = comp

@@ -16,15 +16,15 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.postprocessor.icae_rag import (
-    SoftPromptCompressor,
-    SoftPromptIngestion,
-    SoftPromptSynthesizer,
-    SqliteMemoryStore,
+    MemoryIngestion,
+    MemoryPostprocessor,
+    MemorySynthesizer,
     build_query_engine,
     faiss_vector_store,
 )
 
 from icae_rag.errors import InvalidInputError
+from icae_rag.stores import SqliteMemoryStore
 
 DOCS = [Document(text=t, id_=f"doc{i}", metadata={"file": f"doc{i}.txt"}) for i, t in enumerate(TEXTS)]
 
@@ -76,7 +76,7 @@ def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
 def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     engine = build_query_engine(_index(), tiny_raw, generation={"max_new_tokens": 4})
     sync = engine.query("Who walked on the Moon?")
-    native = SoftPromptCompressor._apostprocess_nodes
+    native = MemoryPostprocessor._apostprocess_nodes
     calls = []
 
     async def spy(self, nodes, query_bundle=None):
@@ -86,8 +86,8 @@ def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     def blocked(*args, **kwargs):
         raise AssertionError("aquery must not call the sync _postprocess_nodes")
 
-    monkeypatch.setattr(SoftPromptCompressor, "_postprocess_nodes", blocked)
-    monkeypatch.setattr(SoftPromptCompressor, "_apostprocess_nodes", spy)
+    monkeypatch.setattr(MemoryPostprocessor, "_postprocess_nodes", blocked)
+    monkeypatch.setattr(MemoryPostprocessor, "_apostprocess_nodes", spy)
     answer = asyncio.run(engine.aquery("Who walked on the Moon?"))
     assert calls == [len(sync.source_nodes)]
     assert answer.response == sync.response and sync.response
@@ -109,7 +109,7 @@ def test_concurrent_async_queries_share_one_compressor_safely(tiny_icae):
 def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
     from llama_index.core.llms import MockLLM
 
-    post, synth = SoftPromptCompressor(tiny_raw), SoftPromptSynthesizer(tiny_raw, max_new_tokens=4)
+    post, synth = MemoryPostprocessor(tiny_raw), MemorySynthesizer(tiny_raw, max_new_tokens=4)
     index = _index()
     with pytest.raises(AssertionError, match="OpenAI"):  # LlamaIndex's pitfall, which build_query_engine avoids
         index.as_query_engine(node_postprocessors=[post], response_synthesizer=synth)
@@ -134,7 +134,7 @@ def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
 
 def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
-    ingest = SoftPromptIngestion(tiny_icae, store)
+    ingest = MemoryIngestion(tiny_icae, store)
     index = _index(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), ingest])
     n_nodes = len(index.docstore.docs)
     assert len(store) == n_nodes >= len(DOCS)
@@ -146,9 +146,9 @@ def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, 
     assert vars(store.stats) == {"hits": 3, "misses": n_nodes, "writes": n_nodes}
     index.insert(Document(text="Michael Collins stayed in lunar orbit aboard Columbia.", id_="late"))
     assert len(store) == n_nodes + 1 and calls == [1], "inserting a document compresses its node"
-    assert ingest.to_dict()["slot_store_dir"] == str(store.path)
+    assert ingest.to_dict()["store_uri"] == str(store.path)
     with pytest.raises(InvalidInputError, match="needs a memory store"):
-        SoftPromptIngestion(tiny_icae)
+        MemoryIngestion(tiny_icae)
 
 
 def test_faiss_vector_stores_score_by_inner_product():
@@ -179,12 +179,12 @@ def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, mo
     nodes = SentenceSplitter(chunk_size=32, chunk_overlap=0).get_nodes_from_documents([Document(text=" ".join(TEXTS))])
     assert len(nodes) >= 2, "the document must split into several nodes"
     store = SqliteMemoryStore(tmp_path)
-    SoftPromptIngestion(kvzip, store, in_context=True)(nodes)
+    MemoryIngestion(kvzip, store, in_context=True)(nodes)
     texts, leads = seen[-1]
     assert leads[0] is None and leads[1:] == [n.get_content() for n in nodes[:-1]]
     assert store.get(texts[1], kvzip).metadata["lead_sha256"], "a query finds the node's in-context memory"
     seen.clear()
-    SoftPromptIngestion(kvzip, SqliteMemoryStore(tmp_path / "apart"))(nodes)
+    MemoryIngestion(kvzip, SqliteMemoryStore(tmp_path / "apart"))(nodes)
     assert seen[-1][1] is None, "by default nodes are encoded apart"
 
 

@@ -15,9 +15,8 @@ from llama_index.core.base.response.schema import (
 )
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import (
-    SLOT_KEY,
-    SoftPromptIngestion,
-    SqliteMemoryStore,
+    MEMORY_KEY,
+    MemoryIngestion,
     build_faiss_index,
     build_query_engine,
     default_embed_model,
@@ -25,6 +24,7 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag import new_compressor
+from icae_rag.stores import SqliteMemoryStore
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def documents():
 def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
     index = build_faiss_index(documents, kind="flat", embed_model=embed_model,
-                              transformations=[SentenceSplitter(), SoftPromptIngestion(icae, store)])
+                              transformations=[SentenceSplitter(), MemoryIngestion(icae, store)])
     assert len(store) == len(documents)
     index.storage_context.persist(tmp_path)
     store.close()
@@ -91,9 +91,9 @@ def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, t
     response = engine.query(QUESTION)
     assert isinstance(response, Response) and response.response
     assert [(n.node.node_id, n.score) for n in response.source_nodes] == [(n.node.node_id, n.score) for n in retrieved]
-    assert [{k: v for k, v in n.node.metadata.items() if k != SLOT_KEY} for n in response.source_nodes] == [
+    assert [{k: v for k, v in n.node.metadata.items() if k != MEMORY_KEY} for n in response.source_nodes] == [
         n.node.metadata for n in retrieved]
-    assert [n.node.metadata[SLOT_KEY] == "raw" for n in response.source_nodes] == [True, False]
+    assert [n.node.metadata[MEMORY_KEY] == "raw" for n in response.source_nodes] == [True, False]
     assert calls == [] and store.stats.misses == 0, "every soft prompt was precomputed at ingestion"
 
     asyn = asyncio.run(engine.aquery(QUESTION))

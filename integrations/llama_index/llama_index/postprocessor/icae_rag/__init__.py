@@ -1,8 +1,8 @@
-"""LlamaIndex integration of icae-rag: retrieved nodes become soft prompts a decoder answers from.
+"""LlamaIndex integration of icae-rag: retrieved nodes become memories a decoder answers from.
 
-- `SoftPromptCompressor` (node postprocessor): nodes -> soft prompts, from the slot store when present.
-- `SoftPromptSynthesizer` (response synthesizer): answers from the soft prompts, with streaming and async.
-- `SoftPromptIngestion` (ingestion transformation): precomputes soft prompts into the slot store.
+- `MemoryPostprocessor` (node postprocessor): nodes -> memories, from the memory store when present.
+- `MemorySynthesizer` (response synthesizer): answers from the memories, with streaming and async.
+- `MemoryIngestion` (ingestion transformation): precomputes memories into the memory store.
 - `best_last`: the reading order the synthesizer uses (highest-scored node next to the question).
 - `build_query_engine`: the three wired on one shared compressor, in one call.
 - `build_faiss_index` / `faiss_vector_store` / `default_embed_model` / `load_faiss_index`: an
@@ -12,9 +12,9 @@ An application that drives the decoder itself uses the core's `icae_rag.serving`
 `TokenStream`) with the same compressor object, so it shares the components' lock and recent memories.
 """
 
-from icae_rag.stores import SqliteMemoryStore
+from icae_rag._deprecation import class_aliases
 
-from ._shared import SLOT_KEY, best_last, node_text
+from ._shared import MEMORY_KEY, MemoryComponent, best_last, node_text
 from .engine import (
     build_faiss_index,
     build_query_engine,
@@ -22,17 +22,17 @@ from .engine import (
     faiss_vector_store,
     load_faiss_index,
 )
-from .ingestion import SoftPromptIngestion
-from .postprocessor import SoftPromptCompressEndEvent, SoftPromptCompressor
-from .synthesizer import SoftPromptSynthesizer
+from .ingestion import MemoryIngestion
+from .postprocessor import MemoryPostprocessor, SoftPromptCompressEndEvent
+from .synthesizer import MemorySynthesizer
 
 __all__ = [
-    "SLOT_KEY",
+    "MEMORY_KEY",
+    "MemoryComponent",
+    "MemoryIngestion",
+    "MemoryPostprocessor",
+    "MemorySynthesizer",
     "SoftPromptCompressEndEvent",
-    "SoftPromptCompressor",
-    "SoftPromptIngestion",
-    "SoftPromptSynthesizer",
-    "SqliteMemoryStore",
     "best_last",
     "build_faiss_index",
     "build_query_engine",
@@ -41,3 +41,19 @@ __all__ = [
     "load_faiss_index",
     "node_text",
 ]
+
+
+def _sqlite_store() -> type:
+    from icae_rag.stores import SqliteMemoryStore
+
+    return SqliteMemoryStore
+
+
+# Deprecated names (one release). The stores are the core's: import them from icae_rag.stores.
+__getattr__ = class_aliases(__name__, {
+    "SoftPromptCompressor": lambda: MemoryPostprocessor,
+    "SoftPromptSynthesizer": lambda: MemorySynthesizer,
+    "SoftPromptIngestion": lambda: MemoryIngestion,
+    "SoftPromptComponent": lambda: MemoryComponent,
+    "SlotStore": _sqlite_store,
+})

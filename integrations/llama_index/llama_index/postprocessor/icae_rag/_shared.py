@@ -1,4 +1,4 @@
-"""What the postprocessor, the synthesizer and the ingestion step share: node text, slot marks, construction."""
+"""What the postprocessor, the synthesizer and the ingestion step share: node text, memory marks, construction."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from llama_index.core.schema import (
 )
 
 from icae_rag import DEFAULT_KIND
+from icae_rag._deprecation import class_aliases, renamed, renamed_kwarg
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.serving import MemoryCache
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Node-metadata key through which the postprocessor tells the synthesizer which soft prompt stands
 # for a node, or RAW for a node kept as text. Tensors never go into metadata.
-SLOT_KEY = "icae_rag_slot_key"
+MEMORY_KEY = "icae_rag_slot_key"  # the value predates the name: kept, applications read it
 RAW = "raw"
 
 
@@ -66,20 +67,31 @@ def best_last(nodes: Sequence[NodeWithScore]) -> list[NodeWithScore]:
 
 
 def mark(node: BaseNode, value: str) -> BaseNode:
-    """A copy of `node` whose metadata records `value` under SLOT_KEY, hidden from the LLM and the embedder."""
+    """A copy of `node` whose metadata records `value` under MEMORY_KEY, hidden from the LLM and the embedder."""
 
     def hide(keys: list[str]) -> list[str]:
-        return list(keys) if SLOT_KEY in keys else [*keys, SLOT_KEY]
+        return list(keys) if MEMORY_KEY in keys else [*keys, MEMORY_KEY]
 
     return node.model_copy(update={
-        "metadata": {**node.metadata, SLOT_KEY: value},
+        "metadata": {**node.metadata, MEMORY_KEY: value},
         "excluded_llm_metadata_keys": hide(node.excluded_llm_metadata_keys),
         "excluded_embed_metadata_keys": hide(node.excluded_embed_metadata_keys),
     })
 
 
+def store_keyword(data: dict[str, Any], store: Any, owner: str) -> dict[str, Any]:
+    """`data` with `store` under "store", the deprecated `slot_store`/`slot_store_dir` keywords moved to
+    `store`/`store_uri` (with a DeprecationWarning)."""
+    data = dict(data)
+    if store is not None:
+        data["store"] = store
+    renamed_kwarg(data, "slot_store", "store", owner)
+    renamed_kwarg(data, "slot_store_dir", "store_uri", owner)
+    return data
+
+
 class UsesCompressor:
-    """The `compressor` and `slot_store` of a component that keeps them in a `MemoryCache` (`_cache`)."""
+    """The `compressor` and `store` of a component that keeps them in a `MemoryCache` (`_cache`)."""
 
     @property
     def compressor(self) -> Compressor:
@@ -87,33 +99,47 @@ class UsesCompressor:
         return self._cache.compressor
 
     @property
-    def slot_store(self) -> MemoryStore | None:
+    def store(self) -> MemoryStore | None:
         """The memory store in use, or None."""
         return self._cache.store
 
+    @property
+    def slot_store(self) -> MemoryStore | None:
+        """Deprecated name of `store` (removed in the next release)."""
+        renamed(f"{type(self).__name__}.slot_store", f"{type(self).__name__}.store")
+        return self.store
 
-class SoftPromptComponent(UsesCompressor, BaseComponent):
-    """Serialisable fields and construction of `SoftPromptCompressor` and `SoftPromptIngestion`."""
 
-    needs_slot_store: ClassVar[bool] = False
+class MemoryComponent(UsesCompressor, BaseComponent):
+    """Serialisable fields and construction of `MemoryPostprocessor` and `MemoryIngestion`."""
+
+    needs_store: ClassVar[bool] = False
 
     compressor_name: str = Field(
         default=DEFAULT_KIND, description="Compressor kind or checkpoint directory loaded when no instance is given.")
     device: str = Field(default="auto", description="Device the compressor is loaded on (auto, cpu, cuda, mps).")
-    slot_store_dir: str | None = Field(default=None, description="Slot store directory, if any.")
+    store_uri: str | None = Field(default=None, description="Memory store directory or URI, if any.")
     batch_size: int = Field(default=8, gt=0, description="Spans/chunks compressed per forward pass.")
 
     _cache: MemoryCache = PrivateAttr()
 
-    def __init__(self, compressor: Any = None, slot_store: Any = None, **data: Any) -> None:
-        """`compressor`: a Compressor, a kind or a checkpoint dir; `slot_store`: a memory store, a directory or None."""
+    def __init__(self, compressor: Any = None, store: Any = None, **data: Any) -> None:
+        """`compressor`: a Compressor, a kind or a checkpoint dir; `store`: a memory store, a directory,
+        a store URI or None. The deprecated keywords `slot_store` and `slot_store_dir` (an old
+        serialised component) are accepted with a warning for one release."""
+        data = store_keyword(data, store, type(self).__name__)
+        store = data.pop("store", None)
         name = data.pop("compressor_name", None) or DEFAULT_KIND
-        store_dir = data.pop("slot_store_dir", None)
-        store = as_store(slot_store if slot_store is not None else store_dir)
-        if store is None and self.needs_slot_store:
-            raise InvalidInputError(f"{type(self).__name__} needs a slot store (a SqliteMemoryStore or a directory) to write to")
-        super().__init__(compressor_name=name, slot_store_dir=None if store is None else str(store.path), **data)
+        uri = data.pop("store_uri", None)
+        store = as_store(store if store is not None else uri)
+        if store is None and self.needs_store:
+            raise InvalidInputError(f"{type(self).__name__} needs a memory store (a SqliteMemoryStore, a directory or a store URI) to write to")
+        super().__init__(compressor_name=name, store_uri=None if store is None else str(store.path), **data)
         arg = compressor if compressor is not None else name
         loaded = as_compressor(arg, device=self.device)
         self.compressor_name = os.fspath(arg) if isinstance(arg, (str, os.PathLike)) else loaded.label
         self._cache = MemoryCache(loaded, store)
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SoftPromptComponent": lambda: MemoryComponent})

@@ -14,30 +14,33 @@ from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.stores import as_store
 
-from .postprocessor import SoftPromptCompressor
-from .synthesizer import SoftPromptSynthesizer
+from ._shared import store_keyword
+from .postprocessor import MemoryPostprocessor
+from .synthesizer import MemorySynthesizer
 
 MINILM_DIM = 384
 
 
-def build_query_engine(index: Any, compressor: Any = None, slot_store: Any = None, *, streaming: bool = False,
+def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *, streaming: bool = False,
                        keep_top_raw: int = 0, max_soft_tokens: int | None = None,
                        question_template: BasePromptTemplate | str | None = None,
                        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
                        generation: dict[str, Any] | None = None, best_last: bool = True, device: str = "auto",
                        **kwargs: Any):
-    """`index.as_query_engine` with a `SoftPromptCompressor` (after `node_postprocessors`) and a `SoftPromptSynthesizer`.
+    """`index.as_query_engine` with a `MemoryPostprocessor` (after `node_postprocessors`) and a `MemorySynthesizer`.
 
     Both share one compressor (an instance, a kind or a checkpoint dir; default kvzip) and one
-    optional slot store. `best_last`: the synthesizer reads the highest-scored node last, next to the
+    optional memory store (a store, a directory or a store URI). `best_last`: the synthesizer reads the highest-scored node last, next to the
     question. `generation`: decoding options (max_new_tokens, ...); other `kwargs` go to
     `index.as_query_engine` (e.g. similarity_top_k). The engine's llm is a `MockLLM`, so
     `Settings.llm` (OpenAI by default) is never resolved.
     """
-    loaded, store = as_compressor(compressor, device=device), as_store(slot_store)
-    post = SoftPromptCompressor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
-    synth = SoftPromptSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
-                                  best_last=best_last, **(generation or {}))
+    kwargs = store_keyword(kwargs, store, "build_query_engine")
+    store = kwargs.pop("store", None)
+    loaded, store = as_compressor(compressor, device=device), as_store(store)
+    post = MemoryPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
+    synth = MemorySynthesizer(loaded, store, streaming=streaming, question_template=question_template,
+                              best_last=best_last, **(generation or {}))
     return index.as_query_engine(llm=MockLLM(), node_postprocessors=[*node_postprocessors, post],
                                  response_synthesizer=synth, **kwargs)
 
@@ -76,7 +79,7 @@ def build_faiss_index(documents: Sequence[Any], *, kind: Literal["flat", "hnsw"]
                       transformations: Sequence[Any] | None = None, **kwargs: Any):
     """A `VectorStoreIndex` of documents on a FAISS inner-product store, embedded offline by MiniLM.
 
-    `transformations` (e.g. ``[SentenceSplitter(), SoftPromptIngestion(...)]``) also apply to later
+    `transformations` (e.g. ``[SentenceSplitter(), MemoryIngestion(...)]``) also apply to later
     `index.insert` calls. Persist with ``index.storage_context.persist(dir)``; reload with `load_faiss_index`.
     """
     from llama_index.core import StorageContext, VectorStoreIndex

@@ -1,4 +1,4 @@
-"""`SoftPromptIngestion`: compress nodes into the slot store as they are inserted into an index."""
+"""`MemoryIngestion`: compress nodes into the memory store as they are inserted into an index."""
 
 from __future__ import annotations
 
@@ -10,26 +10,27 @@ from typing import Any
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
+from icae_rag._deprecation import class_aliases
 from icae_rag.compressors.kvzip import budget_summary
 from icae_rag.errors import InvalidInputError
 
-from ._shared import SoftPromptComponent, node_text
+from ._shared import MemoryComponent, node_text
 
 logger = logging.getLogger(__name__)
 
 
-class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
-    """An ingestion transformation that precomputes each node's soft prompt into a slot store.
+class MemoryIngestion(MemoryComponent, TransformComponent):
+    """An ingestion transformation that precomputes each node's memory into a memory store.
 
-    Nodes are returned unchanged; their soft prompts are keyed by the text the synthesizer reads, so
+    Nodes are returned unchanged; their memories are keyed by the text the synthesizer reads, so
     later queries compress nothing. Put it last, after anything that changes node text or
     LLM-visible metadata (else queries compress again: correct, slower). An `IngestionPipeline`
-    cache hit skips this step: point it at the same slot store as before.
-    Example: ``transformations=[SentenceSplitter(), SoftPromptIngestion(compressor, store)]``.
+    cache hit skips this step: point it at the same memory store as before.
+    Example: ``transformations=[SentenceSplitter(), MemoryIngestion(compressor, store)]``.
     """
 
-    needs_slot_store = True
-    slot_store_dir: str = Field(description="Slot store directory the soft prompts are written to.")
+    needs_store = True
+    store_uri: str = Field(description="Memory store directory or URI the memories are written to.")
     # Off by default: on the RAG bench it scored the same as nodes encoded apart at twice the index time.
     in_context: bool = Field(
         default=False, description="For kinds that use leads (kvzip): encode each node after the node before it in "
@@ -37,7 +38,7 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
 
     @classmethod
     def class_name(cls) -> str:
-        return "SoftPromptIngestion"
+        return "MemoryIngestion"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Compress the nodes missing from the store; return the nodes unchanged."""
@@ -47,7 +48,7 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
             texts = [t for _, t in kept]
             n = self._cache.precompute(texts, batch_size=self.batch_size, progress=bool(kwargs.get("show_progress")),
                                        leads=leads)
-            logger.debug("precomputed %d of %d soft prompts into %s", n, len(texts), self.slot_store_dir)
+            logger.debug("precomputed %d of %d memories into %s", n, len(texts), self.store_uri)
         return nodes
 
     def budget_report(self, nodes: Sequence[BaseNode]) -> dict[str, Any]:
@@ -56,7 +57,7 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
         under "missing", not compressed."""
         texts = [t for t in (node_text(n, quiet=True) for n in nodes) if t is not None]
         with self._cache.lock:
-            memories = [self.slot_store.get(t, self.compressor) for t in texts]
+            memories = [self.store.get(t, self.compressor) for t in texts]
         found = [m for m in memories if m is not None]
         if not found:
             raise InvalidInputError(f"none of the {len(texts)} nodes has a stored memory: ingest them first")
@@ -76,3 +77,7 @@ class SoftPromptIngestion(SoftPromptComponent, TransformComponent):
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """As __call__, off the event loop."""
         return await asyncio.to_thread(self.__call__, nodes, **kwargs)
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SoftPromptIngestion": lambda: MemoryIngestion})

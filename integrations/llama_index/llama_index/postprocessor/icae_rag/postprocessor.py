@@ -1,4 +1,4 @@
-"""`SoftPromptCompressor`: a node postprocessor that turns retrieved nodes into soft prompts."""
+"""`MemoryPostprocessor`: a node postprocessor that turns retrieved nodes into soft prompts."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._shared import RAW, SoftPromptComponent, mark, node_text, score_order
+from icae_rag._deprecation import class_aliases
+
+from ._shared import RAW, MemoryComponent, mark, node_text, score_order
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 
 class SoftPromptCompressEndEvent(BaseEvent):
-    """Emitted by `SoftPromptCompressor` once per call: what the context costs the decoder now."""
+    """Emitted by `MemoryPostprocessor` once per call: what the context costs the decoder now."""
 
     nodes_in: int
     soft_nodes: int
@@ -36,12 +38,12 @@ class SoftPromptCompressEndEvent(BaseEvent):
         return "SoftPromptCompressEndEvent"
 
 
-class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
-    """Turns retrieved nodes into soft prompts (from the slot store when present), one output node per input node.
+class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
+    """Turns retrieved nodes into memories (from the memory store when present), one output node per input node.
 
-    Output nodes are copies in input order; the soft prompt's slot key goes into the metadata key
-    ``icae_rag_slot_key`` (hidden from the LLM and the embedder; ``"raw"`` for nodes kept as text),
-    where `SoftPromptSynthesizer` looks it up: pass both the same `Compressor` object (or use
+    Output nodes are copies in input order; the memory's key goes into the metadata key
+    ``icae_rag_slot_key`` (`MEMORY_KEY`) (hidden from the LLM and the embedder; ``"raw"`` for nodes kept as text),
+    where `MemorySynthesizer` looks it up: pass both the same `Compressor` object (or use
     `build_query_engine`). The query is not used, so `query_bundle` may be None.
 
     Budget: `keep_top_raw` highest-scored nodes stay raw text (unscored nodes rank last);
@@ -49,7 +51,7 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
     does not fit is compressed instead, a soft one that does not fit is dropped (INFO log, counted
     in `SoftPromptCompressEndEvent`). Nodes with empty text are dropped; media nodes keep their text.
 
-    Example: ``SoftPromptCompressor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
+    Example: ``MemoryPostprocessor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
     """
 
     keep_top_raw: int = Field(default=0, ge=0, description="Highest-scored nodes kept as raw text.")
@@ -58,7 +60,7 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
-        return "SoftPromptCompressor"
+        return "MemoryPostprocessor"
 
     def _postprocess_nodes(self, nodes: list[NodeWithScore],
                            query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
@@ -90,3 +92,7 @@ class SoftPromptCompressor(SoftPromptComponent, BaseNodePostprocessor):
         ))
         return [NodeWithScore(node=mark(nodes[i].node, RAW if kept[i].key is None else str(kept[i].key)),
                               score=nodes[i].score) for i in sorted(kept)]
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SoftPromptCompressor": lambda: MemoryPostprocessor})

@@ -1,4 +1,4 @@
-"""`SoftPromptSynthesizer`: answers by conditioning the decoder on the nodes' soft prompts."""
+"""`MemorySynthesizer`: answers by conditioning the decoder on the nodes' soft prompts."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from llama_index.core.response_synthesizers import BaseSynthesizer
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
+from icae_rag._deprecation import class_aliases
 from icae_rag.compressors import as_compressor
 from icae_rag.decoding import GenerationConfig
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
@@ -24,7 +25,7 @@ from icae_rag.serving import MemoryCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import MemoryKey, as_store
 
-from ._shared import RAW, SLOT_KEY, UsesCompressor, best_last, node_text
+from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text, store_keyword
 
 if TYPE_CHECKING:
     from icae_rag.memory import Memory
@@ -35,10 +36,10 @@ DEFAULT_QUESTION_TEMPLATE = PromptTemplate("{query_str}")
 _NODES = "icae_rag_nodes"  # response kwarg through which synthesize() hands its nodes to get_response()
 
 
-class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
+class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
     """Answers with the compressor's decoder reading the nodes' soft prompts instead of their text.
 
-    A node marked by `SoftPromptCompressor` is read as its soft prompt (from memory, then the slot
+    A node marked by `MemoryPostprocessor` is read as its soft prompt (from memory, then the memory
     store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
     question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
     `get_prompts()`); instruction and context layout are `icae_rag.decoding.build_prompt`'s.
@@ -52,17 +53,19 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
     No LlamaIndex LLM is used: a `MockLLM` fills the base class, so `Settings.llm` is never resolved.
     """
 
-    def __init__(self, compressor: Any = None, slot_store: Any = None, *, streaming: bool = False,
+    def __init__(self, compressor: Any = None, store: Any = None, *, streaming: bool = False,
                  question_template: BasePromptTemplate | str | None = None, device: str = "auto",
                  batch_size: int = 8, best_last: bool = True, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
-        """`compressor`/`slot_store` as for SoftPromptCompressor; `generation`: max_new_tokens, do_sample, ..."""
+        """`compressor`/`store` as for MemoryPostprocessor; `generation`: max_new_tokens, do_sample, ..."""
+        store = store_keyword(generation, store, type(self).__name__).get("store")
+        generation.pop("slot_store", None)
         self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
         self._batch_size = batch_size
         self._best_last = best_last
-        self._cache = MemoryCache(as_compressor(compressor, device=device), as_store(slot_store))
+        self._cache = MemoryCache(as_compressor(compressor, device=device), as_store(store))
 
     def _get_prompts(self) -> PromptDictType:
         return {"question_template": self._question_template}
@@ -111,11 +114,11 @@ class SoftPromptSynthesizer(UsesCompressor, BaseSynthesizer):
         kept = [(nws.node, text) for nws in ordered if (text := node_text(nws.node)) is not None]
         identity = self._cache.identity()
         for node, text in kept:
-            if node.metadata.get(SLOT_KEY) not in (None, RAW):
-                _check_mark(node.node_id, node.metadata[SLOT_KEY], text, identity)
-        soft = [text for node, text in kept if node.metadata.get(SLOT_KEY) != RAW]
+            if node.metadata.get(MEMORY_KEY) not in (None, RAW):
+                _check_mark(node.node_id, node.metadata[MEMORY_KEY], text, identity)
+        soft = [text for node, text in kept if node.metadata.get(MEMORY_KEY) != RAW]
         prompts = iter(self._cache.resolve(soft, batch_size=self._batch_size).prompts if soft else [])
-        return [text if node.metadata.get(SLOT_KEY) == RAW else next(prompts) for node, text in kept]
+        return [text if node.metadata.get(MEMORY_KEY) == RAW else next(prompts) for node, text in kept]
 
     def _contexts(self, nodes: Sequence[NodeWithScore] | None, text_chunks: Sequence[str]) -> list[Memory | str]:
         """The nodes' contexts; without nodes, every non-empty text chunk as a soft prompt."""
@@ -151,8 +154,8 @@ def _check_mark(node_id: str, mark: str, text: str, identity: tuple[str, str, st
     if key.identity != identity:
         raise BackboneMismatchError(
             f"node {node_id} was compressed by {'/'.join(key.identity)}, but this synthesizer's compressor is "
-            f"{'/'.join(identity)}: pass the same compressor to SoftPromptCompressor and "
-            "SoftPromptSynthesizer (build_query_engine does)")
+            f"{'/'.join(identity)}: pass the same compressor to MemoryPostprocessor and "
+            "MemorySynthesizer (build_query_engine does)")
     if key.text_sha256 != text_sha256(text):
         logger.warning("node %s: its text changed after it was compressed; compressing it again", node_id)
 
@@ -171,12 +174,16 @@ def _check_template(template: BasePromptTemplate | str) -> BasePromptTemplate:
 
 def _check_query(query: Any) -> None:
     if not isinstance(query, (str, QueryBundle)):
-        raise InvalidInputError(f"SoftPromptSynthesizer needs a query (str or QueryBundle), got {type(query).__name__}")
+        raise InvalidInputError(f"MemorySynthesizer needs a query (str or QueryBundle), got {type(query).__name__}")
 
 
 def _pop_nodes(response_kwargs: dict[str, Any]) -> list[NodeWithScore] | None:
     nodes = response_kwargs.pop(_NODES, None)
     if response_kwargs:
-        raise InvalidInputError(f"unknown response options {sorted(response_kwargs)}: SoftPromptSynthesizer takes "
+        raise InvalidInputError(f"unknown response options {sorted(response_kwargs)}: MemorySynthesizer takes "
                                 "generation options (max_new_tokens, ...) in its constructor")
     return nodes
+
+
+# Deprecated names (one release).
+__getattr__ = class_aliases(__name__, {"SoftPromptSynthesizer": lambda: MemorySynthesizer})
