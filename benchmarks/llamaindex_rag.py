@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         lingua = None
         if opts.longllmlingua:
             from icae_rag.backbones import decoder_source
-            from icae_rag.eval.longllmlingua import LongLLMLinguaCompressor
+            from icae_rag.eval.longllmlingua import LongLLMLinguaBaseline
 
-            lingua = LongLLMLinguaCompressor(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
+            lingua = LongLLMLinguaBaseline(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
         env = environment(opts.seed)  # before the run: the commit is the code that ran, not HEAD at the end
         started = time.perf_counter()
         progress = Path(opts.out) / PROGRESS_FILE

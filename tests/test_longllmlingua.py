@@ -14,7 +14,7 @@ from icae_rag.errors import InvalidInputError
 pytest.importorskip("llmlingua")
 
 from icae_rag.eval import longllmlingua  # noqa: E402 (after the skip: it needs llmlingua)
-from icae_rag.eval.longllmlingua import LongLLMLinguaCompressor  # noqa: E402
+from icae_rag.eval.longllmlingua import LongLLMLinguaBaseline  # noqa: E402
 
 QUESTION = "Who stayed in lunar orbit during Apollo 11?"
 PASSAGES = [
@@ -36,7 +36,7 @@ def _near(achieved: int, target: int) -> bool:
 
 @pytest.fixture(scope="module")
 def lingua():
-    return LongLLMLinguaCompressor(decoder_source(TINY_DECODER)[0])
+    return LongLLMLinguaBaseline(decoder_source(TINY_DECODER)[0])
 
 
 def test_single_passage_is_compressed_near_budget(lingua):
@@ -77,7 +77,7 @@ def test_offline_and_tiktoken_restored(monkeypatch):
     original = tiktoken.encoding_for_model
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    lingua = LongLLMLinguaCompressor(decoder_source(TINY_DECODER)[0])
+    lingua = LongLLMLinguaBaseline(decoder_source(TINY_DECODER)[0])
     lingua.compress(PASSAGES, QUESTION, 40)
     assert tiktoken.encoding_for_model is original
     # llmlingua's own counts are in decoder tokens, not gpt-3.5's
@@ -97,14 +97,14 @@ def test_missing_llmlingua_names_the_install_command(monkeypatch):
     longllmlingua._compressor_class.cache_clear()
     try:
         with pytest.raises(ImportError, match="pip install llmlingua"):
-            LongLLMLinguaCompressor(decoder_source(TINY_DECODER)[0])
+            LongLLMLinguaBaseline(decoder_source(TINY_DECODER)[0])
     finally:
         longllmlingua._compressor_class.cache_clear()
 
 
 @pytest.mark.integration
 def test_real_decoder_hits_the_budget():
-    lingua = LongLLMLinguaCompressor(decoder_source(DEFAULT_DECODER)[0])
+    lingua = LongLLMLinguaBaseline(decoder_source(DEFAULT_DECODER)[0])
     for passages, ratio in (([TEXT], 4), (PASSAGES, 4), (PASSAGES, 8)):
         n = lingua.count_tokens("\n\n".join(passages))
         text, length = lingua.compress(passages, QUESTION, n // ratio)

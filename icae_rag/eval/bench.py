@@ -209,9 +209,9 @@ def _longllmlingua(opts: BenchOptions, decoder: str, device: str):
         return None
     try:
         from ..backbones import decoder_source
-        from .longllmlingua import LongLLMLinguaCompressor
+        from .longllmlingua import LongLLMLinguaBaseline
 
-        return LongLLMLinguaCompressor(decoder_source(decoder)[0], device=device)
+        return LongLLMLinguaBaseline(decoder_source(decoder)[0], device=device)
     except ImportError as e:
         logger.warning("LongLLMLingua baseline skipped: %s", e)
         return None

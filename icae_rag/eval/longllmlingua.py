@@ -18,6 +18,7 @@ import numbers
 from pathlib import Path
 from unittest import mock
 
+from .._deprecation import class_aliases
 from ..errors import InvalidInputError
 
 # LongLLMLingua's question-aware settings, as in the paper and LlamaIndex's postprocessor.
@@ -110,8 +111,11 @@ def _compressor_class() -> type:
     return _Compressor
 
 
-class LongLLMLinguaCompressor:
-    """Question-aware coarse-to-fine LongLLMLingua compression scored by a local causal LM."""
+class LongLLMLinguaBaseline:
+    """Question-aware coarse-to-fine LongLLMLingua compression scored by a local causal LM.
+
+    A text-level baseline for the benchmarks, not an icae_rag `Compressor` (it makes no memory).
+    """
 
     def __init__(self, decoder_dir: str | Path, device: str = "cpu") -> None:
         """Load the decoder at `decoder_dir` (a Hugging Face directory) as the scorer, offline."""
@@ -165,3 +169,7 @@ class LongLLMLinguaCompressor:
         )
         text = result["compressed_prompt"].strip()
         return text, self.count_tokens(text)
+
+
+# Deprecated name (one release): it is a baseline, not an icae_rag Compressor.
+__getattr__ = class_aliases(__name__, {"LongLLMLinguaCompressor": lambda: LongLLMLinguaBaseline})
