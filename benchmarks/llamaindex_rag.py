@@ -255,7 +255,7 @@ def _lingua_query(lingua: Any, retriever: Any, raw: Any, question: str, budget: 
         seconds = time.perf_counter() - start
     ttft = seconds - (answer.seconds - answer.prefill_seconds)
     source = sum(len(raw.tokenize(t)) for t in texts)
-    return {"prediction": answer.text, "seconds": seconds, "ttft_seconds": ttft, "positions": answer.soft_tokens, "source_tokens": source,
+    return {"prediction": answer.text, "seconds": seconds, "ttft_seconds": ttft, "positions": answer.context_positions, "source_tokens": source,
             "compressed_at_query": len(texts), "node_ids": [n.node.node_id for n in nodes], "rss_mb": mem.peak_mb}
 
 

@@ -92,7 +92,7 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
                     "score": p.score} | ({} if b is None else {"ratio": b["ratio"], "fidelity": b["fidelity"]})
                    for p, b in zip(passages, budgets, strict=True)],
         "input_tokens": ans.source_tokens,
-        "soft_tokens": ans.soft_tokens,
+        "soft_tokens": ans.context_positions,
         "decoder_positions": ans.input_positions,
         "compression_ratio": round(ans.compression_ratio, 3),
         "new_tokens": ans.new_tokens,

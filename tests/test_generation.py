@@ -27,7 +27,7 @@ def test_answer_reports_positions_and_ratio(tiny_compressor):
     assert 1 <= ans.new_tokens <= 5 and ans.new_tokens == len(ans.token_ids)
     assert ans.text == tiny_compressor.decoder.tokenizer.decode(ans.token_ids, skip_special_tokens=True).strip()
     assert ans.source_tokens == len(tiny_compressor.tokenize(TEXT))
-    assert ans.input_positions > ans.soft_tokens
+    assert ans.input_positions > ans.context_positions
     if tiny_compressor.kind == "raw":
         assert ans.compression_ratio == 1.0
     else:

@@ -65,7 +65,7 @@ def test_default_kvzip_sizes_each_memory_by_its_check_and_answers(raw):
     assert float(memory.metadata["kvzip_fidelity"]) >= 0.97 and memory.compression_ratio >= 1.5
     assert float(memory.metadata["kvzip_ratio"]) == pytest.approx(memory.compression_ratio, rel=1e-3)
     ans = kvzip.answer("Where was Super Bowl 50 played?", [memory], max_new_tokens=24)
-    assert "Levi's Stadium" in ans.text and ans.soft_tokens == memory.num_positions
+    assert "Levi's Stadium" in ans.text and ans.context_positions == memory.num_positions
     # Text the decoder can restate from a few entries gets a small memory; stricter fidelity, a larger one.
     redundant = kvzip.compress("The meeting is on Monday. " * 24)
     assert redundant.compression_ratio >= 8 > memory.compression_ratio

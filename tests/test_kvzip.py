@@ -167,7 +167,7 @@ def test_one_forward_over_all_text_equals_prefilling_segment_by_segment(kvzip):
 def test_positions_count_kept_entries(kvzip):
     m = kvzip.compress(TEXT)
     ans = kvzip.answer("Who?", [m, SECOND], max_new_tokens=2)
-    assert ans.soft_tokens == m.num_positions + len(kvzip.tokenize(SECOND))
+    assert ans.context_positions == m.num_positions + len(kvzip.tokenize(SECOND))
     assert ans.source_tokens == m.source_tokens + len(kvzip.tokenize(SECOND))
     assert 3.5 < m.compression_ratio < 4.5
 
@@ -309,7 +309,7 @@ def test_one_budget_over_several_memories():
     low = min(float(pa.scores.min()), float(pb.scores.min()))
     dropped = [s for m, p in ((a, pa), (b, pb)) for s in m.scores.tolist() if s not in set(p.scores.tolist())]
     assert max(dropped) <= low  # the kept entries are the highest scores over both memories
-    assert comp.answer("Who?", [a, b], max_new_tokens=2).soft_tokens == pa.num_positions + pb.num_positions
+    assert comp.answer("Who?", [a, b], max_new_tokens=2).context_positions == pa.num_positions + pb.num_positions
     with pytest.raises(ConfigError):
         new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=8)
 

@@ -367,7 +367,7 @@ class QAService:
         sources = [{"file": h.node.metadata.get("file_name", "?"), "doc_id": h.node.metadata.get("doc_id"),
                     "score": None if h.score is None else round(float(h.score), 4),
                     "snippet": _snippet(h.node.get_content(metadata_mode=MetadataMode.NONE))} for h in hits]
-        return PreparedAnswer(mode, sources, prompt.positions, prompt.soft_tokens, pieces)
+        return PreparedAnswer(mode, sources, prompt.positions, prompt.context_positions, pieces)
 
     def check_question(self, question: Any) -> str:
         """The stripped question, or InvalidInputError if it is missing, empty or too long."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._deprecation import renamed
 from ..errors import InvalidInputError
 from ..hf_compat import cache_arg, output_cache
 from ..kv_memory import KvMemory
@@ -65,11 +66,11 @@ class GenerationConfig:
 
 @dataclass
 class Answer:
-    """A generated answer and what it cost: decoder input positions, soft tokens and seconds."""
+    """A generated answer and what it cost: decoder input positions (all, and the contexts'), seconds."""
 
     text: str
     input_positions: int
-    soft_tokens: int
+    context_positions: int  # decoder positions the contexts took (memories and raw text)
     source_tokens: int
     new_tokens: int
     prefill_seconds: float
@@ -79,7 +80,13 @@ class Answer:
     @property
     def compression_ratio(self) -> float:
         """Source tokens of the contexts per decoder position they took (1.0 for raw text)."""
-        return self.source_tokens / max(1, self.soft_tokens)
+        return self.source_tokens / max(1, self.context_positions)
+
+    @property
+    def soft_tokens(self) -> int:
+        """Deprecated name of `context_positions` (removed in the next release)."""
+        renamed("Answer.soft_tokens", "Answer.context_positions")
+        return self.context_positions
 
 
 @torch.no_grad()
@@ -183,7 +190,7 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
             done[i] = bool(finished[i])
     seconds = time.perf_counter() - start
     tok = compressor.decoder.tokenizer
-    return [Answer(_finish_text(tok, ids[i], cfg.stop), p.positions, p.soft_tokens, p.source_tokens,
+    return [Answer(_finish_text(tok, ids[i], cfg.stop), p.positions, p.context_positions, p.source_tokens,
                    len(ids[i]), prefill or 0.0, seconds, ids[i]) for i, p in enumerate(prompts)]
 
 

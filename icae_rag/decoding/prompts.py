@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._deprecation import renamed
 from ..errors import BackboneMismatchError, InvalidInputError
 from ..kv_memory import KvMemory, token_ids_sha256
 from ..memory import Memory
@@ -46,8 +47,14 @@ class Prompt:
     KV memories; plus what the contexts cost."""
 
     segments: list[torch.Tensor | KvMemory]
-    soft_tokens: int
+    context_positions: int  # decoder positions the contexts take (memories and raw text)
     source_tokens: int
+
+    @property
+    def soft_tokens(self) -> int:
+        """Deprecated name of `context_positions` (removed in the next release)."""
+        renamed("Prompt.soft_tokens", "Prompt.context_positions")
+        return self.context_positions
 
     @property
     def positions(self) -> int:

@@ -132,7 +132,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             answers = comp.answer_many([it.question for it in batch], contexts[b : b + batch_size], **generation)
             answer_seconds += answers[0].seconds
             predictions += [a.text for a in answers]
-            soft += sum(a.soft_tokens for a in answers)
+            soft += sum(a.context_positions for a in answers)
         results[name] = score_predictions(predictions, items, seed) | {
             "mean_context_positions": soft / max(1, len(items)),
             "compression_ratio": source / soft if soft else None,
