@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Node-metadata key through which the postprocessor tells the synthesizer which soft prompt stands
+# Node-metadata key through which the postprocessor tells the synthesizer which memory stands
 # for a node, or RAW for a node kept as text. Tensors never go into metadata.
 MEMORY_KEY = "icae_rag_slot_key"  # the value predates the name: kept, applications read it
 RAW = "raw"

@@ -1,4 +1,4 @@
-"""`MemoryPostprocessor`: a node postprocessor that turns retrieved nodes into soft prompts."""
+"""`MemoryPostprocessor`: a node postprocessor that turns retrieved nodes into memories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`MemorySynthesizer`: answers by conditioning the decoder on the nodes' soft prompts."""
+"""`MemorySynthesizer`: answers by conditioning the decoder on the nodes' memories."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ _NODES = "icae_rag_nodes"  # response kwarg through which synthesize() hands its
 
 
 class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
-    """Answers with the compressor's decoder reading the nodes' soft prompts instead of their text.
+    """Answers with the compressor's decoder reading the nodes' memories instead of their text.
 
-    A node marked by `MemoryPostprocessor` is read as its soft prompt (from memory, then the memory
+    A node marked by `MemoryPostprocessor` is read as its memory (from recent memories, then the memory
     store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
     question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
     `get_prompts()`); instruction and context layout are `icae_rag.decoding.build_prompt`'s.
@@ -88,7 +88,7 @@ class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
                                          **response_kwargs)
 
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
-        """The answer (str, or a token generator when streaming) from the nodes' soft prompts."""
+        """The answer (str, or a token generator when streaming) from the nodes' memories."""
         nodes, question = _pop_nodes(response_kwargs), self._question(query_str)
         contexts = self._contexts(nodes, text_chunks)
         if not contexts:
@@ -109,7 +109,7 @@ class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
         return await asyncio.to_thread(self._answer, question, contexts)
 
     def contexts(self, nodes: Sequence[NodeWithScore]) -> list[Memory | str]:
-        """What the decoder reads for these nodes, in reading order: soft prompts, and str for nodes kept raw."""
+        """What the decoder reads for these nodes, in reading order: memories, and str for nodes kept raw."""
         ordered = best_last(nodes) if self._best_last else nodes
         kept = [(nws.node, text) for nws in ordered if (text := node_text(nws.node)) is not None]
         identity = self._cache.identity()
@@ -121,7 +121,7 @@ class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
         return [text if node.metadata.get(MEMORY_KEY) == RAW else next(prompts) for node, text in kept]
 
     def _contexts(self, nodes: Sequence[NodeWithScore] | None, text_chunks: Sequence[str]) -> list[Memory | str]:
-        """The nodes' contexts; without nodes, every non-empty text chunk as a soft prompt."""
+        """The nodes' contexts; without nodes, every non-empty text chunk as a memory."""
         if nodes is not None:
             return self.contexts(nodes)
         texts = [t for t in text_chunks if isinstance(t, str) and t.strip()]
@@ -168,7 +168,7 @@ def _check_template(template: BasePromptTemplate | str) -> BasePromptTemplate:
     if set(template.template_vars) != {"query_str"}:
         raise InvalidInputError(
             f"question_template must use exactly the variable {{query_str}}, got {sorted(template.template_vars)}: "
-            "the context is given to the decoder as soft prompts, not as {context_str}")
+            "the context is given to the decoder as memories, not as {context_str}")
     return template
 
 
