@@ -38,10 +38,12 @@ def class_aliases(module_name: str, aliases: dict[str, Callable[[], Any]]) -> Ca
     return __getattr__
 
 
-def renamed_kwarg(data: MutableMapping[str, Any], old: str, new: str, owner: str) -> None:
-    """Move keyword `old` to `new` in `data` (constructor keywords), warning; both given is an error."""
+def renamed_kwarg(data: MutableMapping[str, Any], old: str, new: str, owner: str, *, stacklevel: int = 4) -> None:
+    """Move keyword `old` to `new` in `data` (constructor keywords), warning; both given is an error.
+
+    `stacklevel` 4 points the warning at whoever called the constructor that calls this."""
     if old in data:
         if new in data:
             raise TypeError(f"{owner}: pass {new}= only ({old}= is its deprecated name)")
-        renamed(f"{owner}({old}=...)", f"{new}=...", stacklevel=4)
+        renamed(f"{owner}({old}=...)", f"{new}=...", stacklevel=stacklevel)
         data[new] = data.pop(old)

@@ -85,8 +85,9 @@ def store_keyword(data: dict[str, Any], store: Any, owner: str) -> dict[str, Any
     data = dict(data)
     if store is not None:
         data["store"] = store
-    renamed_kwarg(data, "slot_store", "store", owner)
-    renamed_kwarg(data, "slot_store_dir", "store_uri", owner)
+    # stacklevel 5: past renamed, renamed_kwarg, this function and the constructor, to its caller.
+    renamed_kwarg(data, "slot_store", "store", owner, stacklevel=5)
+    renamed_kwarg(data, "slot_store_dir", "store_uri", owner, stacklevel=5)
     return data
 
 
