@@ -29,7 +29,7 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
     joint = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=2)
     result = run_rag_bench(docs, items, [tiny_icae, tiny_e2llm, joint], tiny_raw, opts)
     modes = result["modes"]
-    assert set(modes) == {"raw", "icae", "e2llm", "kvzip:stored_ratio=2"}
+    assert set(modes) == {"raw", "icae", "e2llm", "kvzip:ratio=4,stored_ratio=2"}
     for name, r in modes.items():
         assert r["same_nodes_as_raw"] == 1.0
         assert r["n_answerable"] == 2 and r["n_unanswerable"] == 1
@@ -46,7 +46,7 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
     assert "contained_vs_raw" not in modes["raw"]
     assert ("contained_vs_raw" in modes["icae"]) == (modes["raw"]["contained"]["mean"] > 0)
     # Stored at 2x, read at 4x with one budget: the positions read are a quarter of the raw ones.
-    assert 3.5 < modes["kvzip:stored_ratio=2"]["position_reduction_vs_raw"] < 4.5
+    assert 3.5 < modes["kvzip:ratio=4,stored_ratio=2"]["position_reduction_vs_raw"] < 4.5
     record = {"dataset": "toy", "split": "toy", "documents": ["a", "b"], "n": 3, "seed": 0}
     assert "| icae |" in rag_markdown(record, result, opts)
 

@@ -193,3 +193,27 @@ def test_kinds_that_encode_texts_alone_refuse_leads(tiny_icae):
         tiny_icae.compress_many(["Apollo 11 landed in 1969."], leads=["Before it came Apollo 10."])
     with pytest.raises(InvalidInputError, match="1 texts need 1 leads"):
         tiny_icae.compress_many(["Apollo 11 landed in 1969."], leads=[None, None])
+
+
+def test_ingestion_reports_the_budget_distribution_of_a_corpus(tmp_path):
+    from llama_index.core.schema import TextNode
+
+    from icae_rag import new_compressor
+    from icae_rag.backbones import TINY_DECODER
+    from icae_rag.errors import InvalidInputError
+
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.3)
+    ingest = MemoryIngestion(kvzip, SqliteMemoryStore.in_persist_dir(tmp_path))
+    nodes = [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(TEXTS)]
+    late = TextNode(text="Michael Collins stayed in lunar orbit aboard Columbia.", id_="late")
+    with pytest.raises(InvalidInputError, match="ingest them first"):
+        ingest.budget_report(nodes)
+    ingest(nodes)
+    report = ingest.budget_report([*nodes, late])
+    memories = [ingest.store.get(n.get_content(), kvzip) for n in nodes]
+    assert report["memories"] == len(nodes) and report["missing"] == 1
+    assert report["source_tokens"] == sum(m.source_tokens for m in memories)
+    assert report["ratio"] == pytest.approx(report["source_tokens"] / sum(m.source_tokens / m.compression_ratio
+                                                                          for m in memories), rel=1e-2)
+    assert 0.3 <= report["fidelity"]["min"] <= report["fidelity"]["mean"] <= 1
+    assert sum(report["ratio_counts"].values()) == len(nodes)
