@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -388,8 +389,7 @@ def budget_summary(memories: Sequence[Memory]) -> dict[str, Any]:
         "ratio": round(source / sum(m.source_tokens / b["ratio"] for m, b in zip(memories, budgets, strict=True)), 3),
         "ratio_quantiles": {q: round(float(ratios.quantile(v)), 3) for q, v in
                             (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))},
-        "ratio_counts": {f"{r:g}": int((ratios.round(decimals=1) == round(r, 1)).sum()) for r in sorted(set(
-            round(float(x), 1) for x in ratios))},
+        "ratio_counts": {f"{r:g}": n for r, n in sorted(Counter(round(b["ratio"], 1) for b in budgets).items())},
     }
     fidelities = [b["fidelity"] for b in budgets if b["fidelity"] is not None]
     if fidelities:
