@@ -14,6 +14,7 @@ sliding window) and Gemma families.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +39,7 @@ class KvView:
     (batch, kv_heads, columns) holds each column's rotary position: a query reads the valid columns
     at or before its position, so a cache's columns need not be in position order. With `record`,
     `scores[l]` becomes (batch, kv_heads, keys): the max attention weight each key got from any query
-    and any query head of its group.
+    and any query head of its group; `score_columns` limits it to those keys (the rest cost nothing).
     """
 
     valid: list[torch.Tensor] | None = None
@@ -46,6 +47,7 @@ class KvView:
     query_positions: torch.Tensor | None = None
     record: bool = False
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    score_columns: tuple[int, int] | None = None  # with record: score only columns [start, end)
 
     def __post_init__(self) -> None:
         if (self.query_positions is None) != (self.positions is None) or (
@@ -156,15 +158,73 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         valid = kv_view.valid[layer]
         allowed = _allowed(None, q_len, k_len, query.device) & torch.cat(
             [valid, valid.new_ones(*valid.shape[:2], k_len - valid.shape[2])], dim=2)[:, :, None, :]
-    # Query heads sharing a KV head are read as one block (no copies of the keys and values); HF
-    # orders query heads by group, so head h reads KV head h // groups.
     scale = scaling if scaling is not None else head_dim ** -0.5
+    if kv_view.record and not _has_lse_kernel(query):
+        return _eager(query, key, value, allowed, scale, kv_view, layer)
+    # Query heads sharing a KV head are one batch entry (b * kv_heads, groups, ...): keys, values and
+    # the per-KV-head mask are broadcast to the group's query heads, never copied per query head.
+    q = query.reshape(b * kv_heads, groups, q_len, head_dim)
+    k = key.reshape(b * kv_heads, 1, k_len, head_dim).expand(-1, groups, -1, -1)
+    v = value.reshape(b * kv_heads, 1, k_len, head_dim).expand(-1, groups, -1, -1)
+    cached = k_len - q_len
+    plain_causal = kv_view.valid is None and b == 1 and torch.equal(allowed, _allowed(None, q_len, k_len, query.device))
+    needs_mask = not plain_causal or (not kv_view.record and cached > 0)
+    mask = allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len) if needs_mask else None
+    if not kv_view.record:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                               is_causal=mask is None)
+        return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+    if plain_causal:
+        # One unpadded sequence after its cache: every query reads all cached columns, and its own
+        # block causally. Two kernel calls (no mask to build or apply) merged by their logsumexps.
+        head, head_lse = _flash_lse(q, k[:, :, :cached], v[:, :, :cached], None, scale)
+        own, own_lse = _flash_lse(q, k[:, :, cached:], v[:, :, cached:], None, scale, causal=True)
+        lse = torch.logaddexp(head_lse, own_lse)
+        out = head * torch.exp(head_lse - lse)[..., None] + own * torch.exp(own_lse - lse)[..., None]
+        out = out.to(query.dtype)
+    else:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+        out, lse = _flash_lse(q, k, v, bias, scale)
+    # A key's score is its largest softmax weight, exp(logit - logsumexp of the query's row), so only
+    # the scored columns' logits are computed; the kernel gave each row's logsumexp.
+    lo, hi = kv_view.score_columns or (0, k_len)
+    logits = torch.matmul(query.reshape(b, kv_heads, groups * q_len, head_dim).float() * scale,
+                          key[:, :, lo:hi].float().transpose(-1, -2))
+    weights = logits.sub_(lse.reshape(b, kv_heads, groups * q_len, 1)).exp_().view(b, kv_heads, groups, q_len, hi - lo)
+    if not (kv_view.valid is None and hi <= k_len - q_len):  # cached columns are read by every query
+        weights = weights * allowed[:, :, None, :, lo:hi]
+    kv_view.scores[layer] = weights.amax(dim=(2, 3))
+    return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _flash_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+               causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention (CPU kernel) that also returns each query row's logsumexp, as float32."""
+    if k.shape[2] == 0:  # nothing cached: no weight, logsumexp -inf
+        return q.new_zeros(q.shape, dtype=torch.float32), q.new_full(q.shape[:3], -math.inf, dtype=torch.float32)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias,
+                                                                          scale=scale)[:2]
+    return out.float(), lse.float()
+
+
+def _has_lse_kernel(query: torch.Tensor) -> bool:
+    """Whether the fused attention kernel that also returns each row's logsumexp runs on this tensor."""
+    return query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16) and hasattr(
+        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
+           kv_view: KvView, layer: int) -> tuple[torch.Tensor, None]:
+    """Attention with every weight materialised, recording scores: where no fused kernel gives the logsumexp."""
+    b, q_heads, q_len, head_dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = q_heads // kv_heads
     q = query.reshape(b, kv_heads, groups * q_len, head_dim)
     logits = (torch.matmul(q, key.transpose(-1, -2)).float() * scale).view(b, kv_heads, groups, q_len, k_len)
     logits = logits.masked_fill(~allowed[:, :, None], torch.finfo(logits.dtype).min)
     weights = torch.softmax(logits, dim=-1)
-    if kv_view.record:
-        kv_view.scores[layer] = weights.amax(dim=(2, 3))
+    lo, hi = kv_view.score_columns or (0, k_len)
+    kv_view.scores[layer] = weights[..., lo:hi].amax(dim=(2, 3))
     out = torch.matmul(weights.view(b, kv_heads, groups * q_len, k_len).to(value.dtype), value)
     return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
 

@@ -428,3 +428,41 @@ def test_store_keys_memories_by_their_setting(tmp_path):
     assert loose.version != strict.version != new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).version
     store.get_or_compress([TEXT], loose)
     assert store.get(TEXT, strict) is None and store.get(TEXT, loose) is not None
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("view_kind", ["causal", "positions", "valid"])
+def test_fused_attention_equals_the_eager_reference(view_kind, b, monkeypatch):
+    # The fused kernels (SDPA, and the one that also gives each row's logsumexp for scores) must
+    # read exactly what the eager path reads: same outputs and, when recording, the same scores.
+    from types import SimpleNamespace
+
+    from icae_rag import kv_attention
+    from icae_rag.kv_attention import KvView
+
+    torch.manual_seed(0)
+    kv_heads, groups, q_len, k_len, dim = 2, 3, 5, 11, 8
+    query = torch.randn(b, kv_heads * groups, q_len, dim)
+    key, value = torch.randn(b, kv_heads, k_len, dim), torch.randn(b, kv_heads, k_len, dim)
+    valid = torch.rand(b, kv_heads, k_len) > 0.3
+    valid[..., -q_len:] = True  # a query always reads itself
+
+    def view(record: bool) -> KvView:
+        if view_kind == "causal":
+            return KvView(record=record, score_columns=(2, 6))
+        if view_kind == "positions":
+            positions = torch.arange(k_len).expand(b, kv_heads, -1)
+            return KvView(valid=[valid], positions=[positions], query_positions=torch.arange(k_len - q_len, k_len)
+                          .expand(b, -1), record=record, score_columns=(2, 6))
+        return KvView(valid=[valid[..., :k_len - q_len]], record=record)
+
+    layer = SimpleNamespace(layer_idx=0)
+    fused_view = view(True)
+    fused, _ = kv_attention._attention(layer, query, key, value, None, kv_view=fused_view)
+    plain, _ = kv_attention._attention(layer, query, key, value, None, kv_view=view(False))
+    monkeypatch.setattr(kv_attention, "_has_lse_kernel", lambda q: False)
+    eager_view = view(True)
+    eager, _ = kv_attention._attention(layer, query, key, value, None, kv_view=eager_view)
+    assert torch.allclose(fused, eager, atol=1e-5) and torch.allclose(plain, eager, atol=1e-5)
+    assert fused_view.scores[0].shape == eager_view.scores[0].shape
+    assert torch.allclose(fused_view.scores[0], eager_view.scores[0], atol=1e-5)

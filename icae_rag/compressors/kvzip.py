@@ -250,7 +250,7 @@ class KvzipCompressor(Compressor):
         keys = rerotate(keys, start - len(lead), kv_attention.rotary(model))
         values = torch.stack([layer.values[0, :, col:col + len(window)] for layer in layers])
         repeat = repeat_ids + window
-        view = KvView(record=True)
+        view = KvView(record=True, score_columns=(col, col + len(window)))
         end = prefix_len + len(seq)
         positions = torch.arange(end, end + len(repeat), device=self.decoder.device)[None]
         # With no lead the scoring pass reads exactly the full memory alone, as the check reads a pruned
@@ -258,7 +258,7 @@ class KvzipCompressor(Compressor):
         reference = self.config.adaptive and not lead
         scored = model(input_ids=self._ids(repeat), position_ids=positions, **cache_arg(output_cache(out)),
                        use_cache=True, logits_to_keep=len(window) + 1 if reference else 1, kv_view=view)
-        scores = torch.stack([view.scores[i][0, :, col:col + len(window)] for i in range(len(layers))])
+        scores = torch.stack([view.scores[i][0] for i in range(len(layers))])
         ref = torch.softmax(scored.logits[0, :-1].float(), dim=-1) if reference else None
         n_layers, n_heads, w, dim = keys.shape
         return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
