@@ -466,3 +466,18 @@ def test_fused_attention_equals_the_eager_reference(view_kind, b, monkeypatch):
     assert torch.allclose(fused, eager, atol=1e-5) and torch.allclose(plain, eager, atol=1e-5)
     assert fused_view.scores[0].shape == eager_view.scores[0].shape
     assert torch.allclose(fused_view.scores[0], eager_view.scores[0], atol=1e-5)
+
+
+def test_checks_reuse_the_scoring_pass_prefix(kv_full):
+    # The check's prompts start with the prefix the scoring pass already ran: reading it from that
+    # pass gives the same distributions as running it again, and a row of another prefix is refused.
+    ids = kv_full.tokenize(SECOND)
+    memory = kv_full.compress(SECOND)
+    with torch.no_grad():
+        out = kv_full.decoder.model(input_ids=kv_full._ids(kv_full._prefix_ids()), use_cache=True)
+        row = _RowCache.of_text([(layer.keys, layer.values) for layer in output_cache(out).layers])
+        again, reused = kv_full._repeat_probs(memory, ids), kv_full._repeat_probs(memory, ids, row)
+        assert torch.allclose(again, reused, atol=1e-5)
+        short = _RowCache.of_text([(layer.keys[:, :, :-1], layer.values[:, :, :-1]) for layer in output_cache(out).layers])
+        with pytest.raises(ValueError, match="prefix"):
+            kv_full._repeat_probs(memory, ids, short)

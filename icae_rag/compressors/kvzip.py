@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from .. import kv_attention
 from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..decoding import build_prompt, context_prefix_ids, prompt_texts, target_logits
+from ..decoding.prefill import _RowCache
 from ..errors import ConfigError, InvalidInputError
 from ..hf_compat import cache_arg, output_cache
 from ..kv_attention import KvView, rerotate
@@ -196,6 +197,7 @@ class KvzipCompressor(Compressor):
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
         out = model(input_ids=self._ids(prefix_ids), use_cache=True, logits_to_keep=1)
         prefix = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        prefix_row = _RowCache.of_text(prefix)  # the checks' prompts start with the same prefix
         provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
                           compressor_version=self.version, backbone=self.backbone_id)
         quant = dict(quant_group=self.config.quant_group, rotary_emb=kv_attention.rotary(model))
@@ -213,7 +215,7 @@ class KvzipCompressor(Compressor):
                     cache.update(k, v, i)
                 context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
                 window = self._score_window(context, ids[start:start + step], start, cache, repeat_ids)
-                parts.append(self._choose(window, sha, provenance))
+                parts.append(self._choose(window, sha, provenance, prefix_row))
             memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
             memory.metadata |= _budget_metadata(parts, self.config)
             if lead:
@@ -264,7 +266,7 @@ class KvzipCompressor(Compressor):
         return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
                        (n_layers, n_heads), ref)
 
-    def _choose(self, window: _Window, sha: str, provenance: dict) -> _Kept:
+    def _choose(self, window: _Window, sha: str, provenance: dict, prefix_row: _RowCache) -> _Kept:
         """The window's kept entries: a fixed share, or the smallest ladder step that passes the check."""
         n_layers, n_heads = window.shape
         total = len(window.ids) * n_layers * n_heads
@@ -277,14 +279,15 @@ class KvzipCompressor(Compressor):
 
         reference = window.reference
         if reference is None:
-            reference = self._repeat_probs(memory(total), window.ids)
+            reference = self._repeat_probs(memory(total), window.ids, prefix_row)
         ratio, overlap = _search(lambda r: _overlap(reference, self._repeat_probs(
-            memory(max(1, round(total / r))), window.ids)), self.config.ladder, self.config.target_fidelity)
+            memory(max(1, round(total / r))), window.ids, prefix_row)), self.config.ladder, self.config.target_fidelity)
         return _keep_top(window, max(1, round(total / ratio)), overlap)
 
-    def _repeat_probs(self, memory: KvMemory, ids: list[int]) -> torch.Tensor:
+    def _repeat_probs(self, memory: KvMemory, ids: list[int], prefix_row: _RowCache | None = None) -> torch.Tensor:
         """The decoder's next-token distributions over `ids`, repeated from `memory` read alone."""
-        return torch.softmax(target_logits(self, [build_prompt(self, [memory], mode="repeat")], [ids])[0], dim=-1)
+        prompt = build_prompt(self, [memory], mode="repeat")
+        return torch.softmax(target_logits(self, [prompt], [ids], prefix_row=prefix_row)[0], dim=-1)
 
 
 class _Window(NamedTuple):

@@ -32,7 +32,8 @@ class Prefilled(NamedTuple):
     view: KvView | None
 
 
-def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[int] | None = None) -> Prefilled:
+def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
+             prefix_row: _RowCache | None = None) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
     Prompts with KV memories take two forwards: the shared prefix, then every prompt's text after it
     (separators, mode marker, question) at once, each token at its own position, reading the memories
@@ -56,7 +57,9 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[
         return Prefilled(logits, output_cache(out), mask, positions[:, -1:] + 1, None)
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
-    shared = _extend(dec, _RowCache.empty(), prefix)[1]
+    if prefix_row is not None and prefix_row.position != prefix.shape[0]:
+        raise ValueError(f"prefix_row holds {prefix_row.position} tokens, the prompts' prefix {prefix.shape[0]}")
+    shared = prefix_row if prefix_row is not None else _extend(dec, _RowCache.empty(), prefix)[1]
     rows, texts = [], []
     for p in prompts:
         row = shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix) \
@@ -112,6 +115,15 @@ class _RowCache:
     @classmethod
     def empty(cls) -> _RowCache:
         return cls([], [], [], 0)
+
+    @classmethod
+    def of_text(cls, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _RowCache:
+        """The row of a text the decoder already ran from position 0: per layer (keys, values), each
+        (1, kv_heads, T, head_dim) as a forward's cache holds them."""
+        heads, n = layers[0][0].shape[1], layers[0][0].shape[2]
+        valid = torch.ones(heads, n, dtype=torch.bool, device=layers[0][0].device)
+        at = torch.arange(n, device=valid.device).expand(heads, -1)
+        return cls([k[0] for k, _ in layers], [v[0] for _, v in layers], [valid] * len(layers), n, [at] * len(layers))
 
     @property
     def columns(self) -> list[int]:
@@ -200,10 +212,11 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]]
-                  ) -> list[torch.Tensor]:
+def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]], *,
+                  prefix_row: _RowCache | None = None) -> list[torch.Tensor]:
     """Per prompt, the decoder's next-token logits (len(target), vocab), float32, at each token of its
-    target, teacher-forced right after the prompt (what the decoder would say there, and how sure it is)."""
+    target, teacher-forced right after the prompt (what the decoder would say there, and how sure it is).
+    `prefix_row`: the prompts' shared prefix, already run (see `_prefill`)."""
     if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
         raise InvalidInputError("target_logits needs one non-empty target per prompt")
     dec = compressor.decoder
@@ -212,5 +225,5 @@ def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Se
         head = dec.embed_ids(torch.tensor(list(target[:-1]), dtype=torch.long, device=dec.device))
         forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
     with compressor.decoding():
-        logits = _prefill(compressor, forced, tails=[len(t) for t in targets]).logits
+        logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
     return [x.float() for x in logits]
