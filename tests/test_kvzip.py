@@ -327,29 +327,36 @@ def test_two_memories_in_context_read_like_the_joint_text(kv_full):
 
 # --- adaptive budget -------------------------------------------------------------------------------
 
-def _log_linear(slope):
-    """An overlap curve whose loss grows with log(ratio), and the ratios it was read at."""
+def _curve(slope, power=1):
+    """An overlap curve whose loss grows with log(ratio) ** power, and the ratios it was read at."""
     import math
 
     asked = []
 
     def overlap_at(ratio):
         asked.append(ratio)
-        return 1 - slope * math.log(ratio)
+        return 1 - slope * math.log(ratio) ** power
     return overlap_at, asked
 
 
 @pytest.mark.parametrize("slope", [0.001, 0.005, 0.01, 0.02, 0.05, 0.2])
 @pytest.mark.parametrize("fidelity", [0.9, 0.95, 0.97, 0.99])
 def test_search_takes_the_largest_passing_step_in_two_checks(slope, fidelity):
-    from icae_rag.compressors.kvzip import LADDER, _search
+    # The search's model: loss grows with log(ratio) squared above the first step, linearly below.
+    # On such a curve it finds the largest passing step; on any curve it passes or keeps everything.
+    import math
 
-    overlap_at, asked = _log_linear(slope)
-    ratio, overlap = _search(overlap_at, LADDER, fidelity)
-    passing = [r for r in LADDER if 1 - slope * torch.log(torch.tensor(r)).item() >= fidelity]
-    assert len(asked) <= 2
-    assert ratio == (max(passing) if passing else 1.0)
-    assert overlap >= fidelity and (ratio == 1.0) == (overlap == 1.0)
+    from icae_rag.compressors.kvzip import LADDER, START_RATIO, _search
+
+    for power in (1, 2):
+        first_passes = 1 - slope * math.log(START_RATIO) ** power >= fidelity
+        overlap_at, asked = _curve(slope, power)
+        ratio, overlap = _search(overlap_at, LADDER, fidelity)
+        passing = [r for r in LADDER if 1 - slope * math.log(r) ** power >= fidelity]
+        assert len(asked) <= 2
+        assert overlap >= fidelity and (ratio == 1.0) == (overlap == 1.0) and ratio in (*passing, 1.0)
+        if power == (2 if first_passes else 1):
+            assert ratio == (max(passing) if passing else 1.0)
 
 
 def test_search_keeps_everything_when_no_step_passes_and_respects_the_ladder():
@@ -364,7 +371,7 @@ def test_chosen_budget_is_monotone_in_fidelity():
     from icae_rag.compressors.kvzip import LADDER, _search
 
     for slope in (0.003, 0.01, 0.03):
-        chosen = [_search(_log_linear(slope)[0], LADDER, f)[0] for f in (0.8, 0.9, 0.95, 0.97, 0.99, 0.999)]
+        chosen = [_search(_curve(slope)[0], LADDER, f)[0] for f in (0.8, 0.9, 0.95, 0.97, 0.99, 0.999)]
         assert chosen == sorted(chosen, reverse=True)
     comp = {f: new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=f, storage="float32")
             for f in (0.3, 0.6, 0.9)}
