@@ -488,3 +488,15 @@ def test_checks_reuse_the_scoring_pass_prefix(kv_full):
         short = _RowCache.of_text([(layer.keys[:, :, :-1], layer.values[:, :, :-1]) for layer in output_cache(out).layers])
         with pytest.raises(ValueError, match="prefix"):
             kv_full._repeat_probs(memory, ids, short)
+
+
+def test_a_memory_read_by_several_questions_is_laid_out_once(kvzip, monkeypatch):
+    memory = kvzip.compress(TEXT)
+    calls = []
+    original = KvMemory.cache_tensors
+    monkeypatch.setattr(KvMemory, "cache_tensors", lambda self, *a, **k: calls.append(id(self)) or original(self, *a, **k))
+    questions = ["Who stayed in orbit?", "Who walked on the Moon?", "When did it land?"]
+    batched = kvzip.answer_many(questions, [[memory]] * 3, max_new_tokens=4)
+    assert calls == [id(memory)]
+    alone = [kvzip.answer(q, [memory], max_new_tokens=4).text for q in questions]
+    assert [a.text for a in batched] == alone

@@ -14,7 +14,7 @@ from .. import kv_attention
 from ..errors import InvalidInputError
 from ..hf_compat import cache_arg, output_cache
 from ..kv_attention import KvView
-from ..kv_memory import KvMemory
+from ..kv_memory import CacheColumns, KvMemory
 from .prompts import Prompt
 
 if TYPE_CHECKING:
@@ -61,13 +61,14 @@ def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[
         raise ValueError(f"prefix_row holds {prefix_row.position} tokens, the prompts' prefix {prefix.shape[0]}")
     shared = prefix_row if prefix_row is not None else _extend(dec, _RowCache.empty(), prefix)[1]
     rows, texts = [], []
+    laid: dict[tuple[int, int], CacheColumns] = {}  # a memory read by several prompts is laid out once
     for p in prompts:
         row = shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix) \
             else _extend(dec, _RowCache.empty(), p.segments[0])[1]
         text, text_positions = [], []
         for seg in p.segments[1:]:
             if isinstance(seg, KvMemory):
-                row = _extend(dec, row, seg)[1]
+                row = _extend(dec, row, seg, laid)[1]
             else:
                 text.append(seg)
                 text_positions.append(torch.arange(row.position, row.position + seg.shape[0], device=dec.device))
@@ -131,11 +132,18 @@ class _RowCache:
         return [k.shape[1] for k in self.keys]
 
 
-def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
-    """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled."""
+def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory,
+            laid: dict[tuple[int, int], CacheColumns] | None = None) -> tuple[torch.Tensor | None, _RowCache]:
+    """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled. `laid`
+    keeps memories' cache columns by (object, shift), so one read twice is laid out once."""
     if isinstance(segment, KvMemory):
-        columns = segment.cache_tensors(row.position - segment.prefix_tokens, kv_attention.rotary(dec.model),
-                                        dec.dtype, dec.device)
+        delta = row.position - segment.prefix_tokens
+        key = (id(segment), delta)
+        columns = laid.get(key) if laid is not None else None
+        if columns is None:
+            columns = segment.cache_tensors(delta, kv_attention.rotary(dec.model), dec.dtype, dec.device)
+            if laid is not None:
+                laid[key] = columns
         if row.keys:
             columns = [[torch.cat([a, b], dim=1) for a, b in zip(old, new, strict=True)]
                        for old, new in zip((row.keys, row.values, row.valid, row.positions), columns, strict=True)]
