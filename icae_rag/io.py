@@ -58,7 +58,8 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file and its string metadata; never unpickles anything."""
+    """Read a safetensors file and its string metadata; never unpickles anything. The tensors are
+    views of the memory-mapped file (nothing is copied until written to or moved)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist: check the path")
@@ -74,3 +75,20 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             "corrupted; re-create it"
         ) from e
     return tensors, metadata
+
+
+def read_tensor_bytes(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read safetensors bytes (a file's content held elsewhere, e.g. a table cell) and their string
+    metadata; `name` says where they came from in errors. Never unpickles anything."""
+    from safetensors.torch import load
+
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size else None
+        if not isinstance(header, dict):
+            raise ValueError(f"a safetensors header of {size} bytes does not fit in {len(data)} bytes")
+        tensors = load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{name} is not readable safetensors ({e}): it may be truncated or corrupted; "
+                               "re-create it") from e
+    return tensors, {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}

@@ -16,7 +16,7 @@ import torch
 
 from ._deprecation import renamed
 from .errors import CorruptFileError
-from .io import read_tensors
+from .io import read_tensor_bytes, read_tensors
 
 
 class Memory:
@@ -77,7 +77,17 @@ class Memory:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Memory:
         """Read a file written by `save`; a truncated, edited or foreign file raises CorruptFileError."""
-        tensors, meta = read_tensors(path)
+        return cls._from_tensors(*read_tensors(path), Path(path), device)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str, device: str | torch.device = "cpu") -> Memory:
+        """Read the content of a file written by `save` (e.g. a store's table cell), without a file;
+        `name` says where it came from in errors."""
+        return cls._from_tensors(*read_tensor_bytes(data, name), Path(name), device)
+
+    @classmethod
+    def _from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path,
+                      device: str | torch.device) -> Memory:
         try:
             header = json.loads(meta["icae_rag"])
             # Files from before KV memories existed carry no format name: they are soft prompts.

@@ -500,3 +500,16 @@ def test_a_memory_read_by_several_questions_is_laid_out_once(kvzip, monkeypatch)
     assert calls == [id(memory)]
     alone = [kvzip.answer(q, [memory], max_new_tokens=4).text for q in questions]
     assert [a.text for a in batched] == alone
+
+
+@pytest.mark.parametrize("storage", ["float16", "int4"])
+def test_memory_reads_from_bytes_like_from_its_file(tmp_path, kvzip, storage):
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, storage=storage)
+    memory = comp.compress(TEXT)
+    memory.save(tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    from_file, from_bytes = Memory.load(tmp_path / "m.safetensors"), Memory.from_bytes(data, "a table cell")
+    assert all(torch.equal(a, b) for a, b in zip(from_file.tensors().values(), from_bytes.tensors().values(), strict=True))
+    for bad in (data[:-7], data[:5], b"", data[:200] + bytes([data[200] ^ 1]) + data[201:]):
+        with pytest.raises(CorruptFileError, match="a table cell"):
+            Memory.from_bytes(bad, "a table cell")

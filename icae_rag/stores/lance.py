@@ -198,25 +198,20 @@ class LanceMemoryStore(MemoryStore):
         identity = keys[0].identity
         found: dict[MemoryKey, Memory] = {}
         bad: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="icae-rag-lance-") as tmp:
-            for row in self._rows(identity, [k.text_sha256 for k in keys], [*KEY_COLUMNS, "row_id", "memory"]):
-                key = MemoryKey(*(row[c] for c in KEY_COLUMNS))
-                if key not in wanted or key in found:  # oldest valid row wins: every reader serves the same one
-                    continue
-                path = Path(tmp) / f"{row['row_id']}.safetensors"
-                path.write_bytes(row["memory"])
-                try:
-                    memory = Memory.load(path, device=device)
-                    if not matches_key(memory, key):
-                        raise CorruptFileError(f"row {row['row_id']} holds another memory than its key says")
-                except (MissingFileError, CorruptFileError) as e:
-                    logger.warning("memory store %s: dropping an unreadable row, its text will be compressed "
-                                   "again (%s)", self.uri, e)
-                    bad.append(row["row_id"])
-                    continue
-                finally:
-                    path.unlink(missing_ok=True)
-                found[key] = memory
+        for row in self._rows(identity, [k.text_sha256 for k in keys], [*KEY_COLUMNS, "row_id", "memory"]):
+            key = MemoryKey(*(row[c] for c in KEY_COLUMNS))
+            if key not in wanted or key in found:  # oldest valid row wins: every reader serves the same one
+                continue
+            try:
+                memory = Memory.from_bytes(row["memory"], f"{self.uri} row {row['row_id']}", device=device)
+                if not matches_key(memory, key):
+                    raise CorruptFileError(f"row {row['row_id']} holds another memory than its key says")
+            except (MissingFileError, CorruptFileError) as e:
+                logger.warning("memory store %s: dropping an unreadable row, its text will be compressed "
+                               "again (%s)", self.uri, e)
+                bad.append(row["row_id"])
+                continue
+            found[key] = memory
         if bad:
             self._delete_rows(bad)
         return found
