@@ -167,22 +167,22 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     k = key.reshape(b * kv_heads, 1, k_len, head_dim).expand(-1, groups, -1, -1)
     v = value.reshape(b * kv_heads, 1, k_len, head_dim).expand(-1, groups, -1, -1)
     cached = k_len - q_len
+    # One unpadded sequence after its cache reads every cached column and its own block causally.
     plain_causal = kv_view.valid is None and b == 1 and torch.equal(allowed, _allowed(None, q_len, k_len, query.device))
-    needs_mask = not plain_causal or (not kv_view.record and cached > 0)
-    mask = allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len) if needs_mask else None
     if not kv_view.record:
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                                               is_causal=mask is None)
+        causal = plain_causal and cached == 0
+        mask = None if causal else allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)
         return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
     if plain_causal:
-        # One unpadded sequence after its cache: every query reads all cached columns, and its own
-        # block causally. Two kernel calls (no mask to build or apply) merged by their logsumexps.
+        # Two kernel calls (no mask to build or apply) merged by their logsumexps.
         head, head_lse = _flash_lse(q, k[:, :, :cached], v[:, :, :cached], None, scale)
         own, own_lse = _flash_lse(q, k[:, :, cached:], v[:, :, cached:], None, scale, causal=True)
         lse = torch.logaddexp(head_lse, own_lse)
         out = head * torch.exp(head_lse - lse)[..., None] + own * torch.exp(own_lse - lse)[..., None]
         out = out.to(query.dtype)
     else:
+        mask = allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len)
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
         out, lse = _flash_lse(q, k, v, bias, scale)
     # A key's score is its largest softmax weight, exp(logit - logsumexp of the query's row), so only
@@ -191,7 +191,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     logits = torch.matmul(query.reshape(b, kv_heads, groups * q_len, head_dim).float() * scale,
                           key[:, :, lo:hi].float().transpose(-1, -2))
     weights = logits.sub_(lse.reshape(b, kv_heads, groups * q_len, 1)).exp_().view(b, kv_heads, groups, q_len, hi - lo)
-    if not (kv_view.valid is None and hi <= k_len - q_len):  # cached columns are read by every query
+    if not (plain_causal and hi <= cached):  # there, every query reads every cached column
         weights = weights * allowed[:, :, None, :, lo:hi]
     kv_view.scores[layer] = weights.amax(dim=(2, 3))
     return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None

@@ -137,13 +137,12 @@ def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory,
     """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled. `laid`
     keeps memories' cache columns by (object, shift), so one read twice is laid out once."""
     if isinstance(segment, KvMemory):
+        laid = {} if laid is None else laid
         delta = row.position - segment.prefix_tokens
-        key = (id(segment), delta)
-        columns = laid.get(key) if laid is not None else None
+        columns = laid.get((id(segment), delta))
         if columns is None:
-            columns = segment.cache_tensors(delta, kv_attention.rotary(dec.model), dec.dtype, dec.device)
-            if laid is not None:
-                laid[key] = columns
+            columns = laid[id(segment), delta] = segment.cache_tensors(delta, kv_attention.rotary(dec.model),
+                                                                      dec.dtype, dec.device)
         if row.keys:
             columns = [[torch.cat([a, b], dim=1) for a, b in zip(old, new, strict=True)]
                        for old, new in zip((row.keys, row.values, row.valid, row.positions), columns, strict=True)]
