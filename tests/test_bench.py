@@ -95,6 +95,8 @@ def test_efficiency_suite(checkpoints, tmp_path):
     raw = next(r for r in rows if r["mode"] == "raw" and r["context_tokens"] == 128)
     assert icae["decoder_positions"] < raw["decoder_positions"] and icae["kv_cache_mb"] < raw["kv_cache_mb"]
     assert "speedup_ttft_vs_raw" in icae and icae["prefill_seconds"] > 0
+    # Compression's memory is the process's resident peak (the decoder alone is tens of MB); raw compresses nothing.
+    assert icae["compress_resident_mb"] > 10 and raw["compress_resident_mb"] is None
     assert _png(tmp_path / "out" / "latency_vs_length.png")
 
 

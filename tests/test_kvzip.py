@@ -24,7 +24,7 @@ from icae_rag.errors import (
     CorruptFileError,
     UnsupportedModelError,
 )
-from icae_rag.hf_compat import output_cache
+from icae_rag.hf_compat import cache_arg, output_cache
 from icae_rag.kv_attention import rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
@@ -67,6 +67,33 @@ def test_long_passages_are_scored_in_windows_with_the_same_share():
     windows = [min(16, m.source_tokens - s) for s in range(0, m.source_tokens, 16)]
     assert m.kept_entries == sum(max(1, round(w * m.layers * m.kv_heads / 4)) for w in windows)
     assert int(m.positions.max()) < m.source_tokens
+
+
+def test_windows_read_the_text_before_them_as_the_passage_computed_it(kv_full):
+    # A window reads the last lead_tokens entries of the window before it as one pass over the
+    # passage computed them (carried, not encoded again after less text): the second window's keys
+    # equal those computed after the prefix and those carried entries of the whole pass.
+    from transformers import DynamicCache
+
+    model, dec = kv_full.decoder.model, kv_full.decoder
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32",
+                          window_tokens=16, lead_tokens=4)
+    ids = kv_full.tokenize(TEXT)
+    assert len(ids) > 32, "the passage needs three windows"
+    got = comp.compress(TEXT).cache_tensors(0, rotary(model), dec.dtype, dec.device)[0]
+    p = len(comp._prefix_ids())
+    with torch.no_grad():
+        whole = output_cache(model(input_ids=comp._ids(comp._prefix_ids() + ids), use_cache=True))
+        cache = DynamicCache(config=model.config)
+        for i, layer in enumerate(whole.layers):
+            cols = list(range(p)) + list(range(p + 12, p + 16))
+            cache.update(layer.keys[:, :, cols], layer.values[:, :, cols], i)
+        second = output_cache(model(input_ids=comp._ids(ids[16:32]), position_ids=torch.arange(p + 16, p + 32)[None],
+                                    **cache_arg(cache), use_cache=True))
+    for layer, mine, full in zip(second.layers, got, whole.layers, strict=True):
+        torch.testing.assert_close(mine[..., :16, :], full.keys[0, :, p:p + 16], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mine[..., 16:32, :], layer.keys[0, :, -16:], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[-1][..., 16:32, :], whole.layers[-1].keys[0, :, p + 16:p + 32], atol=1e-3)
 
 
 def test_a_lead_encodes_the_passage_inside_its_document(kv_full):
@@ -413,7 +440,7 @@ def test_scoring_pass_gives_the_checks_reference():
         for i, layer in enumerate(prefix.layers):
             cache.update(layer.keys, layer.values, i)
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
-        window = comp._score_window([], ids, 0, cache, repeat_ids)
+        window, _ = comp._score_window([], ids, 0, 0, cache, repeat_ids)
     full = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32")
     reread = comp._repeat_probs(full.compress(SECOND), ids)
     assert window.reference.shape == reread.shape == (len(ids), comp.decoder.model.config.vocab_size)

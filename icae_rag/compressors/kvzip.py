@@ -18,11 +18,13 @@ KVzip (arXiv 2505.23416), as measured for this project in shared/research/kv-dee
    the window (a binary search tries about three).
 
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
-Passages longer than `window_tokens` are scored window by window, each window encoded after up to
-`lead_tokens` of the text before it (for the first window: the caller's `leads`, e.g. the document
-text before a RAG node) and given the same share of its own entries, so peak memory
-depends on the window, not on the passage: the cache of prefix + lead + 2 x window tokens plus one
-layer's attention weights (query heads x (window + repeat request) x those tokens, float32).
+Passages longer than `window_tokens` are scored window by window. Each window after the first reads
+the last `lead_tokens` entries of the passage before it as the passage computed them (carried from
+the previous window's cache, not computed again), the first window follows up to `lead_tokens` of
+the caller's `leads` (e.g. the document text before a RAG node); each window is given its own
+budget. Each passage token is computed once, and peak memory depends on the window, not on the
+passage: the cache of prefix + lead + 2 x window tokens plus one layer's attention weights (query
+heads x (window + repeat request) x window tokens, float32).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ START_RATIO = 4.0
 DEFAULT_FIDELITY = 0.97
 # Names the self-check's algorithm in the compressor version: another check keeps other entries.
 CHECK = "repeat-overlap-1"
+# Names how a long passage's windows see the text before them, in the compressor version: windows
+# after the first read the previous window's last entries as the passage computed them.
+WINDOWS = "carried-lead-1"
 
 
 @dataclass(frozen=True)  # the compressor hashes it once into its version
@@ -80,7 +85,7 @@ class KvzipConfig:
     # Store each passage at this ratio (<= ratio) and, when memories are read together, prune them to
     # `ratio` overall with one budget: the passage the decoder needs most keeps most.
     stored_ratio: float | None = None
-    window_tokens: int = 1024
+    window_tokens: int = 512
     lead_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -157,6 +162,7 @@ class KvzipCompressor(Compressor):
         super().__init__(config, decoder)
         kv_attention.require(decoder.model)
         self.trained = True  # training-free: what it claims is what it is
+        self._prefix_kv: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         # Every store lookup asks for the version: render the prefix and hash the config once.
         # Settings that change no entry stay out, so memories made before they existed keep their version:
         # quant_group outside int4 / int2, the adaptive settings in fixed mode.
@@ -164,6 +170,7 @@ class KvzipCompressor(Compressor):
             set() if config.adaptive else {"fidelity", "max_ratio"})
         settings = {k: v for k, v in asdict(config).items() if k not in unused}
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
+        settings["windows"] = WINDOWS
         if config.adaptive:
             settings |= {"fidelity": config.target_fidelity, "ladder": config.ladder, "check": CHECK}
         self._version = "kvzip-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -195,8 +202,7 @@ class KvzipCompressor(Compressor):
         tok, model = self.decoder.tokenizer, self.decoder.model
         prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
-        out = model(input_ids=self._ids(prefix_ids), use_cache=True, logits_to_keep=1)
-        prefix = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        prefix = self._prefix_cache()
         prefix_row = _RowCache.of_text(prefix)  # the checks' prompts start with the same prefix
         provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
                           compressor_version=self.version, backbone=self.backbone_id)
@@ -207,14 +213,15 @@ class KvzipCompressor(Compressor):
                                disable=not progress):
             lead = lead if lead_tokens else None  # lead_tokens=0: encoded apart, whatever the caller passed
             ids, sha = self.tokenize(text), text_sha256(text)
-            before = self.tokenize(lead) if lead else []
+            before = self.tokenize(lead)[-lead_tokens:] if lead else []
+            carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
             parts = []
             for start in range(0, len(ids), step):
                 cache = DynamicCache(config=model.config)
-                for i, (k, v) in enumerate(prefix):
-                    cache.update(k, v, i)
-                context = (before + ids[:start])[max(0, len(before) + start - lead_tokens):] if lead_tokens else []
-                window = self._score_window(context, ids[start:start + step], start, cache, repeat_ids)
+                for i, ((k, v), (ck, cv)) in enumerate(zip(prefix, carried, strict=True)):
+                    cache.update(torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2), i)
+                window, carried = self._score_window(before if start == 0 else [], ids[start:start + step], start,
+                                                     len(before), cache, repeat_ids)
                 parts.append(self._choose(window, sha, provenance, prefix_row))
             memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
             memory.metadata |= _budget_metadata(parts, self.config)
@@ -222,6 +229,14 @@ class KvzipCompressor(Compressor):
                 memory.metadata["lead_sha256"] = text_sha256(lead)
             memories.append(memory)
         return memories
+
+    def _prefix_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prompt prefix's per-layer (keys, values): the same for every passage, computed once per device."""
+        where = (self.decoder.device, self.decoder.dtype)
+        if self._prefix_kv is None or self._prefix_kv[0] != where:
+            out = self.decoder.model(input_ids=self._ids(self._prefix_ids()), use_cache=True, logits_to_keep=1)
+            self._prefix_kv = (where, [(layer.keys, layer.values) for layer in output_cache(out).layers])
+        return self._prefix_kv[1]
 
     def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
         """With `stored_ratio`, the KV memories among `contexts` pruned to `ratio` with one budget."""
@@ -235,36 +250,44 @@ class KvzipCompressor(Compressor):
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
 
-    def _score_window(self, lead: list[int], window: list[int], start: int, cache, repeat_ids: list[int]) -> _Window:
-        """Every entry of `window` (the passage's tokens from `start`), encoded right after the prefix
-        cache and `lead` (the text before it), with its score; adaptive mode also keeps the full
-        memory's next-token distributions over the repeated window (the check's reference)."""
+    def _score_window(self, lead: list[int], window: list[int], start: int, shift: int, cache,
+                      repeat_ids: list[int]) -> tuple[_Window, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Every entry of `window` (the passage's tokens from `start`) with its score, and the entries to
+        carry into the next window. `cache` holds the prefix and, after the first window, the last
+        `lead_tokens` entries of the passage before `start` as the passage computed them; the first
+        window follows `lead` (the caller's text before the passage, `shift` tokens, which moves every
+        passage token `shift` positions on). Adaptive mode also keeps the full memory's next-token
+        distributions over the repeated window (the check's reference)."""
         model = self.decoder.model
-        prefix_len = cache.get_seq_length()
+        prefix_len, cached = len(self._prefix_ids()), cache.get_seq_length()
         seq = lead + window
-        positions = torch.arange(prefix_len, prefix_len + len(seq), device=self.decoder.device)[None]
+        first = prefix_len + shift + start - len(lead)
+        positions = torch.arange(first, first + len(seq), device=self.decoder.device)[None]
         out = model(input_ids=self._ids(seq), position_ids=positions, **cache_arg(cache), use_cache=True,
                     logits_to_keep=1)
-        col = prefix_len + len(lead)
+        col, end = cached + len(lead), cached + len(seq)
         layers = output_cache(out).layers
-        keys = torch.stack([layer.keys[0, :, col:col + len(window)] for layer in layers])  # (L, H, w, d)
+        # Cloned: the repeat below extends these layers, and the carried entries must not keep it alive.
+        carry = [(layer.keys[:, :, max(prefix_len, end - self.config.lead_tokens):end].clone(),
+                  layer.values[:, :, max(prefix_len, end - self.config.lead_tokens):end].clone()) for layer in layers]
+        keys = torch.stack([layer.keys[0, :, col:end] for layer in layers])  # (L, H, w, d)
         # Stored keys are rotated as if the passage started right after the prefix.
-        keys = rerotate(keys, start - len(lead), kv_attention.rotary(model))
-        values = torch.stack([layer.values[0, :, col:col + len(window)] for layer in layers])
+        keys = rerotate(keys, -shift, kv_attention.rotary(model))
+        values = torch.stack([layer.values[0, :, col:end] for layer in layers])
         repeat = repeat_ids + window
-        view = KvView(record=True, score_columns=(col, col + len(window)))
-        end = prefix_len + len(seq)
-        positions = torch.arange(end, end + len(repeat), device=self.decoder.device)[None]
-        # With no lead the scoring pass reads exactly the full memory alone, as the check reads a pruned
-        # one, so its logits over the repeated window are the check's reference.
-        reference = self.config.adaptive and not lead
+        view = KvView(record=True, score_columns=(col, end))
+        positions = torch.arange(first + len(seq), first + len(seq) + len(repeat), device=self.decoder.device)[None]
+        # Read with nothing but the prefix before it, the scoring pass reads exactly the full memory
+        # alone, as the check reads a pruned one, so its logits over the repeated window are the
+        # check's reference.
+        reference = self.config.adaptive and cached == prefix_len and not lead
         scored = model(input_ids=self._ids(repeat), position_ids=positions, **cache_arg(output_cache(out)),
                        use_cache=True, logits_to_keep=len(window) + 1 if reference else 1, kv_view=view)
         scores = torch.stack([view.scores[i][0] for i in range(len(layers))])
         ref = torch.softmax(scored.logits[0, :-1].float(), dim=-1) if reference else None
         n_layers, n_heads, w, dim = keys.shape
         return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
-                       (n_layers, n_heads), ref)
+                       (n_layers, n_heads), ref), carry
 
     def _choose(self, window: _Window, sha: str, provenance: dict, prefix_row: _RowCache) -> _Kept:
         """The window's kept entries: a fixed share, or the smallest ladder step that passes the check."""

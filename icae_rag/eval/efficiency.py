@@ -2,7 +2,8 @@
 
 For each context length and mode: compression (encoding) seconds, prefill seconds, time to first
 token (compression + prefill), decode tokens/s, KV-cache bytes (from the cache's shape: layers x
-2 x kv-heads x head-dim x positions x bytes), and peak resident memory above the start of the call.
+2 x kv-heads x head-dim x positions x bytes), the process's peak resident memory while compressing,
+and the peak rise of resident memory while answering.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
             raise ValueError(f"the efficiency text has {len(ids)} tokens, fewer than the {length} asked for")
         context = any_comp.decoder.tokenizer.decode(ids[:length])
         for name, comp in modes.items():
-            start = time.perf_counter()
-            ctx = [context] if comp.reads_text else [comp.compress(context)]
-            compress = 0.0 if comp.reads_text else time.perf_counter() - start
+            with PeakRss() as compressing:
+                start = time.perf_counter()
+                ctx = [context] if comp.reads_text else [comp.compress(context)]
+                compress = 0.0 if comp.reads_text else time.perf_counter() - start
             with PeakRss() as mem:
                 ans = comp.answer(QUESTION, ctx, max_new_tokens=new_tokens)
             decode = (ans.new_tokens - 1) / (ans.seconds - ans.prefill_seconds) if ans.new_tokens > 1 else None
@@ -49,6 +51,7 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
                 "new_tokens": ans.new_tokens,
                 "kv_cache_mb": (ans.input_positions + ans.new_tokens) * kv_bytes_per_position(comp) / 2**20,
                 "peak_rss_mb": mem.peak_mb,
+                "compress_resident_mb": None if comp.reads_text else compressing.resident_mb,
             })
     by_key = {(r["mode"], r["context_tokens"]): r for r in rows}
     baseline = next((name for name, comp in modes.items() if comp.reads_text), None)
@@ -64,12 +67,14 @@ def run_efficiency(modes: dict[str, Compressor], text: str, lengths: list[int], 
 def efficiency_markdown(result: dict[str, Any]) -> str:
     """Table: one row per (length, mode)."""
     lines = ["| context tokens | mode | positions | compress s | prefill s | TTFT s | decode tok/s | KV MB | "
-             "peak RSS MB | TTFT speed-up vs raw |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "compress peak RSS MB | answer RSS rise MB | TTFT speed-up vs raw |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         decode = f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "-"
         speed = f"{r['speedup_ttft_vs_raw']:.2f}x" if "speedup_ttft_vs_raw" in r else "-"
+        resident = r.get("compress_resident_mb")
+        resident = "-" if resident is None else f"{resident:.0f}"
         lines.append(f"| {r['context_tokens']} | {r['mode']} | {r['decoder_positions']} | {r['compress_seconds']:.2f} | "
                      f"{r['prefill_seconds']:.2f} | {r['ttft_seconds']:.2f} | {decode} | {r['kv_cache_mb']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {speed} |")
+                     f"{resident} | {r['peak_rss_mb']:.0f} | {speed} |")
     return "\n".join(lines) + "\n"

@@ -70,11 +70,12 @@ def _rss_bytes() -> int:
 
 
 class PeakRss:
-    """Samples this process's resident memory every few ms; `.peak_mb` is the peak above the start."""
+    """Samples this process's resident memory every few ms: `.peak_mb` is the peak above the start,
+    `.resident_mb` the peak itself (freed memory the allocator kept counts in both)."""
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
-        self.peak_mb = 0.0
+        self.peak_mb = self.resident_mb = 0.0
         self._stop = threading.Event()
 
     def __enter__(self) -> PeakRss:
@@ -93,9 +94,10 @@ class PeakRss:
 
     def __exit__(self, *exc: Any) -> None:
         if self._thread is None:
-            self.peak_mb = float("nan")
+            self.peak_mb = self.resident_mb = float("nan")
             return
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, _rss_bytes())
         self.peak_mb = (self._peak - self._base) / 2**20
+        self.resident_mb = self._peak / 2**20
