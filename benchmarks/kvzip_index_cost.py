@@ -9,7 +9,10 @@ each techdocs test document (scored in windows).
     python -m benchmarks.kvzip_index_cost --spec kvzip:ratio=4 --spec kvzip --nodes 20 --out bench-cost.json
 
 A spec ending in "@eager" scores with the eager attention path (every weight materialised), as kvzip
-did before its scoring pass used the fused kernel: the way to compare with that cost in one run.
+did before its scoring pass used the fused kernel. A spec ending in "@<commit>" runs that commit's
+code (a temporary git worktree, in a worker process fed one text at a time, interleaved with the
+others): the way to compare with an earlier day's kvzip in one run, e.g.
+`--spec kvzip:ratio=4@2e18d53` (kvzip as it was when the adaptive budget was asked for).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,47 @@ def text_groups(tokenizer: Any, nodes: int, root: str | None) -> dict[str, list[
     paragraphs = list(dict.fromkeys(e.context for e in load_squad("heldout", root=root)))
     return {"techdocs 256-token nodes": chunks[::step][:nodes], "SQuAD held-out paragraphs": paragraphs[:nodes],
             "techdocs 2,048-token texts": [tokenizer.decode(t[:2048]) for t in ids if len(t) >= 2048][:3]}
+
+
+# Runs in the worker process, importing the other commit's icae_rag: one JSON text per line in, one
+# JSON timing per line out. Only what every version of the package has is used.
+WORKER = """
+import json, sys, time
+from icae_rag import load_compressor
+comp = load_compressor(sys.argv[1], device="cpu")
+for line in sys.stdin:
+    text = json.loads(line)
+    start = time.perf_counter()
+    memory = comp.compress(text)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "source_tokens": memory.source_tokens,
+                      "ratio": memory.compression_ratio}), flush=True)
+"""
+
+
+class CommitWorker:
+    """A spec compressed by another commit's code, in a worker process reading from a temporary worktree."""
+
+    def __init__(self, spec: str, commit: str) -> None:
+        self._dir = tempfile.mkdtemp(prefix="kvzip-cost-")
+        subprocess.run(["git", "worktree", "add", "--detach", self._dir, commit], check=True, capture_output=True)
+        self._proc = subprocess.Popen([sys.executable, "-c", WORKER, spec], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": self._dir})
+
+    def compress(self, text: str) -> dict[str, float]:
+        """{"seconds", "source_tokens", "ratio"} of compressing `text` in the worker."""
+        self._proc.stdin.write(json.dumps(text) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the worker process stopped (its error is above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        """Stop the worker and remove its worktree."""
+        self._proc.stdin.close()
+        self._proc.wait()
+        subprocess.run(["git", "worktree", "remove", "--force", self._dir], check=False, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,32 +105,48 @@ def main(argv: list[str] | None = None) -> int:
             return contextlib.nullcontext()
         return mock.patch.object(kv_attention, "_has_lse_kernel", lambda query: False)
 
-    compressors = {s: load_compressor(s.removesuffix("@eager"), device="cpu") for s in args.specs}
-    tokenizer = next(iter(compressors.values())).decoder.tokenizer
+    def compressor(spec: str) -> Any:
+        name, _, where = spec.partition("@")
+        return CommitWorker(name, where) if where and where != "eager" else load_compressor(name, device="cpu")
+
+    compressors = {s: compressor(s) for s in args.specs}
+    tokenizer = next(c for c in compressors.values() if not isinstance(c, CommitWorker)).decoder.tokenizer
     groups = text_groups(tokenizer, args.nodes, args.data_root)
-    for spec, c in compressors.items():  # first-call costs outside the timings
+
+    def timed(spec: str, text: str) -> dict[str, Any]:
+        comp = compressors[spec]
+        if isinstance(comp, CommitWorker):
+            return comp.compress(text) | {"fidelity": None}
         with scoring(spec):
-            c.compress(groups["SQuAD held-out paragraphs"][0])
+            start = time.perf_counter()
+            memory = comp.compress(text)
+            seconds = time.perf_counter() - start
+        budget = memory_budget(memory)
+        return {"seconds": seconds, "source_tokens": memory.source_tokens, "ratio": budget["ratio"],
+                "fidelity": budget["fidelity"]}
+
+    for spec in compressors:  # first-call costs outside the timings
+        timed(spec, groups["SQuAD held-out paragraphs"][0])
     results: dict[str, Any] = {}
     for group, texts in groups.items():
         rows = {s: {"seconds": 0.0, "tokens": 0, "kept": 0.0, "ratios": [], "fidelities": []} for s in args.specs}
         for text in tqdm(texts, desc=group):
-            for spec, comp in compressors.items():
-                with scoring(spec):
-                    start = time.perf_counter()
-                    memory = comp.compress(text)
-                    rows[spec]["seconds"] += time.perf_counter() - start
-                rows[spec]["tokens"] += memory.source_tokens
-                budget = memory_budget(memory)
-                rows[spec]["kept"] += memory.source_tokens / budget["ratio"]
-                rows[spec]["ratios"].append(budget["ratio"])
-                rows[spec]["fidelities"].append(budget["fidelity"])
+            for spec in compressors:
+                got = timed(spec, text)
+                rows[spec]["seconds"] += got["seconds"]
+                rows[spec]["tokens"] += got["source_tokens"]
+                rows[spec]["kept"] += got["source_tokens"] / got["ratio"]
+                rows[spec]["ratios"].append(got["ratio"])
+                rows[spec]["fidelities"].append(got["fidelity"])
         base = rows[args.specs[0]]
         for row in rows.values():
             row["seconds_per_1k_tokens"] = round(1000 * row["seconds"] / row["tokens"], 3)
             row["vs_first"] = round(row["seconds"] / base["seconds"], 3)
             row["mean_ratio"] = round(row["tokens"] / row["kept"], 3)
         results[group] = {"texts": len(texts), "settings": rows}
+    for comp in compressors.values():
+        if isinstance(comp, CommitWorker):
+            comp.close()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"command": "python -m benchmarks.kvzip_index_cost " + " ".join(argv or sys.argv[1:]), "commit": commit,
               "machine": platform.processor() or platform.machine(), "peak_rss_mb":
