@@ -425,26 +425,45 @@ def test_adaptive_memories_record_their_check(tmp_path):
     assert memory_budget(fixed)["fidelity"] is None
 
 
-def test_scoring_pass_gives_the_checks_reference():
-    # Encoded apart, the scoring pass reads the full memory exactly as the check reads a pruned one,
-    # so its distributions over the repeated passage are the check's reference at no extra cost.
+@pytest.mark.parametrize("where", ["apart", "after a lead", "a later window"])
+def test_scoring_pass_gives_the_checks_reference(where):
+    # The check reads a candidate memory after the text the scoring pass read before the window (its
+    # lead, kept whole; nothing for a passage encoded apart), so with every entry kept it reads what
+    # the scoring pass read: the scoring pass's distributions over the repeated window are the
+    # check's reference at no extra cost.
     from transformers import DynamicCache
 
     from icae_rag.decoding import prompt_texts
 
-    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32")
-    tok, ids = comp.decoder.tokenizer, comp.tokenize(SECOND)
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32",
+                          window_tokens=16, lead_tokens=8)
+    tok, ids, before = comp.decoder.tokenizer, comp.tokenize(TEXT), comp.tokenize(SECOND)[-8:]
+    repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
+
+    def cache(carried=()):
+        c = DynamicCache(config=comp.decoder.model.config)
+        for i, (k, v) in enumerate(comp._prefix_cache()):
+            extra = carried[i] if carried else (k[:, :, :0], v[:, :, :0])
+            c.update(torch.cat([k, extra[0]], dim=2), torch.cat([v, extra[1]], dim=2), i)
+        return c
+
     with torch.no_grad():
-        prefix = output_cache(comp.decoder.model(input_ids=comp._ids(comp._prefix_ids()), use_cache=True))
-        cache = DynamicCache(config=comp.decoder.model.config)
-        for i, layer in enumerate(prefix.layers):
-            cache.update(layer.keys, layer.values, i)
-        repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
-        window, _ = comp._score_window([], ids, 0, 0, cache, repeat_ids)
-    full = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, storage="float32")
-    reread = comp._repeat_probs(full.compress(SECOND), ids)
-    assert window.reference.shape == reread.shape == (len(ids), comp.decoder.model.config.vocab_size)
-    assert torch.allclose(window.reference, reread, atol=1e-4)
+        if where == "apart":
+            window, _ = comp._score_window([], ids[:16], 0, 0, cache(), repeat_ids)
+        elif where == "after a lead":
+            window, _ = comp._score_window(before, ids[:16], 0, len(before), cache(), repeat_ids)
+        else:
+            _, carried = comp._score_window([], ids[:16], 0, 0, cache(), repeat_ids)
+            window, _ = comp._score_window([], ids[16:32], 16, 0, cache(carried), repeat_ids)
+        lead, gap = window.check.lead_keys.shape[2], window.check.offset
+        # A later window's lead is the end of the window before: the passage's first 8 tokens are a gap.
+        assert (lead, gap) == {"apart": (0, 0), "after a lead": (8, 0), "a later window": (8, 8)}[where]
+        everything = comp._check_memory(window, window.scores.numel(), "sha", comp._provenance())
+        assert everything.source_tokens == gap + lead + 16
+        assert everything.kept_entries == (lead + 16) * everything.layers * everything.kv_heads
+        reread = comp._repeat_probs(everything, window.ids)
+    assert window.check.reference.shape == reread.shape == (16, comp.decoder.model.config.vocab_size)
+    assert torch.allclose(window.check.reference, reread, atol=1e-4)
 
 
 @pytest.mark.parametrize("bad", [dict(fidelity=0), dict(fidelity=1.2), dict(fidelity="high"), dict(fidelity=0.9, ratio=4),

@@ -9,13 +9,14 @@ KVzip (arXiv 2505.23416), as measured for this project in shared/research/kv-dee
    and head: some heads keep most of the passage, others almost nothing).
 
 5. Adaptive budget (the default): instead of one fixed share, each window keeps the smallest share
-   of a ladder (1/16 ... 1/1.5, then everything) whose memory passes a self-check: read alone in the
-   repeat prompt, the pruned memory must lead the decoder to the same next-token distributions over
-   the passage as the full memory does, on average at least `fidelity` overlap (sum over the
-   vocabulary of min(p_full, p_pruned), 1.0 = identical). The check reads the decoder's own
-   distributions, so the budget follows the decoder as well as the text. The full memory's
-   distributions come from the scoring pass itself; each ladder step tried costs one forward over
-   the window (a binary search tries about three).
+   of a ladder (1/16 ... 1/1.5, then everything) whose memory passes a self-check: read in the
+   repeat prompt after what the scoring pass read before the window (nothing, for a passage
+   encoded apart; its lead otherwise, kept whole), the pruned memory must lead the decoder to the
+   same next-token distributions over the window as the full memory does, on average at least
+   `fidelity` overlap (sum over the vocabulary of min(p_full, p_pruned), 1.0 = identical). The
+   check reads the decoder's own distributions, so the budget follows the decoder as well as the
+   text. The full memory's distributions come from the scoring pass itself; each ladder step tried
+   costs one forward over the window (at most two are tried, see `_search`).
 
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
 Passages longer than `window_tokens` are scored window by window. Each window after the first reads
@@ -59,7 +60,7 @@ START_RATIO = 4.0
 # The overlap an adaptive memory must keep by default (docs/kvzip.md: how it was chosen).
 DEFAULT_FIDELITY = 0.97
 # Names the self-check's algorithm in the compressor version: another check keeps other entries.
-CHECK = "repeat-overlap-1"
+CHECK = "repeat-overlap-2"
 # Names how a long passage's windows see the text before them, in the compressor version: windows
 # after the first read the previous window's last entries as the passage computed them.
 WINDOWS = "carried-lead-1"
@@ -200,12 +201,10 @@ class KvzipCompressor(Compressor):
 
         texts, leads = self.check_inputs(texts, leads)
         tok, model = self.decoder.tokenizer, self.decoder.model
-        prefix_ids = self._prefix_ids()
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
         prefix = self._prefix_cache()
         prefix_row = _RowCache.of_text(prefix)  # the checks' prompts start with the same prefix
-        provenance = dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
-                          compressor_version=self.version, backbone=self.backbone_id)
+        provenance = self._provenance()
         quant = dict(quant_group=self.config.quant_group, rotary_emb=kv_attention.rotary(model))
         memories = []
         step, lead_tokens = self.config.window_tokens, self.config.lead_tokens
@@ -229,6 +228,12 @@ class KvzipCompressor(Compressor):
                 memory.metadata["lead_sha256"] = text_sha256(lead)
             memories.append(memory)
         return memories
+
+    def _provenance(self) -> dict[str, Any]:
+        """What every memory (and every memory a check reads) records of where it came from."""
+        prefix_ids = self._prefix_ids()
+        return dict(prefix_tokens=len(prefix_ids), prefix_sha256=token_ids_sha256(prefix_ids), compressor=self.kind,
+                    compressor_version=self.version, backbone=self.backbone_id)
 
     def _prefix_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The prompt prefix's per-layer (keys, values): the same for every passage, computed once per device."""
@@ -270,24 +275,32 @@ class KvzipCompressor(Compressor):
         # Cloned: the repeat below extends these layers, and the carried entries must not keep it alive.
         carry = [(layer.keys[:, :, max(prefix_len, end - self.config.lead_tokens):end].clone(),
                   layer.values[:, :, max(prefix_len, end - self.config.lead_tokens):end].clone()) for layer in layers]
-        keys = torch.stack([layer.keys[0, :, col:end] for layer in layers])  # (L, H, w, d)
+        raw_keys = torch.stack([layer.keys[0, :, col:end] for layer in layers])  # (L, H, w, d)
         # Stored keys are rotated as if the passage started right after the prefix.
-        keys = rerotate(keys, -shift, kv_attention.rotary(model))
+        keys = rerotate(raw_keys, -shift, kv_attention.rotary(model))
         values = torch.stack([layer.values[0, :, col:end] for layer in layers])
         repeat = repeat_ids + window
         view = KvView(record=True, score_columns=(col, end))
         positions = torch.arange(first + len(seq), first + len(seq) + len(repeat), device=self.decoder.device)[None]
-        # Read with nothing but the prefix before it, the scoring pass reads exactly the full memory
-        # alone, as the check reads a pruned one, so its logits over the repeated window are the
-        # check's reference.
-        reference = self.config.adaptive and cached == prefix_len and not lead
+        adaptive = self.config.adaptive
         scored = model(input_ids=self._ids(repeat), position_ids=positions, **cache_arg(output_cache(out)),
-                       use_cache=True, logits_to_keep=len(window) + 1 if reference else 1, kv_view=view)
+                       use_cache=True, logits_to_keep=len(window) + 1 if adaptive else 1, kv_view=view)
         scores = torch.stack([view.scores[i][0] for i in range(len(layers))])
-        ref = torch.softmax(scored.logits[0, :-1].float(), dim=-1) if reference else None
         n_layers, n_heads, w, dim = keys.shape
+        check = None
+        if adaptive:
+            # The check reads a candidate memory after the text the scoring pass read before the
+            # window (its lead, kept whole; nothing for a passage encoded apart), every entry where
+            # the scoring pass had it: then the scoring pass's distributions over the repeated window
+            # are the check's reference.
+            lead_keys = torch.stack([layer.keys[0, :, prefix_len:col] for layer in layers])
+            lead_values = torch.stack([layer.values[0, :, prefix_len:col] for layer in layers])
+            # The lead's first entry sits `first - cached` positions after the prefix (the passage
+            # before it, not carried, leaves that gap).
+            check = _Check(raw_keys.reshape(-1, dim), lead_keys, lead_values, first - cached,
+                           torch.softmax(scored.logits[0, :-1].float(), dim=-1))
         return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
-                       (n_layers, n_heads), ref), carry
+                       (n_layers, n_heads), check), carry
 
     def _choose(self, window: _Window, sha: str, provenance: dict, prefix_row: _RowCache) -> _Kept:
         """The window's kept entries: a fixed share, or the smallest ladder step that passes the check."""
@@ -295,17 +308,28 @@ class KvzipCompressor(Compressor):
         total = len(window.ids) * n_layers * n_heads
         if not self.config.adaptive:
             return _keep_top(window, max(1, round(total * self.config.stored_keep)), None)
-        def memory(budget: int) -> KvMemory:  # what would be stored at this budget, read as float32
-            kept = _keep_top(window, budget, None)
-            return KvMemory.from_entries(kept.keys, kept.values, kept.positions, kept.counts, "float32",
-                                         pieces=(Piece(sha, 0, window.start + len(window.ids), 0, 1),), **provenance)
-
-        reference = window.reference
-        if reference is None:
-            reference = self._repeat_probs(memory(total), window.ids, prefix_row)
+        reference = window.check.reference
         ratio, overlap = _search(lambda r: _overlap(reference, self._repeat_probs(
-            memory(max(1, round(total / r))), window.ids, prefix_row)), self.config.ladder, self.config.target_fidelity)
+            self._check_memory(window, max(1, round(total / r)), sha, provenance), window.ids, prefix_row)),
+            self.config.ladder, self.config.target_fidelity)
         return _keep_top(window, max(1, round(total / ratio)), overlap)
+
+    def _check_memory(self, window: _Window, budget: int, sha: str, provenance: dict) -> KvMemory:
+        """What the check reads at this budget, as float32: the window's lead, whole, then the `budget`
+        best entries of the window, at the positions the scoring pass gave them."""
+        n_layers, n_heads = window.shape
+        check, w = window.check, len(window.ids)
+        lead = check.lead_keys.shape[2]
+        kept = window.scores.topk(budget).indices
+        owners = torch.cat([torch.arange(n_layers * n_heads, device=kept.device).repeat_interleave(lead), kept // w])
+        positions = check.offset + torch.cat([torch.arange(lead, device=kept.device).repeat(n_layers * n_heads),
+                                              lead + kept % w])
+        keys = torch.cat([check.lead_keys.reshape(-1, check.keys.shape[1]), check.keys[kept]])
+        values = torch.cat([check.lead_values.reshape(-1, window.values.shape[1]), window.values[kept]])
+        order = torch.argsort(owners * (check.offset + lead + w) + positions)
+        counts = torch.bincount(owners, minlength=n_layers * n_heads).view(n_layers, n_heads)
+        return KvMemory.from_entries(keys[order], values[order], positions[order], counts, "float32",
+                                     pieces=(Piece(sha, 0, check.offset + lead + w, 0, 1),), **provenance)
 
     def _repeat_probs(self, memory: KvMemory, ids: list[int], prefix_row: _RowCache | None = None) -> torch.Tensor:
         """The decoder's next-token distributions over `ids`, repeated from `memory` read alone."""
@@ -313,9 +337,21 @@ class KvzipCompressor(Compressor):
         return torch.softmax(target_logits(self, [prompt], [ids], prefix_row=prefix_row)[0], dim=-1)
 
 
+class _Check(NamedTuple):
+    """What an adaptive window's check reads: the window's keys and its lead's keys and values as the
+    scoring pass computed them (rotated for `prefix + offset + i`, i counted from the lead's first
+    token), and the full memory's repeat distributions (the reference)."""
+
+    keys: torch.Tensor
+    lead_keys: torch.Tensor
+    lead_values: torch.Tensor
+    offset: int
+    reference: torch.Tensor
+
+
 class _Window(NamedTuple):
     """One scored window: every entry flat by (layer, head, position), its score, the window's tokens,
-    (layers, kv_heads), and the full memory's repeat distributions when the scoring pass gave them."""
+    (layers, kv_heads), and in adaptive mode what its check reads."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -323,7 +359,7 @@ class _Window(NamedTuple):
     start: int
     ids: list[int]
     shape: tuple[int, int]
-    reference: torch.Tensor | None
+    check: _Check | None
 
 
 class _Kept(NamedTuple):
