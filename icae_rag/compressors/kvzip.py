@@ -264,7 +264,8 @@ class KvzipCompressor(Compressor):
         passage token `shift` positions on). Adaptive mode also keeps the full memory's next-token
         distributions over the repeated window (the check's reference)."""
         model = self.decoder.model
-        prefix_len, cached = len(self._prefix_ids()), cache.get_seq_length()
+        # The prefix's length from its cached entries: rendering and tokenising the prompt again per window is wasted.
+        prefix_len, cached = self._prefix_cache()[0][0].shape[2], cache.get_seq_length()
         seq = lead + window
         first = prefix_len + shift + start - len(lead)
         positions = torch.arange(first, first + len(seq), device=self.decoder.device)[None]
