@@ -47,7 +47,7 @@ def test_fidelity_suite(checkpoints, tmp_path):
     assert res["plots"] == ["quality_vs_ratio.png"]
 
 
-def test_qa_suite_on_user_jsonl(checkpoints, qa_file, tmp_path):
+def test_qa_suite_on_user_jsonl(checkpoints, qa_file, tmp_path, capsys):
     run_bench(BenchOptions(suite="qa", out=str(tmp_path / "out"), compressors=checkpoints, data=str(qa_file),
                            max_new_tokens=4, longllmlingua=False))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -58,6 +58,15 @@ def test_qa_suite_on_user_jsonl(checkpoints, qa_file, tmp_path):
     assert modes["icae"]["compression_ratio"] > 2 and modes["raw"]["compression_ratio"] == 1
     assert "not run" in saved["qa"]["custom"]["longllmlingua"]
     assert _png(tmp_path / "out" / "quality_vs_ratio.png")
+    # Every question keeps its answer in every mode, so modes can be compared question by question.
+    questions = saved["qa"]["custom"]["questions"]
+    assert len(questions) == 3 and all(set(q["predictions"]) == set(modes) for q in questions)
+    assert all("predictions" not in r for r in modes.values())
+    from benchmarks.paired import main as paired
+
+    paired([str(tmp_path / "out" / "results.json"), "icae", "raw", "--dataset", "custom"])
+    out = capsys.readouterr().out
+    assert "n = 2" in out and "icae / raw" in out and "only icae" in out
 
 
 def _need_data(folder: str) -> None:

@@ -114,7 +114,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     from .efficiency import efficiency_markdown, run_efficiency
     from .fidelity import fidelity_markdown, run_fidelity
     from .plots import plot_latency_vs_length, plot_quality_vs_ratio
-    from .qa import qa_markdown, retrieve, run_qa
+    from .qa import per_question, qa_markdown, retrieve, run_qa
 
     data = validate(opts)
     torch.manual_seed(opts.seed)
@@ -151,9 +151,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                 record |= {"retrieval": f"FAISS IndexFlatIP, MiniLM normalised, top {opts.top_k} of "
                                         f"{opts.passage_tokens}-token passages"}
             modes, readers = _qa_modes(items, compressors, raw, lingua)
-            results["qa"][name] = {"record": record, "results": run_qa(
-                items, modes, readers, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, seed=opts.seed,
-                no_repeat_ngram_size=opts.no_repeat_ngram_size)}
+            answered = run_qa(items, modes, readers, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+                              seed=opts.seed, no_repeat_ngram_size=opts.no_repeat_ngram_size)
+            results["qa"][name] = {"record": record, "questions": per_question(items, answered), "results": answered}
             if lingua is None:
                 results["qa"][name]["longllmlingua"] = "not run: " + _lingua_reason(opts)
             md += [qa_markdown(name, record, results["qa"][name]["results"]), ""]

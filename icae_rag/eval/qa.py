@@ -140,6 +140,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             "answer_seconds_per_question": answer_seconds / max(1, len(items)),
             "examples": [{"question": it.question, "answers": list(it.answers), "prediction": p}
                          for it, p in list(zip(items, predictions, strict=True))[:3]],
+            "predictions": predictions,
         }
         answered[name] = predictions
     if "raw" in answered:  # every mode answered the same items: compare each with raw text, paired
@@ -148,6 +149,14 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             if vs_raw is not None:
                 results[name]["contained_vs_raw"] = vs_raw
     return results
+
+
+def per_question(items: list[QAItem], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every item with its answer in every mode (moved out of each mode's `predictions`), so two modes can be
+    compared question by question afterwards (`python -m benchmarks.paired`)."""
+    answered = {mode: r.pop("predictions") for mode, r in results.items()}
+    return [{"id": it.id, "question": it.question, "answers": list(it.answers),
+             "predictions": {mode: answers[i] for mode, answers in answered.items()}} for i, it in enumerate(items)]
 
 
 def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -> str:
