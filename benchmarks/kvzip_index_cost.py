@@ -49,7 +49,9 @@ def text_groups(tokenizer: Any, nodes: int, root: str | None) -> dict[str, list[
 # JSON timing per line out. Only what every version of the package has is used.
 WORKER = """
 import json, sys, time
+import icae_rag
 from icae_rag import load_compressor
+print(json.dumps({"package": icae_rag.__file__}), flush=True)
 comp = load_compressor(sys.argv[1], device="cpu")
 for line in sys.stdin:
     text = json.loads(line)
@@ -67,8 +69,14 @@ class CommitWorker:
     def __init__(self, spec: str, commit: str) -> None:
         self._dir = tempfile.mkdtemp(prefix="kvzip-cost-")
         subprocess.run(["git", "worktree", "add", "--detach", self._dir, commit], check=True, capture_output=True)
-        self._proc = subprocess.Popen([sys.executable, "-c", WORKER, spec], stdin=subprocess.PIPE,
+        # Started inside the worktree: `python -c` puts the working directory first on sys.path, before
+        # PYTHONPATH, so started here it would import this checkout's package instead.
+        self._proc = subprocess.Popen([sys.executable, "-c", WORKER, spec], stdin=subprocess.PIPE, cwd=self._dir,
                                       stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": self._dir})
+        package = Path(json.loads(self._proc.stdout.readline() or "{}").get("package", ""))
+        if Path(self._dir).resolve() not in package.resolve().parents:
+            self.close()
+            raise RuntimeError(f"the worker for {commit} imported icae_rag from {package}, not from its worktree")
 
     def compress(self, text: str) -> dict[str, float]:
         """{"seconds", "source_tokens", "ratio"} of compressing `text` in the worker."""
