@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -69,10 +68,10 @@ class CommitWorker:
     def __init__(self, spec: str, commit: str) -> None:
         self._dir = tempfile.mkdtemp(prefix="kvzip-cost-")
         subprocess.run(["git", "worktree", "add", "--detach", self._dir, commit], check=True, capture_output=True)
-        # Started inside the worktree: `python -c` puts the working directory first on sys.path, before
-        # PYTHONPATH, so started here it would import this checkout's package instead.
+        # `python -c` puts its working directory first on sys.path (before PYTHONPATH and the editable
+        # install): started inside the worktree, it imports that commit's package.
         self._proc = subprocess.Popen([sys.executable, "-c", WORKER, spec], stdin=subprocess.PIPE, cwd=self._dir,
-                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": self._dir})
+                                      stdout=subprocess.PIPE, text=True)
         package = Path(json.loads(self._proc.stdout.readline() or "{}").get("package", ""))
         if Path(self._dir).resolve() not in package.resolve().parents:
             self.close()

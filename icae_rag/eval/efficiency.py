@@ -1,9 +1,9 @@
 """Efficiency suite: raw vs compressed context at growing lengths, measured in one run.
 
-After one untimed warm-up pass per mode, for each context length and mode: compression (encoding) seconds, prefill seconds, time to first
-token (compression + prefill), decode tokens/s, KV-cache bytes (from the cache's shape: layers x
-2 x kv-heads x head-dim x positions x bytes), the process's peak resident memory while compressing,
-and the peak rise of resident memory while answering.
+After one untimed warm-up pass per mode, for each context length and mode: compression (encoding)
+seconds, prefill seconds, time to first token (compression + prefill), decode tokens/s, KV-cache bytes
+(from the cache's shape: layers x 2 x kv-heads x head-dim x positions x bytes), the process's peak
+resident memory while compressing, and the peak rise of resident memory while answering.
 """
 
 from __future__ import annotations
