@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.results} has no per-question answers{f' for {args.dataset}' if args.dataset else ''}: "
                      "it needs the `questions` a RAG bench or (with --dataset) a `bench qa` run writes")
     questions = [q for q in data["questions"] if q["answers"]]  # unanswerable items have no contained score
+    if not questions:
+        parser.error(f"{args.results} has no answerable question to compare modes on")
     missing = sorted({m for m in args.modes for q in questions if m not in q["predictions"]})
     if missing:
         parser.error(f"modes {missing} are not in {args.results}; it has {sorted(questions[0]['predictions'])}")
