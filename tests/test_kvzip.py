@@ -406,6 +406,24 @@ def test_chosen_budget_is_monotone_in_fidelity():
     assert ratios == sorted(ratios, reverse=True)
 
 
+def test_check_grades_the_worst_block_so_a_long_window_cannot_average_a_loss_away():
+    from icae_rag.compressors.kvzip import CHECK_BLOCK_TOKENS, _overlap
+
+    vocab, n = 8, 8 * CHECK_BLOCK_TOKENS
+    reference = torch.zeros(n, vocab)
+    reference[:, 0] = 1.0
+    got = reference.clone()
+    # One block of the window predicts half of its mass elsewhere; the other seven are untouched.
+    lost = slice(3 * CHECK_BLOCK_TOKENS, 4 * CHECK_BLOCK_TOKENS)
+    got[lost, 0], got[lost, 1] = 0.5, 0.5
+    mean = float(torch.minimum(reference, got).sum(-1).mean())
+    assert mean == pytest.approx(1 - 0.5 / 8)  # the window's mean would pass at fidelity 0.9
+    assert _overlap(reference, got) == pytest.approx(0.5)
+    assert _overlap(reference, reference) == pytest.approx(1.0)
+    # A window shorter than one block is graded as one block.
+    assert _overlap(reference[:10], got[:10]) == pytest.approx(1.0)
+
+
 def test_adaptive_memories_record_their_check(tmp_path):
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.5)
     memory = comp.compress(TEXT)
