@@ -192,7 +192,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
                           key[:, :, lo:hi].float().transpose(-1, -2))
     weights = logits.sub_(lse.reshape(b, kv_heads, groups * q_len, 1)).exp_().view(b, kv_heads, groups, q_len, hi - lo)
     if not (plain_causal and hi <= cached):  # there, every query reads every cached column
-        weights = weights * allowed[:, :, None, :, lo:hi]
+        weights = weights * (allowed[..., lo:hi] & _scoring_queries(allowed))[:, :, None]
     kv_view.scores[layer] = weights.amax(dim=(2, 3))
     return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
 
@@ -224,9 +224,17 @@ def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed:
     logits = logits.masked_fill(~allowed[:, :, None], torch.finfo(logits.dtype).min)
     weights = torch.softmax(logits, dim=-1)
     lo, hi = kv_view.score_columns or (0, k_len)
-    kv_view.scores[layer] = weights[..., lo:hi].amax(dim=(2, 3))
+    kv_view.scores[layer] = (weights[..., lo:hi] * _scoring_queries(allowed)[:, :, None]).amax(dim=(2, 3))
     out = torch.matmul(weights.view(b, kv_heads, groups * q_len, k_len).to(value.dtype), value)
     return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _scoring_queries(allowed: torch.Tensor) -> torch.Tensor:
+    """(b, 1, q, 1): the queries whose scores count. A query may read its own column unless it is
+    padding (the mask hides a padded token as a key), and padding's attention scores nothing."""
+    q_len, k_len = allowed.shape[-2:]
+    rows = torch.arange(q_len, device=allowed.device)
+    return allowed[:, :, rows, k_len - q_len + rows][..., None]
 
 
 def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:

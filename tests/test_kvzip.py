@@ -22,6 +22,7 @@ from icae_rag.errors import (
     BackboneMismatchError,
     ConfigError,
     CorruptFileError,
+    InvalidInputError,
     UnsupportedModelError,
 )
 from icae_rag.hf_compat import cache_arg, output_cache
@@ -441,6 +442,25 @@ def test_adaptive_memories_record_their_check(tmp_path):
     fixed = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4).compress(TEXT)
     assert set(fixed.metadata) == {"kvzip_ratio"} and float(fixed.metadata["kvzip_ratio"]) == pytest.approx(4, rel=0.01)
     assert memory_budget(fixed)["fidelity"] is None
+
+
+@pytest.mark.parametrize("spec", [{"ratio": 4}, {"fidelity": 0.9}])
+def test_passages_scored_together_keep_what_each_keeps_alone(spec):
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, storage="float32", window_tokens=64, **spec)
+    texts = [TEXT[:40], SECOND, TEXT[:200], "Paris.", SECOND + " " + TEXT[:60], TEXT]  # the last needs two windows
+    rows = []
+    score_rows = comp._score_rows
+    comp._score_rows = lambda windows, repeat: rows.append(len(windows)) or score_rows(windows, repeat)
+    together = comp.compress_many(texts, batch_size=8)
+    assert rows and max(rows) > 1, "no forward scored several passages"
+    for text, batched in zip(texts, together, strict=True):
+        alone = comp.compress(text)  # one passage: the per-window path
+        assert torch.equal(batched.positions, alone.positions) and torch.equal(batched.counts, alone.counts)
+        torch.testing.assert_close(batched.keys, alone.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.values, alone.values, atol=1e-5, rtol=1e-4)
+        assert batched.metadata == alone.metadata
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        comp.compress_many(texts, batch_size=0)
 
 
 @pytest.mark.parametrize("where", ["apart", "after a lead", "a later window"])

@@ -200,11 +200,14 @@ class KvzipCompressor(Compressor):
     def compress_many(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False,
                       leads: Sequence[str | None] | None = None) -> list[KvMemory]:
         """One KvMemory per text, each encoded after the last `lead_tokens` of its lead (the text before
-        it in its document), if given. Texts are scored one at a time (`batch_size` is unused).
-        Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
+        it in its document), if given. Of every `batch_size` texts, those of one window with no lead are
+        scored together, as many per forward as fit in one window (`_score_apart`); the rest one
+        window at a time. Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
         from transformers import DynamicCache
 
         texts, leads = self.check_inputs(texts, leads)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         tok, model = self.decoder.tokenizer, self.decoder.model
         repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
         prefix = self._prefix_cache()
@@ -213,25 +216,36 @@ class KvzipCompressor(Compressor):
         quant = dict(quant_group=self.config.quant_group, rotary_emb=kv_attention.rotary(model))
         memories = []
         step, lead_tokens = self.config.window_tokens, self.config.lead_tokens
-        for text, lead in tqdm(list(zip(texts, leads, strict=True)), desc="kvzip: scoring passages", unit="passage",
-                               disable=not progress):
-            lead = lead if lead_tokens else None  # lead_tokens=0: encoded apart, whatever the caller passed
-            ids, sha = self.tokenize(text), text_sha256(text)
-            before = self.tokenize(lead)[-lead_tokens:] if lead else []
-            carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
-            parts = []
-            for start in range(0, len(ids), step):
-                cache = DynamicCache(config=model.config)
-                for i, ((k, v), (ck, cv)) in enumerate(zip(prefix, carried, strict=True)):
-                    cache.update(torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2), i)
-                window, carried = self._score_window(before if start == 0 else [], ids[start:start + step], start,
-                                                     len(before), cache, repeat_ids)
-                parts.append(self._choose(window, sha, provenance, prefix_row))
-            memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
-            memory.metadata |= _budget_metadata(parts, self.config)
-            if lead:
-                memory.metadata["lead_sha256"] = text_sha256(lead)
-            memories.append(memory)
+        bar = tqdm(total=len(texts), desc="kvzip: scoring passages", unit="passage", disable=not progress)
+        for lo in range(0, len(texts), batch_size):
+            chunk = range(lo, min(lo + batch_size, len(texts)))
+            encoded = {i: self.tokenize(texts[i]) for i in chunk}
+            # lead_tokens=0: encoded apart, whatever the caller passed
+            chunk_leads = {i: leads[i] if lead_tokens else None for i in chunk}
+            apart = self._score_apart([i for i in chunk if not chunk_leads[i] and len(encoded[i]) <= step],
+                                      encoded, repeat_ids)
+            for i in chunk:
+                ids, lead, sha = encoded[i], chunk_leads[i], text_sha256(texts[i])
+                if i in apart:
+                    parts = [self._choose(apart[i], sha, provenance, prefix_row)]
+                else:
+                    before = self.tokenize(lead)[-lead_tokens:] if lead else []
+                    carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
+                    parts = []
+                    for start in range(0, len(ids), step):
+                        cache = DynamicCache(config=model.config)
+                        for layer, ((k, v), (ck, cv)) in enumerate(zip(prefix, carried, strict=True)):
+                            cache.update(torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2), layer)
+                        window, carried = self._score_window(before if start == 0 else [], ids[start:start + step],
+                                                             start, len(before), cache, repeat_ids)
+                        parts.append(self._choose(window, sha, provenance, prefix_row))
+                memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
+                memory.metadata |= _budget_metadata(parts, self.config)
+                if lead:
+                    memory.metadata["lead_sha256"] = text_sha256(lead)
+                memories.append(memory)
+                bar.update()
+        bar.close()
         return memories
 
     def _provenance(self) -> dict[str, Any]:
@@ -259,6 +273,70 @@ class KvzipCompressor(Compressor):
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
+
+    def _score_apart(self, which: list[int], encoded: dict[int, list[int]], repeat_ids: list[int]) -> dict[int, _Window]:
+        """`_score_window` for passages of one window with nothing before them (`which`, keys of
+        `encoded`), several per forward: shortest first, each group as many rows as fit in one window
+        (rows x longest <= window_tokens, so peak memory stays bounded by the window), every row
+        right-padded to the group's longest with the padding masked. A passage left alone in its
+        group is not in the result (`_score_window` scores it)."""
+        out: dict[int, _Window] = {}
+        group: list[int] = []
+        for i in sorted(which, key=lambda i: len(encoded[i])) + [None]:
+            if group and (i is None or (len(group) + 1) * len(encoded[i]) > self.config.window_tokens):
+                if len(group) > 1:
+                    out |= zip(group, self._score_rows([encoded[g] for g in group], repeat_ids), strict=True)
+                group = []
+            if i is not None:
+                group.append(i)
+        return out
+
+    def _score_rows(self, windows: list[list[int]], repeat_ids: list[int]) -> list[_Window]:
+        """One `_Window` per passage, the passages scored together: one prefill and one repeat forward
+        over right-padded rows. Row i's tokens have the positions they have when scored alone, and
+        padding is masked as a key (and, in `kv_attention`, as a scoring query)."""
+        from transformers import DynamicCache
+
+        model, device = self.decoder.model, self.decoder.device
+        prefix = self._prefix_cache()
+        prefix_len, rows, longest = prefix[0][0].shape[2], len(windows), max(map(len, windows))
+        pad = self.decoder.tokenizer.pad_token_id or 0  # any id: padded tokens are masked
+        lengths = torch.tensor([len(w) for w in windows], device=device)[:, None]
+        cache = DynamicCache(config=model.config)
+        for layer, (k, v) in enumerate(prefix):
+            cache.update(k.repeat(rows, 1, 1, 1), v.repeat(rows, 1, 1, 1), layer)
+        real = torch.arange(longest, device=device)[None] < lengths
+        mask = torch.cat([real.new_ones(rows, prefix_len), real], dim=1)
+        ids = torch.tensor([w + [pad] * (longest - len(w)) for w in windows], device=device)
+        positions = torch.arange(prefix_len, prefix_len + longest, device=device)[None].expand(rows, -1)
+        out = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, **cache_arg(cache),
+                    use_cache=True, logits_to_keep=1)
+        layers = output_cache(out).layers
+        # Each row's repeat follows its own passage: positions run on from the passage's last token.
+        repeat = torch.tensor([repeat_ids + w + [pad] * (longest - len(w)) for w in windows], device=device)
+        span = len(repeat_ids) + longest
+        mask = torch.cat([mask, torch.arange(span, device=device)[None] < len(repeat_ids) + lengths], dim=1)
+        positions = prefix_len + lengths + torch.arange(span, device=device)[None]
+        view = KvView(record=True, score_columns=(prefix_len, prefix_len + longest))
+        adaptive = self.config.adaptive
+        scored = model(input_ids=repeat, attention_mask=mask.long(), position_ids=positions,
+                       **cache_arg(output_cache(out)), use_cache=True,
+                       logits_to_keep=longest + 1 if adaptive else 1, kv_view=view)
+        scores = torch.stack([view.scores[i] for i in range(len(layers))])  # (L, rows, H, longest)
+        result = []
+        for row, window in enumerate(windows):
+            w = len(window)
+            keys = torch.stack([layer.keys[row, :, prefix_len:prefix_len + w] for layer in layers])  # (L, H, w, d)
+            values = torch.stack([layer.values[row, :, prefix_len:prefix_len + w] for layer in layers])
+            n_layers, n_heads, _, dim = keys.shape
+            check = None
+            if adaptive:
+                empty = keys[:, :, :0]
+                check = _Check(keys.reshape(-1, dim), empty, empty, 0,
+                               torch.softmax(scored.logits[row, :w].float(), dim=-1))
+            result.append(_Window(keys.reshape(-1, dim), values.reshape(-1, dim),
+                                  scores[:, row, :, :w].reshape(-1), 0, window, (n_layers, n_heads), check))
+        return result
 
     def _score_window(self, lead: list[int], window: list[int], start: int, shift: int, cache,
                       repeat_ids: list[int]) -> tuple[_Window, list[tuple[torch.Tensor, torch.Tensor]]]:
