@@ -177,6 +177,19 @@ class KvMemory(Memory):
                    value_scale=value_scale.half(), **provenance)
 
     @classmethod
+    def from_unordered(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, owners: torch.Tensor,
+                       shape: tuple[int, int], storage: str, **kwargs: Any) -> KvMemory:
+        """`from_entries` for entries in any order, each with its owner (layer * kv_heads + head) in a
+        (layers, kv_heads) `shape`; a `scores` keyword is reordered with them."""
+        positions = positions.to(keys.device)
+        span = int(positions.max()) + 1 if positions.numel() else 1
+        order = torch.argsort(owners.to(keys.device) * span + positions, stable=True)
+        counts = torch.bincount(owners.to(keys.device), minlength=shape[0] * shape[1]).view(shape)
+        if kwargs.get("scores") is not None:
+            kwargs["scores"] = kwargs["scores"].to(keys.device)[order]
+        return cls.from_entries(keys[order], values[order], positions[order], counts, storage, **kwargs)
+
+    @classmethod
     def _quantised(cls, plain_keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                    counts: torch.Tensor, bits: int, group: int, **provenance: Any) -> KvMemory:
         """An int4 / int2 memory of pre-RoPE float keys and values."""

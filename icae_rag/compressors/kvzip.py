@@ -410,10 +410,8 @@ class KvzipCompressor(Compressor):
                                               lead + kept % w])
         keys = torch.cat([check.lead_keys.reshape(-1, check.keys.shape[1]), check.keys[kept]])
         values = torch.cat([check.lead_values.reshape(-1, window.values.shape[1]), window.values[kept]])
-        order = torch.argsort(owners * (check.offset + lead + w) + positions)
-        counts = torch.bincount(owners, minlength=n_layers * n_heads).view(n_layers, n_heads)
-        return KvMemory.from_entries(keys[order], values[order], positions[order], counts, "float32",
-                                     pieces=(Piece(sha, 0, check.offset + lead + w, 0, 1),), **provenance)
+        return KvMemory.from_unordered(keys, values, positions, owners, window.shape, "float32",
+                                       pieces=(Piece(sha, 0, check.offset + lead + w, 0, 1),), **provenance)
 
     def _repeat_probs(self, memory: KvMemory, ids: list[int], prefix_row: _RowCache | None = None) -> torch.Tensor:
         """The decoder's next-token distributions over `ids`, repeated from `memory` read alone."""
@@ -554,11 +552,8 @@ def _join_windows(parts: list[_Kept], n_tokens: int, sha: str, storage: str, pro
     """One memory from per-window entries, re-ordered by (layer, head, position)."""
     keys = torch.cat([p.keys for p in parts])
     values = torch.cat([p.values for p in parts])
-    positions = torch.cat([p.positions for p in parts]).cpu()
-    scores = torch.cat([p.scores for p in parts]).cpu()
-    counts = torch.stack([p.counts for p in parts]).sum(0).cpu()
+    positions = torch.cat([p.positions for p in parts])
     owners = torch.cat([entry_owners(p.counts) for p in parts])
-    order = torch.argsort(owners * n_tokens + positions, stable=True)
-    pieces = (Piece(sha, 0, n_tokens, 0, n_tokens),)
-    return KvMemory.from_entries(keys[order.to(keys.device)], values[order.to(keys.device)], positions[order],
-                                 counts, storage, pieces=pieces, scores=scores[order], **provenance)
+    return KvMemory.from_unordered(keys, values, positions, owners, tuple(parts[0].counts.shape), storage,
+                                   pieces=(Piece(sha, 0, n_tokens, 0, n_tokens),),
+                                   scores=torch.cat([p.scores for p in parts]), **provenance)
