@@ -171,7 +171,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     plain_causal = kv_view.valid is None and b == 1 and torch.equal(allowed, _allowed(None, q_len, k_len, query.device))
     if not kv_view.record:
         causal = plain_causal and cached == 0
-        mask = None if causal else allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len)
+        mask = None if causal else _per_group(allowed, b, kv_heads)
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)
         return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
     if plain_causal:
@@ -182,7 +182,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         out = head * torch.exp(head_lse - lse)[..., None] + own * torch.exp(own_lse - lse)[..., None]
         out = out.to(query.dtype)
     else:
-        mask = allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len)
+        mask = _per_group(allowed, b, kv_heads)
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
         out, lse = _flash_lse(q, k, v, bias, scale)
     # A key's score is its largest softmax weight, exp(logit - logsumexp of the query's row), so only
@@ -227,6 +227,12 @@ def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed:
     kv_view.scores[layer] = (weights[..., lo:hi] * _scoring_queries(allowed)[:, :, None]).amax(dim=(2, 3))
     out = torch.matmul(weights.view(b, kv_heads, groups * q_len, k_len).to(value.dtype), value)
     return out.view(b, q_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _per_group(allowed: torch.Tensor, b: int, kv_heads: int) -> torch.Tensor:
+    """A (b or 1, 1 or kv_heads, q, k) mask as (b * kv_heads, 1, q, k): one entry per group of query heads."""
+    q_len, k_len = allowed.shape[-2:]
+    return allowed.expand(b, kv_heads, q_len, k_len).reshape(b * kv_heads, 1, q_len, k_len)
 
 
 def _scoring_queries(allowed: torch.Tensor) -> torch.Tensor:
