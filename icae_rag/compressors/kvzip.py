@@ -201,7 +201,7 @@ class KvzipCompressor(Compressor):
                       leads: Sequence[str | None] | None = None) -> list[KvMemory]:
         """One KvMemory per text, each encoded after the last `lead_tokens` of its lead (the text before
         it in its document), if given. Of every `batch_size` texts, those of one window with no lead are
-        scored together, as many per forward as fit in one window (`_score_apart`); the rest one
+        scored together, as many per forward as fit in one window (`_apart_groups`); the rest one
         window at a time. Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
         from transformers import DynamicCache
 
@@ -222,12 +222,17 @@ class KvzipCompressor(Compressor):
             encoded = {i: self.tokenize(texts[i]) for i in chunk}
             # lead_tokens=0: encoded apart, whatever the caller passed
             chunk_leads = {i: leads[i] if lead_tokens else None for i in chunk}
-            apart = self._score_apart([i for i in chunk if not chunk_leads[i] and len(encoded[i]) <= step],
-                                      encoded, repeat_ids)
+            chosen: dict[int, _Kept] = {}
+            for group in _apart_groups([i for i in chunk if not chunk_leads[i] and len(encoded[i]) <= step],
+                                       encoded, step):
+                # Each group's windows are chosen before the next group is scored: one group's check
+                # references (window x vocabulary each) are alive at a time, as for a single window.
+                for i, window in zip(group, self._score_rows([encoded[i] for i in group], repeat_ids), strict=True):
+                    chosen[i] = self._choose(window, text_sha256(texts[i]), provenance, prefix_row)
             for i in chunk:
                 ids, lead, sha = encoded[i], chunk_leads[i], text_sha256(texts[i])
-                if i in apart:
-                    parts = [self._choose(apart[i], sha, provenance, prefix_row)]
+                if i in chosen:
+                    parts = [chosen[i]]
                 else:
                     before = self.tokenize(lead)[-lead_tokens:] if lead else []
                     carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
@@ -273,23 +278,6 @@ class KvzipCompressor(Compressor):
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.decoder.device)
-
-    def _score_apart(self, which: list[int], encoded: dict[int, list[int]], repeat_ids: list[int]) -> dict[int, _Window]:
-        """`_score_window` for passages of one window with nothing before them (`which`, keys of
-        `encoded`), several per forward: shortest first, each group as many rows as fit in one window
-        (rows x longest <= window_tokens, so peak memory stays bounded by the window), every row
-        right-padded to the group's longest with the padding masked. A passage left alone in its
-        group is not in the result (`_score_window` scores it)."""
-        out: dict[int, _Window] = {}
-        group: list[int] = []
-        for i in sorted(which, key=lambda i: len(encoded[i])) + [None]:
-            if group and (i is None or (len(group) + 1) * len(encoded[i]) > self.config.window_tokens):
-                if len(group) > 1:
-                    out |= zip(group, self._score_rows([encoded[g] for g in group], repeat_ids), strict=True)
-                group = []
-            if i is not None:
-                group.append(i)
-        return out
 
     def _score_rows(self, windows: list[list[int]], repeat_ids: list[int]) -> list[_Window]:
         """One `_Window` per passage, the passages scored together: one prefill and one repeat forward
@@ -454,6 +442,18 @@ class _Kept(NamedTuple):
     scores: torch.Tensor
     source_tokens: int
     overlap: float | None
+
+
+def _apart_groups(which: list[int], encoded: dict[int, list[int]], window_tokens: int) -> list[list[int]]:
+    """Passages (`which`, keys of `encoded`) to score several per forward: shortest first, each group as
+    many as fit in one window (rows x longest <= window_tokens, so peak memory stays bounded by the
+    window). A passage left alone in its group is left out (`_score_window` scores it)."""
+    groups: list[list[int]] = [[]]
+    for i in sorted(which, key=lambda i: len(encoded[i])):
+        if (len(groups[-1]) + 1) * len(encoded[i]) > window_tokens:
+            groups.append([])
+        groups[-1].append(i)
+    return [g for g in groups if len(g) > 1]
 
 
 def _keep_top(window: _Window, budget: int, overlap: float | None) -> _Kept:
