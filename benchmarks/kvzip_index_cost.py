@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return sum(g["seconds"] for g in got), [g | {"fidelity": None} for g in got]
         with scoring(spec):
             start = time.perf_counter()
-            if spec.endswith("@alone") or len(texts) == 1:
+            if spec.endswith("@alone"):
                 memories = [comp.compress(text) for text in texts]
             else:
                 memories = comp.compress_many(texts, batch_size=len(texts))

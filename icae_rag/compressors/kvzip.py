@@ -203,8 +203,6 @@ class KvzipCompressor(Compressor):
         it in its document), if given. Of every `batch_size` texts, those of one window with no lead are
         scored together, as many per forward as fit in one window (`_apart_groups`); the rest one
         window at a time. Adaptive memories record their chosen ratio and measured fidelity in `metadata`."""
-        from transformers import DynamicCache
-
         texts, leads = self.check_inputs(texts, leads)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -220,30 +218,20 @@ class KvzipCompressor(Compressor):
         for lo in range(0, len(texts), batch_size):
             chunk = range(lo, min(lo + batch_size, len(texts)))
             encoded = {i: self.tokenize(texts[i]) for i in chunk}
+            shas = {i: text_sha256(texts[i]) for i in chunk}
             # lead_tokens=0: encoded apart, whatever the caller passed
             chunk_leads = {i: leads[i] if lead_tokens else None for i in chunk}
-            chosen: dict[int, _Kept] = {}
+            chosen: dict[int, list[_Kept]] = {}
             for group in _apart_groups([i for i in chunk if not chunk_leads[i] and len(encoded[i]) <= step],
                                        encoded, step):
                 # Each group's windows are chosen before the next group is scored: one group's check
                 # references (window x vocabulary each) are alive at a time, as for a single window.
                 for i, window in zip(group, self._score_rows([encoded[i] for i in group], repeat_ids), strict=True):
-                    chosen[i] = self._choose(window, text_sha256(texts[i]), provenance, prefix_row)
+                    chosen[i] = [self._choose(window, shas[i], provenance, prefix_row)]
             for i in chunk:
-                ids, lead, sha = encoded[i], chunk_leads[i], text_sha256(texts[i])
-                if i in chosen:
-                    parts = [chosen[i]]
-                else:
-                    before = self.tokenize(lead)[-lead_tokens:] if lead else []
-                    carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
-                    parts = []
-                    for start in range(0, len(ids), step):
-                        cache = DynamicCache(config=model.config)
-                        for layer, ((k, v), (ck, cv)) in enumerate(zip(prefix, carried, strict=True)):
-                            cache.update(torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2), layer)
-                        window, carried = self._score_window(before if start == 0 else [], ids[start:start + step],
-                                                             start, len(before), cache, repeat_ids)
-                        parts.append(self._choose(window, sha, provenance, prefix_row))
+                ids, lead, sha = encoded[i], chunk_leads[i], shas[i]
+                before = self.tokenize(lead)[-lead_tokens:] if lead else []
+                parts = chosen.get(i) or self._windows(ids, before, sha, provenance, prefix_row, repeat_ids)
                 memory = _join_windows(parts, len(ids), sha, self.config.storage, provenance | quant)
                 memory.metadata |= _budget_metadata(parts, self.config)
                 if lead:
@@ -252,6 +240,23 @@ class KvzipCompressor(Compressor):
                 bar.update()
         bar.close()
         return memories
+
+    def _windows(self, ids: list[int], before: list[int], sha: str, provenance: dict, prefix_row: _RowCache,
+                 repeat_ids: list[int]) -> list[_Kept]:
+        """A passage's kept entries window by window, the first window after `before` (its lead's tokens)."""
+        from transformers import DynamicCache
+
+        prefix, step = self._prefix_cache(), self.config.window_tokens
+        carried = [(k[:, :, :0], v[:, :, :0]) for k, v in prefix]  # nothing precedes the first window
+        parts = []
+        for start in range(0, len(ids), step):
+            cache = DynamicCache(config=self.decoder.model.config)
+            for layer, ((k, v), (ck, cv)) in enumerate(zip(prefix, carried, strict=True)):
+                cache.update(torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2), layer)
+            window, carried = self._score_window(before if start == 0 else [], ids[start:start + step], start,
+                                                 len(before), cache, repeat_ids)
+            parts.append(self._choose(window, sha, provenance, prefix_row))
+        return parts
 
     def _provenance(self) -> dict[str, Any]:
         """What every memory (and every memory a check reads) records of where it came from."""
