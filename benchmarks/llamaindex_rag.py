@@ -38,6 +38,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
 from llama_index.postprocessor.icae_rag import (
     MemoryIngestion,
+    MemorySynthesizer,
     SoftPromptCompressEndEvent,
     build_faiss_index,
     build_query_engine,
@@ -48,7 +49,9 @@ from tqdm.auto import tqdm
 from icae_rag.compressors import shipped_kinds
 from icae_rag.data import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
+from icae_rag.eval.compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
 from icae_rag.eval.efficiency import kv_bytes_per_position
+from icae_rag.eval.metrics import answer_contained, bootstrap_ci
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
 from icae_rag.eval.record import PeakRss, environment, write_report
 from icae_rag.io import atomic_path
@@ -74,6 +77,8 @@ class RagBenchOptions:
     longllmlingua: bool = True
     device: str = "auto"
     best_last: bool = True  # every mode reads the highest-scored node last, next to the question
+    # Every mode is compared question by question with these (those present): retention, flips, gold log-likelihood.
+    references: list[str] = field(default_factory=lambda: ["raw", "kvzip:keep_fraction=1.0"])
 
 
 class EventCollector(BaseEventHandler):
@@ -143,6 +148,8 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     common = {"similarity_top_k": opts.top_k, "generation": generation, "best_last": opts.best_last, "streaming": True}
     engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, **common)}
     readers: dict[str, Any] = {"raw": raw}
+    # What each mode's decoder reads for the retrieved nodes, to score the gold answer from it.
+    reads: dict[str, Any] = {"raw": MemorySynthesizer(raw, None, best_last=opts.best_last)}
     ingest: dict[str, dict[str, float]] = {}
     key = {"options": {k: v for k, v in asdict(opts).items() if k != "out"}, "items": [it.id for it in items],
            "modes": ["raw", *(c.version for c in compressors)]}
@@ -155,6 +162,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
             engines[comp.label] = build_query_engine(index, comp, store, **common)
             readers[comp.label] = comp
+            reads[comp.label] = MemorySynthesizer(comp, store, best_last=opts.best_last)
         retriever = index.as_retriever(similarity_top_k=opts.top_k)
         budget_mode = compressors[0].label if compressors else None
         todo = [it for it in items if it.id not in done]
@@ -166,6 +174,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
                                                       runs[budget_mode]["positions"], opts.max_new_tokens)
             if i == 0:
                 continue
+            _score_gold(item, runs, readers, reads)
             for run in runs.values():
                 # Seconds per query include decoding, so a shorter answer is faster: say how long each was.
                 run["answer_tokens"] = len(tokenizer(run["prediction"], add_special_tokens=False)["input_ids"])
@@ -178,6 +187,14 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     kv = kv_bytes_per_position(raw) / 2**20
     results = {name: _summarise(name, r, items, kv, opts.seed, ingest.get(name)) for name, r in rows.items()}
     predictions = {name: [run["prediction"] for run in runs] for name, runs in rows.items()}
+    # Compared on the answerable questions: an unanswerable one has no gold to contain or score.
+    scores = {name: [answer_contained(p, it.answers) for p, it in zip(answers, items, strict=True) if it.answers]
+              for name, answers in predictions.items()}
+    logliks = {name: [run["loglik"] for run in runs if "loglik" in run] for name, runs in rows.items()
+               if any("loglik" in run for run in runs)}
+    comparisons = compare_modes(scores, opts.references, logliks, seed=opts.seed) if scores["raw"] else {}
+    for name, values in logliks.items():
+        results[name]["gold_loglik"] = dict(zip(("mean", "low", "high"), bootstrap_ci(values, seed=opts.seed), strict=True))
     for name, r in results.items():
         r["position_reduction_vs_raw"] = results["raw"]["mean_context_positions"] / max(1e-9, r["mean_context_positions"])
         r["speedup_vs_raw"] = results["raw"]["mean_seconds"] / r["mean_seconds"]
@@ -188,7 +205,8 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
             r["contained_vs_raw"] = vs_raw
     questions = [{"id": it.id, "question": it.question, "answers": list(it.answers),
                   "predictions": {name: answers[i] for name, answers in predictions.items()}} for i, it in enumerate(items)]
-    return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "questions": questions}
+    return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "comparisons": comparisons,
+            "questions": questions}
 
 
 def _open_progress(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -231,9 +249,23 @@ def _query(engine: Any, reader: Any, question: str) -> dict[str, Any]:
         seconds = time.perf_counter() - start
     event = seen.events[-1]
     return {"prediction": "".join(pieces).strip(), "seconds": seconds, "ttft_seconds": ttft if ttft is not None else seconds,
+            "nodes": response.source_nodes,  # what was read; dropped once the gold is scored
             "positions": _read_positions(reader, event),
             "source_tokens": event.source_tokens, "compressed_at_query": event.compressed,
             "node_ids": [n.node.node_id for n in response.source_nodes], "rss_mb": mem.peak_mb}
+
+
+def _score_gold(item: QAItem, runs: dict[str, dict[str, Any]], readers: dict[str, Any], reads: dict[str, Any]) -> None:
+    """Each engine mode's gold log-likelihood (`icae_rag.eval.compare`) from the nodes it read, after the
+    lead-in raw text's answer gave the gold; the nodes are dropped from the runs."""
+    contexts = {name: reads[name].contexts(run.pop("nodes")) for name, run in runs.items() if "nodes" in run}
+    if not item.answers:
+        return
+    raw = runs["raw"]
+    target = answer_targets(readers["raw"], [item.question], [contexts["raw"]], [raw["prediction"]], [item.answers])[0]
+    raw["gold_target"] = list(target)
+    for name, ctx in contexts.items():
+        runs[name]["loglik"] = answer_logliks(readers[name], [item.question], [ctx], [target])[0]
 
 
 def _read_positions(reader: Any, event: Any) -> int:
@@ -322,12 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--given-order", action="store_true",
                    help="read the nodes in retrieval order (best first) instead of the highest-scored last")
+    p.add_argument("--reference", action="append", dest="references",
+                   help="compare every mode with this one, question by question (repeatable; default: raw and "
+                        "kvzip:keep_fraction=1.0, those present)")
     p.add_argument("--out", default="bench-rag")
     a = p.parse_args(argv)
     opts = RagBenchOptions(dataset=a.dataset, limit=a.limit, documents=a.documents,
                            compressors=a.compressors or shipped_kinds(), top_k=a.top_k, node_tokens=a.node_tokens,
                            max_new_tokens=a.max_new_tokens, seed=a.seed, data_root=a.data_root, out=a.out,
-                           longllmlingua=not a.no_longllmlingua, device=a.device, best_last=not a.given_order)
+                           longllmlingua=not a.no_longllmlingua, device=a.device, best_last=not a.given_order,
+                           **({"references": a.references} if a.references else {}))
     try:
         documents, items, record = load_corpus(opts)
         from icae_rag import load_compressor, new_compressor
@@ -353,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": time.perf_counter() - started, **result}
     md = ["# icae-rag LlamaIndex RAG benchmark", "", f"commit `{env['git_commit']}`, {env['hardware']['processor']} "
           f"({env['hardware']['cpu_count']} cores), torch {env['versions']['torch']}", "",
-          rag_markdown(record, result, opts)]
+          rag_markdown(record, result, opts), "", comparison_markdown(result["comparisons"])]
     write_report(Path(opts.out), results, "\n".join(md))
     progress.unlink()  # the report holds every answer now; a new run with this --out starts afresh
     print(json.dumps({m: {k: r[k] for k in ("mean_context_positions", "mean_ttft_seconds", "ttft_speedup_vs_raw", "contained")}

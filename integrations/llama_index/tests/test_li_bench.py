@@ -47,6 +47,11 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
     assert ("contained_vs_raw" in modes["icae"]) == (modes["raw"]["contained"]["mean"] > 0)
     # Stored at 2x, read at 4x with one budget: the positions read are a quarter of the raw ones.
     assert 3.5 < modes["kvzip:ratio=4,stored_ratio=2"]["position_reduction_vs_raw"] < 4.5
+    # Every mode against raw, question by question; the gold scored for the two answerable questions.
+    assert set(result["comparisons"]) == {"raw"} and set(result["comparisons"]["raw"]) == set(modes) - {"raw"}
+    for name, r in modes.items():
+        assert r["gold_loglik"]["low"] <= r["gold_loglik"]["mean"] <= r["gold_loglik"]["high"] < 0
+        assert "loglik_diff" in result["comparisons"]["raw"].get(name, {"loglik_diff": 0})
     record = {"dataset": "toy", "split": "toy", "documents": ["a", "b"], "n": 3, "seed": 0}
     assert "| icae |" in rag_markdown(record, result, opts)
 
