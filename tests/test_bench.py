@@ -145,6 +145,26 @@ def test_text_compression_ratio_is_measured_against_the_passages(tiny_raw):
     assert ("contained_vs_raw" in res["pruned"]) == (res["raw"]["contained"]["mean"] > 0)
 
 
+def test_qa_scores_the_gold_in_every_mode_and_compares_with_raw(tiny_raw):
+    from icae_rag.eval.qa import QAItem, qa_markdown, run_qa
+
+    passage = "The exit status is 2 when a warning occurs. Option -9 compresses best."
+    items = [QAItem("a", "What is the exit status?", ("2",), [passage]),
+             QAItem("b", "Which option compresses best?", ("-9",), [passage]),
+             QAItem("u", "Unanswerable?", (), [passage])]
+    # raw given last: it is still answered first, since its answers place every mode's gold.
+    modes = {"none": lambda it: [], "raw": lambda it: list(it.passages)}
+    res = run_qa(items, modes, dict.fromkeys(modes, tiny_raw), max_new_tokens=3, batch_size=2, seed=0)
+    assert list(res) == ["none", "raw"]
+    for r in res.values():
+        assert r["gold_loglik"]["ci95"][0] <= r["gold_loglik"]["mean"] <= r["gold_loglik"]["ci95"][1] <= 0
+    compared = res["none"]["compared"]["raw"]
+    assert compared["n"] == 2  # the two answerable questions
+    assert "compared" not in res["raw"] and "loglik_diff" in compared
+    assert compared["loglik_diff"]["value"] == pytest.approx(res["none"]["gold_loglik"]["mean"] - res["raw"]["gold_loglik"]["mean"])
+    assert "Against **raw**" in qa_markdown("toy", {"split": "s", "n": 3, "seed": 0}, res)
+
+
 def test_fidelity_rows_of_one_kind_at_several_ratios_form_one_curve():
     from icae_rag.eval.plots import fidelity_curves
 

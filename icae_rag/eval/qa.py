@@ -21,6 +21,7 @@ from ..compressors.base import Compressor
 from ..data.chunking import sentence_chunks
 from ..data.retrieval import search
 from ..errors import DataError
+from .compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
 from .metrics import (
     answer_contained,
     bootstrap_ci,
@@ -104,24 +105,33 @@ def contained_vs(predictions: list[str], reference: list[str], items: list[QAIte
     return {"ratio": ratio, "ci95": [low, high]}
 
 
+REFERENCES = ("raw", "kvzip:keep_fraction=1.0")  # every mode is compared with these, those present
+
+
 def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], reader: dict[str, Compressor],
            *, max_new_tokens: int, batch_size: int, seed: int,
-           no_repeat_ngram_size: int | None = None) -> dict[str, Any]:
+           no_repeat_ngram_size: int | None = None, references: tuple[str, ...] = REFERENCES) -> dict[str, Any]:
     """Answer every item in every mode; `modes[name](item)` gives the contexts, `reader[name]` answers.
 
     `no_repeat_ngram_size` None keeps the generation default (the loop stop); 0 turns it off.
 
     A mode's compression ratio is the tokens of the item's passages per decoder position its context
     took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
+    With a "raw" mode, every mode also gets the gold answers' log-likelihood, scored after the lead-in
+    raw text's answer gave them (`icae_rag.eval.compare`), and each mode's `compared` holds retention,
+    flips and the log-likelihood difference against every reference present, paired.
     """
     results: dict[str, Any] = {}
     answered: dict[str, list[str]] = {}
     tokenize = next(iter(reader.values())).tokenize
     source = sum(len(tokenize(p)) for it in items for p in it.passages)
-    for name, make_contexts in modes.items():
+    gold = [i for i, it in enumerate(items) if it.answers]  # the questions a gold answer is scored for
+    targets: list[tuple[str, str]] | None = None
+    logliks: dict[str, list[float]] = {}
+    for name in sorted(modes, key=lambda n: n != "raw"):  # raw first: its answers place every mode's gold
         comp = reader[name]
         start = time.perf_counter()
-        contexts = [make_contexts(it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
+        contexts = [modes[name](it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
         prepare = time.perf_counter() - start
         predictions, soft, answer_seconds = [], 0, 0.0
         generation = {"max_new_tokens": max_new_tokens}
@@ -143,11 +153,25 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             "predictions": predictions,
         }
         answered[name] = predictions
+        if "raw" in modes and gold:
+            questions, ctx = [items[i].question for i in gold], [contexts[i] for i in gold]
+            if targets is None:
+                targets = answer_targets(comp, questions, ctx, [predictions[i] for i in gold],
+                                         [items[i].answers for i in gold])
+            logliks[name] = answer_logliks(comp, questions, ctx, targets, batch_size=batch_size)
+            mean, low, high = bootstrap_ci(logliks[name], seed=seed)
+            results[name]["gold_loglik"] = {"mean": mean, "ci95": [low, high]}
+    results = {name: results[name] for name in modes}  # in the caller's order
     if "raw" in answered:  # every mode answered the same items: compare each with raw text, paired
         for name in results.keys() - {"raw"}:
             vs_raw = contained_vs(answered[name], answered["raw"], items, seed)
             if vs_raw is not None:
                 results[name]["contained_vs_raw"] = vs_raw
+    if gold:
+        scores = {name: [answer_contained(answered[name][i], items[i].answers) for i in gold] for name in answered}
+        for ref, by_mode in compare_modes(scores, list(references), logliks, seed=seed).items():
+            for name, c in by_mode.items():
+                results[name].setdefault("compared", {})[ref] = c
     return results
 
 
@@ -176,7 +200,11 @@ def qa_markdown(dataset: str, record: dict[str, Any], results: dict[str, Any]) -
         loops = f"{r['repeated_4gram']['mean']:.3f}" if "repeated_4gram" in r else "-"
         lines.append(f"| {mode} | {r['mean_context_positions']:.0f} | {ratio} | {contained} | {vs_raw} | {f1} | {em} | {ab} "
                      f"| {loops} |")
-    return "\n".join(lines) + "\n"
+    compared: dict[str, dict[str, Any]] = {}
+    for mode, r in results.items():
+        for ref, c in r.get("compared", {}).items():
+            compared.setdefault(ref, {})[mode] = c
+    return "\n".join(lines) + "\n" + ("\n" + comparison_markdown(compared) if compared else "")
 
 
 def ratio_cell(vs_raw: dict[str, Any] | None) -> str:
