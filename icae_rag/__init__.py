@@ -15,9 +15,15 @@ The common case::
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+# The version lives in pyproject.toml only; an installed distribution reports it. A bare checkout
+# on sys.path (never installed) has no metadata to read.
+try:
+    __version__ = importlib.metadata.version("icae-rag")
+except importlib.metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
 # What `load_compressor()`, the CLI and the integrations use when no kind is named: the kind that
 # answers held-out SQuAD best (README, Results: kvzip at 4x, no training).
 DEFAULT_KIND = "kvzip"
