@@ -30,11 +30,11 @@ DEFAULT_KIND = "kvzip"
 
 # Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
 _EXPORTS = {
-    "Answer": "generation",
+    "Answer": "decoding.generate",
     "Compressor": "compressors",
     "E2llmCompressor": "compressors",
     "E2llmConfig": "compressors",
-    "GenerationConfig": "generation",
+    "GenerationConfig": "decoding.generate",
     "IcaeCompressor": "compressors",
     "IcaeConfig": "compressors",
     "KvMemory": "kv_memory",
@@ -58,15 +58,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "DEFAULT_KIND", "__version__"])
 
 
-# Deprecated names (one release) -> their new names in _EXPORTS.
-_RENAMED = {"SlotStore": "SqliteMemoryStore"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _RENAMED:
-        from ._deprecation import renamed
-        renamed(f"icae_rag.{name}", f"icae_rag.{_RENAMED[name]}")
-        name = _RENAMED[name]
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'icae_rag' has no attribute {name!r}")

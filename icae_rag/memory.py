@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._deprecation import renamed
 from .errors import CorruptFileError
 from .io import read_tensor_bytes, read_tensors
 
@@ -43,12 +42,6 @@ class Memory:
     def num_positions(self) -> int:
         """Decoder positions (or, for KV memories, position-equivalents of cache) this memory takes."""
         raise NotImplementedError
-
-    @property
-    def num_soft_tokens(self) -> int:
-        """Deprecated name of `num_positions` (removed in the next release)."""
-        renamed("Memory.num_soft_tokens", "Memory.num_positions")
-        return self.num_positions
 
     @property
     def source_tokens(self) -> int:

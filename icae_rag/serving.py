@@ -17,7 +17,6 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Seque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._deprecation import class_aliases
 from .errors import InvalidInputError
 from .soft_prompt import text_sha256
 from .stores.base import MemoryKey, compressor_identity
@@ -225,7 +224,3 @@ class TokenStream:
         finally:
             # Not pieces.close(): a cancelled read may still be running it in its thread.
             self._stop.set()
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SlotCache": lambda: MemoryCache})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -307,3 +308,12 @@ def test_loading_a_shipped_checkpoint_logs_one_line(tiny_icae, tmp_path, monkeyp
     with caplog.at_level(logging.INFO, logger="icae_rag"):
         load_compressor(tiny_icae.save_pretrained(tmp_path / "own"), device="cpu")
     assert caplog.records == [], "a checkpoint of one's own is not the shipped demonstration"
+
+
+def test_a_compressors_own_memory_passes_its_check_and_fills_the_context(tiny_raw):
+    memory = tiny_raw.compress("The lighthouse keeper counted ships.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_raw.check_memory(memory)
+    answer = tiny_raw.answer("Who counted?", [memory], max_new_tokens=1)
+    assert answer.context_positions > 0

@@ -36,6 +36,8 @@ def test_save_load_is_bit_identical(tmp_path, dtype):
 def test_ratio_and_counts():
     prompt = make(n=5)
     assert prompt.num_positions == 5 and prompt.source_tokens == 20 and prompt.compression_ratio == 4.0
+    two_rows = SoftPrompt(torch.zeros(2, 4), (Piece("x", 0, 3, 0, 2),), "raw", "v", "elsewhere")
+    assert two_rows.num_positions == 2 and two_rows.compression_ratio == 1.5
 
 
 def test_concat_shifts_pieces_and_rejects_mixed_versions():

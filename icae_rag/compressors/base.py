@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .. import decoding
-from .._deprecation import renamed
 from ..backbones import DecoderBackbone, weights_fingerprint
 from ..errors import (
     BackboneMismatchError,
@@ -211,11 +210,6 @@ class Compressor(nn.Module):
             raise BackboneMismatchError(
                 f"memory was made by {memory.compressor}/{memory.compressor_version}, this is "
                 f"{self.kind}/{self.version}: re-compress the text with this compressor")
-
-    def check_soft_prompt(self, prompt: Memory) -> None:
-        """Deprecated name of `check_memory` (removed in the next release)."""
-        renamed("Compressor.check_soft_prompt", "Compressor.check_memory")
-        self.check_memory(prompt)
 
     # --- checkpoints -------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

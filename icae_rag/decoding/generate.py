@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._deprecation import renamed
 from ..errors import InvalidInputError
 from ..hf_compat import cache_arg, output_cache
 from ..kv_memory import KvMemory
@@ -81,13 +80,6 @@ class Answer:
     def compression_ratio(self) -> float:
         """Source tokens of the contexts per decoder position they took (1.0 for raw text)."""
         return self.source_tokens / max(1, self.context_positions)
-
-    @property
-    def soft_tokens(self) -> int:
-        """Deprecated name of `context_positions` (removed in the next release)."""
-        renamed("Answer.soft_tokens", "Answer.context_positions")
-        return self.context_positions
-
 
 @torch.no_grad()
 def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig

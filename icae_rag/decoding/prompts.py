@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._deprecation import renamed
 from ..errors import BackboneMismatchError, InvalidInputError
 from ..kv_memory import KvMemory, token_ids_sha256
 from ..memory import Memory
@@ -49,12 +48,6 @@ class Prompt:
     segments: list[torch.Tensor | KvMemory]
     context_positions: int  # decoder positions the contexts take (memories and raw text)
     source_tokens: int
-
-    @property
-    def soft_tokens(self) -> int:
-        """Deprecated name of `context_positions` (removed in the next release)."""
-        renamed("Prompt.soft_tokens", "Prompt.context_positions")
-        return self.context_positions
 
     @property
     def positions(self) -> int:

@@ -18,7 +18,6 @@ import numbers
 from pathlib import Path
 from unittest import mock
 
-from .._deprecation import class_aliases
 from ..errors import InvalidInputError
 
 # LongLLMLingua's question-aware settings, as in the paper and LlamaIndex's postprocessor.
@@ -169,7 +168,3 @@ class LongLLMLinguaBaseline:
         )
         text = result["compressed_prompt"].strip()
         return text, self.count_tokens(text)
-
-
-# Deprecated name (one release): it is a baseline, not an icae_rag Compressor.
-__getattr__ = class_aliases(__name__, {"LongLLMLinguaCompressor": lambda: LongLLMLinguaBaseline})

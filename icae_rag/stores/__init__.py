@@ -6,7 +6,6 @@
 - `open`: `open_store(uri)` / `as_store(...)`, which pick one of them.
 """
 
-from .._deprecation import class_aliases
 from .base import MemoryKey, MemoryStore, StoreStats, compressor_identity
 from .lance import LanceMemoryStore
 from .open import as_store, is_lance_uri, open_store
@@ -23,7 +22,3 @@ __all__ = [
     "is_lance_uri",
     "open_store",
 ]
-
-# Deprecated names (one release): SlotStore, SlotKey, SlotStats.
-__getattr__ = class_aliases(__name__, {"SlotStore": lambda: SqliteMemoryStore, "SlotKey": lambda: MemoryKey,
-                                       "SlotStats": lambda: StoreStats})

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._deprecation import class_aliases
 from ..errors import BackboneMismatchError, InvalidInputError
 from ..memory import Memory
 from ..soft_prompt import text_sha256
@@ -247,7 +246,3 @@ def matches_key(memory: Memory, key: MemoryKey) -> bool:
     """Whether a loaded memory is what `key` names (same compressor identity, same source text)."""
     made_by = (memory.compressor, memory.compressor_version, memory.backbone)
     return made_by == key.identity and all(p.source_sha256 == key.text_sha256 for p in memory.pieces)
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SlotKey": lambda: MemoryKey, "SlotStats": lambda: StoreStats})

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._deprecation import class_aliases
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError
 from ..memory import Memory
 from .base import (
@@ -242,7 +241,3 @@ def _set_wal(db: sqlite3.Connection, busy_timeout: float) -> str:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SlotStore": lambda: SqliteMemoryStore})

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 
+import llama_index.postprocessor.icae_rag as pkg
 import pytest
 from li_helpers import EventCollector, make_nodes, spy_compress
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.icae_rag import (
     MEMORY_KEY,
+    MemoryIngestion,
     MemoryPostprocessor,
+    MemorySynthesizer,
     SoftPromptCompressEndEvent,
+    build_query_engine,
 )
 
 from icae_rag.errors import InvalidInputError
@@ -113,3 +120,18 @@ def test_bad_arguments_raise_clear_errors(tiny_raw):
         MemoryPostprocessor(42)
     with pytest.raises(InvalidInputError, match="store must be"):
         MemoryPostprocessor(tiny_raw, store=42)
+
+
+def test_the_package_exports_its_own_names_and_takes_the_store_without_warning(tiny_raw, tmp_path):
+    assert "SqliteMemoryStore" not in pkg.__all__  # the stores are the core's: icae_rag.stores
+    assert MEMORY_KEY == "icae_rag_slot_key"  # the node-metadata key applications read is unchanged
+    store = SqliteMemoryStore(tmp_path)
+    index = VectorStoreIndex.from_documents([Document(text="The ship sailed at dawn.")],
+                                            embed_model=MockEmbedding(embed_dim=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert MemoryPostprocessor(tiny_raw, store=store).store is store
+        assert MemorySynthesizer(tiny_raw, store=store, max_new_tokens=2).store is store
+        ingest = MemoryIngestion(tiny_raw, store_uri=str(tmp_path))
+        build_query_engine(index, tiny_raw, store, generation={"max_new_tokens": 2})
+    assert ingest.store_uri == str(tmp_path) and ingest.store.path == tmp_path

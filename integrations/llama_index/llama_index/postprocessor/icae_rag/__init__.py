@@ -12,10 +12,6 @@ An application that drives the decoder itself uses the core's `icae_rag.serving`
 `TokenStream`) with the same compressor object, so it shares the components' lock and recent memories.
 """
 
-from typing import Any
-
-from icae_rag._deprecation import class_aliases, renamed
-
 from ._shared import MEMORY_KEY, MemoryComponent, best_last, node_text
 from .engine import (
     build_faiss_index,
@@ -43,26 +39,3 @@ __all__ = [
     "load_faiss_index",
     "node_text",
 ]
-
-
-def _sqlite_store() -> type:
-    from icae_rag.stores import SqliteMemoryStore
-
-    return SqliteMemoryStore
-
-
-# Deprecated names (one release). The stores are the core's: import them from icae_rag.stores.
-_class_alias = class_aliases(__name__, {
-    "SoftPromptCompressor": lambda: MemoryPostprocessor,
-    "SoftPromptSynthesizer": lambda: MemorySynthesizer,
-    "SoftPromptIngestion": lambda: MemoryIngestion,
-    "SoftPromptComponent": lambda: MemoryComponent,
-    "SlotStore": _sqlite_store,
-})
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SLOT_KEY":  # deprecated name of MEMORY_KEY (one release)
-        renamed(f"{__name__}.SLOT_KEY", f"{__name__}.MEMORY_KEY")
-        return MEMORY_KEY
-    return _class_alias(name)

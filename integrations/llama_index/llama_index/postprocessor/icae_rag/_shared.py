@@ -18,7 +18,6 @@ from llama_index.core.schema import (
 )
 
 from icae_rag import DEFAULT_KIND
-from icae_rag._deprecation import class_aliases, renamed, renamed_kwarg
 from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.serving import MemoryCache
@@ -79,18 +78,6 @@ def mark(node: BaseNode, value: str) -> BaseNode:
     })
 
 
-def store_keyword(data: dict[str, Any], store: Any, owner: str) -> dict[str, Any]:
-    """`data` with `store` under "store", the deprecated `slot_store`/`slot_store_dir` keywords moved to
-    `store`/`store_uri` (with a DeprecationWarning)."""
-    data = dict(data)
-    if store is not None:
-        data["store"] = store
-    # stacklevel 5: past renamed, renamed_kwarg, this function and the constructor, to its caller.
-    renamed_kwarg(data, "slot_store", "store", owner, stacklevel=5)
-    renamed_kwarg(data, "slot_store_dir", "store_uri", owner, stacklevel=5)
-    return data
-
-
 class UsesCompressor:
     """The `compressor` and `store` of a component that keeps them in a `MemoryCache` (`_cache`)."""
 
@@ -103,12 +90,6 @@ class UsesCompressor:
     def store(self) -> MemoryStore | None:
         """The memory store in use, or None."""
         return self._cache.store
-
-    @property
-    def slot_store(self) -> MemoryStore | None:
-        """Deprecated name of `store` (removed in the next release)."""
-        renamed(f"{type(self).__name__}.slot_store", f"{type(self).__name__}.store")
-        return self.store
 
 
 class MemoryComponent(UsesCompressor, BaseComponent):
@@ -126,10 +107,7 @@ class MemoryComponent(UsesCompressor, BaseComponent):
 
     def __init__(self, compressor: Any = None, store: Any = None, **data: Any) -> None:
         """`compressor`: a Compressor, a kind or a checkpoint dir; `store`: a memory store, a directory,
-        a store URI or None. The deprecated keywords `slot_store` and `slot_store_dir` (an old
-        serialised component) are accepted with a warning for one release."""
-        data = store_keyword(data, store, type(self).__name__)
-        store = data.pop("store", None)
+        a store URI or None."""
         name = data.pop("compressor_name", None) or DEFAULT_KIND
         uri = data.pop("store_uri", None)
         store = as_store(store if store is not None else uri)
@@ -140,7 +118,3 @@ class MemoryComponent(UsesCompressor, BaseComponent):
         loaded = as_compressor(arg, device=self.device)
         self.compressor_name = os.fspath(arg) if isinstance(arg, (str, os.PathLike)) else loaded.label
         self._cache = MemoryCache(loaded, store)
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SoftPromptComponent": lambda: MemoryComponent})

@@ -14,7 +14,6 @@ from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.stores import as_store
 
-from ._shared import store_keyword
 from .postprocessor import MemoryPostprocessor
 from .synthesizer import MemorySynthesizer
 
@@ -35,8 +34,6 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
     `index.as_query_engine` (e.g. similarity_top_k). The engine's llm is a `MockLLM`, so
     `Settings.llm` (OpenAI by default) is never resolved.
     """
-    kwargs = store_keyword(kwargs, store, "build_query_engine")
-    store = kwargs.pop("store", None)
     loaded, store = as_compressor(compressor, device=device), as_store(store)
     post = MemoryPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
     synth = MemorySynthesizer(loaded, store, streaming=streaming, question_template=question_template,
@@ -101,4 +98,3 @@ def load_faiss_index(persist_dir: str | os.PathLike, *, embed_model: Any = None,
     storage = StorageContext.from_defaults(vector_store=FaissVectorStore.from_persist_dir(persist_dir),
                                            persist_dir=persist_dir)
     return load_index_from_storage(storage, embed_model=embed_model or default_embed_model(), **kwargs)
-

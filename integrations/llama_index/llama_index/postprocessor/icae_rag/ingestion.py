@@ -10,7 +10,6 @@ from typing import Any
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
-from icae_rag._deprecation import class_aliases
 from icae_rag.compressors.kvzip import budget_summary
 from icae_rag.errors import InvalidInputError
 
@@ -77,7 +76,3 @@ class MemoryIngestion(MemoryComponent, TransformComponent):
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """As __call__, off the event loop."""
         return await asyncio.to_thread(self.__call__, nodes, **kwargs)
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SoftPromptIngestion": lambda: MemoryIngestion})

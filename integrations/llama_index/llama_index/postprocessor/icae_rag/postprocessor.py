@@ -13,8 +13,6 @@ from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from icae_rag._deprecation import class_aliases
-
 from ._shared import RAW, MemoryComponent, mark, node_text, score_order
 
 logger = logging.getLogger(__name__)
@@ -92,7 +90,3 @@ class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
         ))
         return [NodeWithScore(node=mark(nodes[i].node, RAW if kept[i].key is None else str(kept[i].key)),
                               score=nodes[i].score) for i in sorted(kept)]
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SoftPromptCompressor": lambda: MemoryPostprocessor})

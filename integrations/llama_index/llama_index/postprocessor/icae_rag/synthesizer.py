@@ -17,7 +17,6 @@ from llama_index.core.response_synthesizers import BaseSynthesizer
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 
-from icae_rag._deprecation import class_aliases
 from icae_rag.compressors import as_compressor
 from icae_rag.decoding import GenerationConfig
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
@@ -25,7 +24,7 @@ from icae_rag.serving import MemoryCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import MemoryKey, as_store
 
-from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text, store_keyword
+from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text
 
 if TYPE_CHECKING:
     from icae_rag.memory import Memory
@@ -58,8 +57,6 @@ class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
                  batch_size: int = 8, best_last: bool = True, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
         """`compressor`/`store` as for MemoryPostprocessor; `generation`: max_new_tokens, do_sample, ..."""
-        store = store_keyword(generation, store, type(self).__name__).get("store")
-        generation.pop("slot_store", None)
         self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
@@ -183,7 +180,3 @@ def _pop_nodes(response_kwargs: dict[str, Any]) -> list[NodeWithScore] | None:
         raise InvalidInputError(f"unknown response options {sorted(response_kwargs)}: MemorySynthesizer takes "
                                 "generation options (max_new_tokens, ...) in its constructor")
     return nodes
-
-
-# Deprecated names (one release).
-__getattr__ = class_aliases(__name__, {"SoftPromptSynthesizer": lambda: MemorySynthesizer})
