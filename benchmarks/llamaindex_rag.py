@@ -2,7 +2,7 @@
 
 One FAISS index (flat inner product, MiniLM) over a few long real documents cut into
 `node_tokens`-token nodes; per question every mode answers from the same top-k nodes with the same
-decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `MemoryIngestion`
+decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `IcaeRagIngestion`
 when the index was built, so a query compresses nothing), and LongLLMLingua (the nodes' text pruned
 to the first compressor's budget, scored by the same local decoder). Per mode: decoder context
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
@@ -37,9 +37,9 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
 from llama_index.postprocessor.icae_rag import (
-    MemoryIngestion,
-    MemorySynthesizer,
-    SoftPromptCompressEndEvent,
+    IcaeRagCompressEndEvent,
+    IcaeRagIngestion,
+    IcaeRagSynthesizer,
     build_faiss_index,
     build_query_engine,
 )
@@ -149,7 +149,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
     engines: dict[str, Any] = {"raw": build_query_engine(index, raw, None, **common)}
     readers: dict[str, Any] = {"raw": raw}
     # What each mode's decoder reads for the retrieved nodes, to score the gold answer from it.
-    reads: dict[str, Any] = {"raw": MemorySynthesizer(raw, None, best_last=opts.best_last)}
+    reads: dict[str, Any] = {"raw": IcaeRagSynthesizer(raw, None, best_last=opts.best_last)}
     ingest: dict[str, dict[str, float]] = {}
     key = {"options": {k: v for k, v in asdict(opts).items() if k != "out"}, "items": [it.id for it in items],
            "modes": ["raw", *(c.version for c in compressors)]}
@@ -158,11 +158,11 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
         for comp in compressors:
             store = SqliteMemoryStore(Path(tmp) / f"store-{len(engines)}")
             start = time.perf_counter()
-            MemoryIngestion(comp, store)(nodes, show_progress=True)
+            IcaeRagIngestion(comp, store)(nodes, show_progress=True)
             ingest[comp.label] = {"seconds": time.perf_counter() - start, "nodes": len(nodes)}
             engines[comp.label] = build_query_engine(index, comp, store, **common)
             readers[comp.label] = comp
-            reads[comp.label] = MemorySynthesizer(comp, store, best_last=opts.best_last)
+            reads[comp.label] = IcaeRagSynthesizer(comp, store, best_last=opts.best_last)
         retriever = index.as_retriever(similarity_top_k=opts.top_k)
         budget_mode = compressors[0].label if compressors else None
         todo = [it for it in items if it.id not in done]
@@ -239,7 +239,7 @@ def _open_progress(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 def _query(engine: Any, reader: Any, question: str) -> dict[str, Any]:
     """One streamed query: time to the first answer token (retrieval, postprocessing, prefill) and to the end."""
-    with EventCollector(kind=SoftPromptCompressEndEvent) as seen, PeakRss() as mem:
+    with EventCollector(kind=IcaeRagCompressEndEvent) as seen, PeakRss() as mem:
         start = time.perf_counter()
         response = engine.query(question)
         pieces, ttft = [], None

@@ -89,7 +89,7 @@ def texts_of(items: Iterable[Any]) -> list[str]:
     """Distinct texts to compress, in order: strings as they are, nodes by the text the synthesizer reads.
 
     A node is anything with LlamaIndex's ``get_content(metadata_mode=...)``; it is keyed by its
-    LLM-visible content (as `MemoryIngestion` keys it), and skipped when its own text is empty.
+    LLM-visible content (as `IcaeRagIngestion` keys it), and skipped when its own text is empty.
     """
     out: dict[str, None] = {}
     for item in items:

@@ -176,7 +176,8 @@ def test_a_removed_module_is_gone_and_its_replacement_imports(old: str, new: str
 # word of test and file names, so only its argument and attribute uses count.
 RETIRED_NAMES = re.compile(
     r"\b(SlotStore|SlotKey|SlotStats|SlotCache|SoftPromptCompressor|SoftPromptSynthesizer|SoftPromptIngestion"
-    r"|SoftPromptComponent|SLOT_KEY|slot_store_dir|check_soft_prompt|num_soft_tokens|LongLLMLinguaCompressor)\b"
+    r"|SoftPromptComponent|SLOT_KEY|slot_store_dir|check_soft_prompt|num_soft_tokens|LongLLMLinguaCompressor"
+    r"|MemoryPostprocessor|MemorySynthesizer|MemoryIngestion|MemoryComponent|SoftPromptCompressEndEvent)\b"
     r"|(?<!icae_rag)\.slot_store\b|\bslot_store\s*[=:]")
 PROJECT_FILES = ("README.md",)
 

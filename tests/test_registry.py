@@ -72,7 +72,7 @@ def test_bench_qa_offers_and_runs_the_toy_kind_on_the_toy_dataset(toy, tmp_path,
 
 
 def test_the_llamaindex_engine_takes_the_toy_kind(toy):
-    from llama_index.postprocessor.icae_rag import MemoryPostprocessor, build_query_engine
+    from llama_index.postprocessor.icae_rag import IcaeRagPostprocessor, build_query_engine
 
     index = VectorStoreIndex.from_documents([Document(text=TEXT)], embed_model=MockEmbedding(embed_dim=8))
     engine = build_query_engine(index, "toy", device="cpu", generation={"max_new_tokens": 2})
@@ -82,10 +82,10 @@ def test_the_llamaindex_engine_takes_the_toy_kind(toy):
     contexts = synth.contexts(response.source_nodes)
     assert response.source_nodes and [type(c).__name__ for c in contexts] == ["SoftPrompt"]
     assert str(response) == synth.compressor.answer("When did Apollo 11 land?", contexts, max_new_tokens=2).text
-    post = MemoryPostprocessor("toy", device="cpu")
+    post = IcaeRagPostprocessor("toy", device="cpu")
     assert post.compressor.kind == "toy" and post.compressor_name == "toy"
     with pytest.raises(ValueError, match="'toy'"):
-        MemoryPostprocessor(42)
+        IcaeRagPostprocessor(42)
 
 
 def test_the_qa_app_offers_the_toy_kind(toy):

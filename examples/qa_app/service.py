@@ -9,7 +9,7 @@ Layout of the data directory::
 
 Concurrency: embedding calls hold `_embed_lock` (tokenizers are not thread-safe); every use of the
 compressor holds its per-compressor lock from the LlamaIndex integration (shared with
-`MemoryIngestion`); reading or changing the index holds `_index_lock`. Questions go through
+`IcaeRagIngestion`); reading or changing the index holds `_index_lock`. Questions go through
 one `AnswerBatcher`, which answers those that arrive together in one batch. An upload is checked at
 once (name, type, text), then compressed, embedded and indexed by a background job whose progress
 `job()` reports; that slow work runs outside `_index_lock`, so questions keep being answered from
@@ -34,7 +34,7 @@ from llama_index.core import Document
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 from llama_index.postprocessor.icae_rag import (
-    MemoryIngestion,
+    IcaeRagIngestion,
     best_last,
     build_faiss_index,
     default_embed_model,
@@ -153,7 +153,7 @@ class QAService:
         self.store = open_store(settings.store) if settings.store else SqliteMemoryStore.in_persist_dir(self.data_dir)
         self.slots = MemoryCache(self.compressor, self.store)
         self.splitter = SentenceSplitter(chunk_size=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
-        self.ingestion = MemoryIngestion(self.compressor, self.store)
+        self.ingestion = IcaeRagIngestion(self.compressor, self.store)
         self._index_lock = threading.Lock()
         self._embed_lock = threading.Lock()
         self.batcher = AnswerBatcher(self.compressor, self.slots.lock, max_new_tokens=settings.max_new_tokens,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import sys
+from functools import partial
+from pathlib import Path
 
+import llama_index.postprocessor.icae_rag as pkg
 import pytest
 from li_helpers import TEXTS, spy_compress
 from llama_index.core import Document, Settings, VectorStoreIndex
@@ -16,11 +21,14 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.postprocessor.icae_rag import (
-    MemoryIngestion,
-    MemoryPostprocessor,
-    MemorySynthesizer,
+    IcaeRagIngestion,
+    IcaeRagPostprocessor,
+    IcaeRagSynthesizer,
+    build_faiss_index,
     build_query_engine,
+    default_embed_model,
     faiss_vector_store,
+    load_faiss_index,
 )
 
 from icae_rag.errors import InvalidInputError
@@ -76,7 +84,7 @@ def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
 def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     engine = build_query_engine(_index(), tiny_raw, generation={"max_new_tokens": 4})
     sync = engine.query("Who walked on the Moon?")
-    native = MemoryPostprocessor._apostprocess_nodes
+    native = IcaeRagPostprocessor._apostprocess_nodes
     calls = []
 
     async def spy(self, nodes, query_bundle=None):
@@ -86,8 +94,8 @@ def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     def blocked(*args, **kwargs):
         raise AssertionError("aquery must not call the sync _postprocess_nodes")
 
-    monkeypatch.setattr(MemoryPostprocessor, "_postprocess_nodes", blocked)
-    monkeypatch.setattr(MemoryPostprocessor, "_apostprocess_nodes", spy)
+    monkeypatch.setattr(IcaeRagPostprocessor, "_postprocess_nodes", blocked)
+    monkeypatch.setattr(IcaeRagPostprocessor, "_apostprocess_nodes", spy)
     answer = asyncio.run(engine.aquery("Who walked on the Moon?"))
     assert calls == [len(sync.source_nodes)]
     assert answer.response == sync.response and sync.response
@@ -109,7 +117,7 @@ def test_concurrent_async_queries_share_one_compressor_safely(tiny_icae):
 def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
     from llama_index.core.llms import MockLLM
 
-    post, synth = MemoryPostprocessor(tiny_raw), MemorySynthesizer(tiny_raw, max_new_tokens=4)
+    post, synth = IcaeRagPostprocessor(tiny_raw), IcaeRagSynthesizer(tiny_raw, max_new_tokens=4)
     index = _index()
     with pytest.raises(AssertionError, match="OpenAI"):  # LlamaIndex's pitfall, which build_query_engine avoids
         index.as_query_engine(node_postprocessors=[post], response_synthesizer=synth)
@@ -134,7 +142,7 @@ def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
 
 def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
-    ingest = MemoryIngestion(tiny_icae, store)
+    ingest = IcaeRagIngestion(tiny_icae, store)
     index = _index(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), ingest])
     n_nodes = len(index.docstore.docs)
     assert len(store) == n_nodes >= len(DOCS)
@@ -148,7 +156,7 @@ def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, 
     assert len(store) == n_nodes + 1 and calls == [1], "inserting a document compresses its node"
     assert ingest.to_dict()["store_uri"] == str(store.path)
     with pytest.raises(InvalidInputError, match="needs a memory store"):
-        MemoryIngestion(tiny_icae)
+        IcaeRagIngestion(tiny_icae)
 
 
 def test_faiss_vector_stores_score_by_inner_product():
@@ -161,6 +169,32 @@ def test_faiss_vector_stores_score_by_inner_product():
     assert hnsw.hnsw.efSearch == 32
     with pytest.raises(InvalidInputError, match="'flat' or 'hnsw'"):
         faiss_vector_store(8, "ivf")
+
+
+# The [faiss] extra's modules: the package must import and build its components without them.
+EXTRA_MODULES = ("faiss", "llama_index.vector_stores.faiss", "llama_index.embeddings.huggingface")
+
+
+def test_the_package_imports_the_faiss_extra_only_inside_the_helpers():
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # Module-level statements only: an import inside a function runs when the helper is called.
+        for node in tree.body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith(EXTRA_MODULES)], (path.name, names)
+
+
+@pytest.mark.parametrize("missing", EXTRA_MODULES)
+def test_a_missing_faiss_extra_names_the_install_command(missing, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    build = partial(build_faiss_index, DOCS, embed_model=MockEmbedding(embed_dim=8))
+    load = partial(load_faiss_index, tmp_path, embed_model=MockEmbedding(embed_dim=8))
+    helpers = {"faiss": [build], "llama_index.vector_stores.faiss": [build, load],
+               "llama_index.embeddings.huggingface": [default_embed_model]}[missing]
+    for helper in helpers:
+        with pytest.raises(ImportError, match=r'pip install "llama-index-postprocessor-icae-rag\[faiss\]"'):
+            helper()
 
 
 def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, monkeypatch):
@@ -179,12 +213,12 @@ def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, mo
     nodes = SentenceSplitter(chunk_size=32, chunk_overlap=0).get_nodes_from_documents([Document(text=" ".join(TEXTS))])
     assert len(nodes) >= 2, "the document must split into several nodes"
     store = SqliteMemoryStore(tmp_path)
-    MemoryIngestion(kvzip, store, in_context=True)(nodes)
+    IcaeRagIngestion(kvzip, store, in_context=True)(nodes)
     texts, leads = seen[-1]
     assert leads[0] is None and leads[1:] == [n.get_content() for n in nodes[:-1]]
     assert store.get(texts[1], kvzip).metadata["lead_sha256"], "a query finds the node's in-context memory"
     seen.clear()
-    MemoryIngestion(kvzip, SqliteMemoryStore(tmp_path / "apart"))(nodes)
+    IcaeRagIngestion(kvzip, SqliteMemoryStore(tmp_path / "apart"))(nodes)
     assert seen[-1][1] is None, "by default nodes are encoded apart"
 
 
@@ -203,7 +237,7 @@ def test_ingestion_reports_the_budget_distribution_of_a_corpus(tmp_path):
     from icae_rag.errors import InvalidInputError
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.3)
-    ingest = MemoryIngestion(kvzip, SqliteMemoryStore.in_persist_dir(tmp_path))
+    ingest = IcaeRagIngestion(kvzip, SqliteMemoryStore.in_persist_dir(tmp_path))
     nodes = [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(TEXTS)]
     late = TextNode(text="Michael Collins stayed in lunar orbit aboard Columbia.", id_="late")
     with pytest.raises(InvalidInputError, match="ingest them first"):

@@ -10,8 +10,8 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import (
-    MemoryIngestion,
-    MemoryPostprocessor,
+    IcaeRagIngestion,
+    IcaeRagPostprocessor,
     build_query_engine,
 )
 
@@ -39,9 +39,9 @@ def test_nodes_indexed_into_lance_are_served_to_queries(tmp_path, monkeypatch):
     engine = build_query_engine(index, compressor, uri, similarity_top_k=3, generation={"max_new_tokens": 4})
     engine.query("When did Apollo 11 land?")
     assert calls == [], "nodes are keyed as the postprocessor keys them: the query compresses nothing"
-    post = MemoryPostprocessor(compressor, uri)
+    post = IcaeRagPostprocessor(compressor, uri)
     assert isinstance(post.store, LanceMemoryStore) and post.to_dict()["store_uri"] == uri
-    reopened = MemoryPostprocessor.from_dict(post.to_dict())
+    reopened = IcaeRagPostprocessor.from_dict(post.to_dict())
     assert isinstance(reopened.store, LanceMemoryStore)
 
 
@@ -50,7 +50,7 @@ def test_ingestion_step_writes_a_lance_store(tmp_path, monkeypatch):
     store = LanceMemoryStore(tmp_path / "memories.lance")
     index = VectorStoreIndex.from_documents(
         DOCS, embed_model=MockEmbedding(embed_dim=8),
-        transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), MemoryIngestion(compressor, store)])
+        transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), IcaeRagIngestion(compressor, store)])
     assert len(store) == len(index.docstore.docs)
     calls = spy_compress(compressor, monkeypatch)
     build_query_engine(index, compressor, store, similarity_top_k=2, generation={"max_new_tokens": 4}).query("Who?")

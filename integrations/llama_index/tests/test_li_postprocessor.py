@@ -1,4 +1,4 @@
-"""MemoryPostprocessor on tiny random backbones: 1:1 nodes, budget, bad nodes, async, cache, serialisation."""
+"""IcaeRagPostprocessor on tiny random backbones: 1:1 nodes, budget, bad nodes, async, cache, serialisation."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.icae_rag import (
     MEMORY_KEY,
-    MemoryIngestion,
-    MemoryPostprocessor,
-    MemorySynthesizer,
-    SoftPromptCompressEndEvent,
+    IcaeRagCompressEndEvent,
+    IcaeRagIngestion,
+    IcaeRagPostprocessor,
+    IcaeRagSynthesizer,
     build_query_engine,
 )
 
@@ -28,7 +28,7 @@ from icae_rag.stores import MemoryKey, SqliteMemoryStore
 def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
     nodes = make_nodes()
     before = [n.model_dump() for n in nodes]
-    out = MemoryPostprocessor(tiny_icae).postprocess_nodes(nodes, query_str="When did Apollo 11 land?")
+    out = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(nodes, query_str="When did Apollo 11 land?")
     assert [n.node.node_id for n in out] == ["n0", "n1", "n2", "n3"]
     assert [n.score for n in out] == [n.score for n in nodes]
     for old, new in zip(nodes, out, strict=True):
@@ -43,7 +43,7 @@ def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
 
 
 def test_keep_top_raw_keeps_the_best_scored_nodes_as_text(tiny_icae):
-    out = MemoryPostprocessor(tiny_icae, keep_top_raw=2).postprocess_nodes(make_nodes())
+    out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=2).postprocess_nodes(make_nodes())
     marks = {n.node.node_id: n.node.metadata[MEMORY_KEY] for n in out}
     assert marks["n1"] == marks["n3"] == "raw", "scores 0.9 and 0.5 are the best two"
     assert marks["n0"] != "raw" and marks["n2"] != "raw", "a node without a score ranks last"
@@ -54,15 +54,15 @@ def test_budget_caps_context_positions(tiny_icae, caplog):
     soft = [tiny_icae.compress(t).num_positions for t in texts]
     cap = soft[1] + soft[0]
     assert len(tiny_icae.tokenize(texts[1])) > cap and soft[3] > soft[0], "the sizes this test relies on"
-    with EventCollector(kind=SoftPromptCompressEndEvent) as seen, caplog.at_level(logging.INFO):
-        out = MemoryPostprocessor(tiny_icae, keep_top_raw=1, max_soft_tokens=cap).postprocess_nodes(make_nodes())
+    with EventCollector(kind=IcaeRagCompressEndEvent) as seen, caplog.at_level(logging.INFO):
+        out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1, max_soft_tokens=cap).postprocess_nodes(make_nodes())
     # Rank order n1 (raw, too long: compressed instead), n3 (too big: dropped), n0 (fits), n2 (no room left).
     assert [n.node.node_id for n in out] == ["n0", "n1"], "kept nodes stay in the input order"
     assert all(n.node.metadata[MEMORY_KEY] != "raw" for n in out)
     event = seen.events[-1]
     assert (event.nodes_in, event.soft_nodes, event.raw_nodes, event.dropped_nodes) == (4, 2, 0, 2)
     assert event.soft_tokens == cap and "compressing it instead" in caplog.text
-    assert MemoryPostprocessor(tiny_icae, max_soft_tokens=1).postprocess_nodes(make_nodes()) == []
+    assert IcaeRagPostprocessor(tiny_icae, max_soft_tokens=1).postprocess_nodes(make_nodes()) == []
     assert "no context is left" in caplog.text
 
 
@@ -70,13 +70,13 @@ def test_empty_nodes_are_dropped_and_image_nodes_keep_their_text(tiny_raw, caplo
     nodes = [NodeWithScore(node=TextNode(text="  \n", id_="empty", metadata={"file": "x"}), score=0.9),
              NodeWithScore(node=ImageNode(text="A photo of the Eagle lander.", image="aGVsbG8=", id_="img"), score=0.5)]
     with caplog.at_level(logging.WARNING):
-        out = MemoryPostprocessor(tiny_raw).postprocess_nodes(nodes)
+        out = IcaeRagPostprocessor(tiny_raw).postprocess_nodes(nodes)
     assert [n.node.node_id for n in out] == ["img"]
     assert "node empty has no text" in caplog.text and "node img carries an image" in caplog.text
 
 
 def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
-    post = MemoryPostprocessor(tiny_icae, keep_top_raw=1)
+    post = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1)
     sync = post.postprocess_nodes(make_nodes())  # no query bundle: compression ignores the query
     asyn = asyncio.run(post.apostprocess_nodes(make_nodes(), query_bundle=QueryBundle("When?")))
     assert [n.node.metadata for n in sync] == [n.node.metadata for n in asyn]
@@ -88,26 +88,26 @@ def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
 def test_slot_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
     store = SqliteMemoryStore(tmp_path)
-    with EventCollector(kind=SoftPromptCompressEndEvent) as seen:
-        MemoryPostprocessor(tiny_icae, store).postprocess_nodes(make_nodes())
+    with EventCollector(kind=IcaeRagCompressEndEvent) as seen:
+        IcaeRagPostprocessor(tiny_icae, store).postprocess_nodes(make_nodes())
         assert calls == [4] and len(store) == 4
         # A new process would have an empty memory: a second postprocessor reading the same directory.
-        again = MemoryPostprocessor(tiny_icae, str(tmp_path)).postprocess_nodes(make_nodes())
+        again = IcaeRagPostprocessor(tiny_icae, str(tmp_path)).postprocess_nodes(make_nodes())
     assert calls == [4], "all four soft prompts come from the store"
     assert [e.compressed for e in seen.events] == [4, 0]
     assert len(again) == 4
 
 
 def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
-    post = MemoryPostprocessor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_soft_tokens=300)
+    post = IcaeRagPostprocessor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_soft_tokens=300)
     data = post.to_dict()
-    assert MemoryPostprocessor.class_name() == data["class_name"] == "MemoryPostprocessor"
-    assert data == {"class_name": "MemoryPostprocessor", "compressor_name": "icae", "device": "auto",
+    assert IcaeRagPostprocessor.class_name() == data["class_name"] == "IcaeRagPostprocessor"
+    assert data == {"class_name": "IcaeRagPostprocessor", "compressor_name": "icae", "device": "auto",
                     "store_uri": str(tmp_path), "keep_top_raw": 1, "max_soft_tokens": 300, "batch_size": 8}
     loads = []
     monkeypatch.setattr("icae_rag.compressors.load_compressor",
                         lambda name, device: loads.append((name, device)) or tiny_icae)
-    rebuilt = MemoryPostprocessor.from_dict(data)
+    rebuilt = IcaeRagPostprocessor.from_dict(data)
     assert loads == [("icae", "auto")]
     assert rebuilt.compressor is tiny_icae and rebuilt.store.path == tmp_path
     assert rebuilt.to_dict() == data
@@ -115,11 +115,11 @@ def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
 
 def test_bad_arguments_raise_clear_errors(tiny_raw):
     with pytest.raises(ValueError, match="keep_top_raw"):
-        MemoryPostprocessor(tiny_raw, keep_top_raw=-1)
+        IcaeRagPostprocessor(tiny_raw, keep_top_raw=-1)
     with pytest.raises(InvalidInputError, match="compressor must be"):
-        MemoryPostprocessor(42)
+        IcaeRagPostprocessor(42)
     with pytest.raises(InvalidInputError, match="store must be"):
-        MemoryPostprocessor(tiny_raw, store=42)
+        IcaeRagPostprocessor(tiny_raw, store=42)
 
 
 def test_the_package_exports_its_own_names_and_takes_the_store_without_warning(tiny_raw, tmp_path):
@@ -130,8 +130,8 @@ def test_the_package_exports_its_own_names_and_takes_the_store_without_warning(t
                                             embed_model=MockEmbedding(embed_dim=8))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        assert MemoryPostprocessor(tiny_raw, store=store).store is store
-        assert MemorySynthesizer(tiny_raw, store=store, max_new_tokens=2).store is store
-        ingest = MemoryIngestion(tiny_raw, store_uri=str(tmp_path))
+        assert IcaeRagPostprocessor(tiny_raw, store=store).store is store
+        assert IcaeRagSynthesizer(tiny_raw, store=store, max_new_tokens=2).store is store
+        ingest = IcaeRagIngestion(tiny_raw, store_uri=str(tmp_path))
         build_query_engine(index, tiny_raw, store, generation={"max_new_tokens": 2})
     assert ingest.store_uri == str(tmp_path) and ingest.store.path == tmp_path

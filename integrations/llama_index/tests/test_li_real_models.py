@@ -16,7 +16,7 @@ from llama_index.core.base.response.schema import (
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import (
     MEMORY_KEY,
-    MemoryIngestion,
+    IcaeRagIngestion,
     build_faiss_index,
     build_query_engine,
     default_embed_model,
@@ -73,7 +73,7 @@ def documents():
 def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
     index = build_faiss_index(documents, kind="flat", embed_model=embed_model,
-                              transformations=[SentenceSplitter(), MemoryIngestion(icae, store)])
+                              transformations=[SentenceSplitter(), IcaeRagIngestion(icae, store)])
     assert len(store) == len(documents)
     index.storage_context.persist(tmp_path)
     store.close()

@@ -1,4 +1,4 @@
-"""MemorySynthesizer on tiny random backbones: soft prompt hand-off, raw nodes, errors, streaming, prompts."""
+"""IcaeRagSynthesizer on tiny random backbones: soft prompt hand-off, raw nodes, errors, streaming, prompts."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from llama_index.core.base.response.schema import (
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.postprocessor.icae_rag import (
     MEMORY_KEY,
-    MemoryPostprocessor,
-    MemorySynthesizer,
+    IcaeRagPostprocessor,
+    IcaeRagSynthesizer,
     best_last,
 )
 
@@ -30,9 +30,9 @@ QUESTION = "When did Apollo 11 land on the Moon?"
 
 def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(tiny_icae, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
-    nodes = MemoryPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
+    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
     assert calls == [4]
-    synth = MemorySynthesizer(tiny_icae, max_new_tokens=6)
+    synth = IcaeRagSynthesizer(tiny_icae, max_new_tokens=6)
     contexts = synth.contexts(nodes)
     assert calls == [4], "the synthesizer takes the postprocessor's soft prompts from memory"
     assert all(isinstance(c, SoftPrompt) for c in contexts)
@@ -46,9 +46,9 @@ def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(
 
 
 def test_raw_nodes_are_read_as_text_and_unmarked_nodes_compressed_on_the_fly(tiny_e2llm, tmp_path):
-    nodes = MemoryPostprocessor(tiny_e2llm, keep_top_raw=1).postprocess_nodes(make_nodes())
+    nodes = IcaeRagPostprocessor(tiny_e2llm, keep_top_raw=1).postprocess_nodes(make_nodes())
     store = SqliteMemoryStore(tmp_path)
-    synth = MemorySynthesizer(tiny_e2llm, store)
+    synth = IcaeRagSynthesizer(tiny_e2llm, store)
     contexts = synth.contexts(nodes)
     # Read highest-scored last: n2 (no score), n0 (0.2), n3 (0.5), n1 (0.9, kept raw).
     assert contexts[-1] == nodes[1].node.get_content(metadata_mode=MetadataMode.LLM), "n1 was kept raw"
@@ -68,31 +68,31 @@ def test_nodes_are_read_highest_scored_last_unless_asked_otherwise(tiny_raw):
     assert [n.node.node_id for n in best_last(tie)] == ["a", "b"], "equal scores keep the given order"
     sha = [text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
 
-    def read(synth: MemorySynthesizer) -> list[str]:
+    def read(synth: IcaeRagSynthesizer) -> list[str]:
         return [c.pieces[0].source_sha256 for c in synth.contexts(nodes)]
 
-    assert read(MemorySynthesizer(tiny_raw)) == [sha[2], sha[0], sha[3], sha[1]]
-    assert read(MemorySynthesizer(tiny_raw, best_last=False)) == sha
+    assert read(IcaeRagSynthesizer(tiny_raw)) == [sha[2], sha[0], sha[3], sha[1]]
+    assert read(IcaeRagSynthesizer(tiny_raw, best_last=False)) == sha
 
 
 def test_nodes_compressed_by_another_compressor_are_refused(tiny_icae, tiny_e2llm):
-    nodes = MemoryPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
+    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
     with pytest.raises(BackboneMismatchError, match="pass the same compressor"):
-        MemorySynthesizer(tiny_e2llm).synthesize(QUESTION, nodes)
+        IcaeRagSynthesizer(tiny_e2llm).synthesize(QUESTION, nodes)
 
 
 def test_text_changed_after_compression_is_compressed_again(tiny_icae, caplog):
-    nodes = MemoryPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
+    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
     edited = [NodeWithScore(node=nodes[0].node.model_copy(update={"text": "Edited text about Apollo."}), score=0.1)]
     with caplog.at_level(logging.WARNING):
-        contexts = MemorySynthesizer(tiny_icae).contexts(edited)
+        contexts = IcaeRagSynthesizer(tiny_icae).contexts(edited)
     assert "changed after it was compressed" in caplog.text
     assert contexts[0].pieces[0].source_sha256 == text_sha256(edited[0].node.get_content(metadata_mode=MetadataMode.LLM))
 
 
 def test_bad_queries_and_nodes_without_text(tiny_raw, caplog):
-    nodes = MemoryPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
-    synth = MemorySynthesizer(tiny_raw, max_new_tokens=4)
+    nodes = IcaeRagPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    synth = IcaeRagSynthesizer(tiny_raw, max_new_tokens=4)
     with pytest.raises(InvalidInputError, match="query is empty"):
         synth.synthesize("  ", nodes)
     with pytest.raises(InvalidInputError, match="needs a query"):
@@ -103,16 +103,16 @@ def test_bad_queries_and_nodes_without_text(tiny_raw, caplog):
     with caplog.at_level(logging.WARNING):
         assert synth.synthesize(QUESTION, empty).response == "Empty Response"
     assert "instead of a closed-book answer" in caplog.text
-    streaming = MemorySynthesizer(tiny_raw, streaming=True)
+    streaming = IcaeRagSynthesizer(tiny_raw, streaming=True)
     assert list(streaming.synthesize(QUESTION, empty).response_gen) == ["Empty Response"]
     with pytest.raises(InvalidInputError, match="valid generation options"):
-        MemorySynthesizer(tiny_raw, max_tokens=5)
+        IcaeRagSynthesizer(tiny_raw, max_tokens=5)
 
 
 def test_streaming_sync_and_async(tiny_icae, monkeypatch):
-    nodes = MemoryPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
-    full = MemorySynthesizer(tiny_icae, max_new_tokens=12).synthesize(QUESTION, nodes).response
-    synth = MemorySynthesizer(tiny_icae, streaming=True, max_new_tokens=12)
+    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
+    full = IcaeRagSynthesizer(tiny_icae, max_new_tokens=12).synthesize(QUESTION, nodes).response
+    synth = IcaeRagSynthesizer(tiny_icae, streaming=True, max_new_tokens=12)
     gate = GatedStream(tiny_icae, monkeypatch)
     response = synth.synthesize(QUESTION, nodes)
     assert isinstance(response, StreamingResponse)
@@ -130,9 +130,9 @@ def test_streaming_sync_and_async(tiny_icae, monkeypatch):
 
 
 def test_a_stream_that_ends_at_once_gives_the_empty_response(tiny_raw, monkeypatch):
-    nodes = MemoryPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    nodes = IcaeRagPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
     monkeypatch.setattr(tiny_raw, "stream", lambda question, contexts, **kw: iter(()))
-    synth = MemorySynthesizer(tiny_raw, streaming=True)
+    synth = IcaeRagSynthesizer(tiny_raw, streaming=True)
     assert list(synth.synthesize(QUESTION, nodes).response_gen) == ["Empty Response"]
 
     async def run() -> list[str]:
@@ -143,8 +143,8 @@ def test_a_stream_that_ends_at_once_gives_the_empty_response(tiny_raw, monkeypat
 
 def test_closing_a_stream_early_releases_the_compressor(tiny_icae):
     expected = tiny_icae.compress("After the stream.").embeddings
-    nodes = MemoryPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
-    synth = MemorySynthesizer(tiny_icae, streaming=True, max_new_tokens=200)
+    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
+    synth = IcaeRagSynthesizer(tiny_icae, streaming=True, max_new_tokens=200)
     gen = synth.synthesize(QUESTION, nodes).response_gen
     next(gen)
     gen.close()
@@ -153,14 +153,14 @@ def test_closing_a_stream_early_releases_the_compressor(tiny_icae):
     assert lock.acquire(timeout=30)
     lock.release()
     assert torch.equal(tiny_icae.compress("After the stream.").embeddings, expected), "LoRA is on again"
-    fresh = MemorySynthesizer(tiny_icae, max_new_tokens=4)
+    fresh = IcaeRagSynthesizer(tiny_icae, max_new_tokens=4)
     again = fresh.synthesize(QUESTION, nodes)
     assert again.response == tiny_icae.answer(QUESTION, fresh.contexts(nodes), max_new_tokens=4).text
 
 
 def test_question_template_through_the_prompt_mixin(tiny_raw, monkeypatch):
-    nodes = MemoryPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
-    synth = MemorySynthesizer(tiny_raw, max_new_tokens=4)
+    nodes = IcaeRagPostprocessor(tiny_raw).postprocess_nodes(make_nodes()[:1])
+    synth = IcaeRagSynthesizer(tiny_raw, max_new_tokens=4)
     assert list(synth.get_prompts()) == ["question_template"]
     asked = []
     original = tiny_raw.answer

@@ -92,8 +92,8 @@ class UsesCompressor:
         return self._cache.store
 
 
-class MemoryComponent(UsesCompressor, BaseComponent):
-    """Serialisable fields and construction of `MemoryPostprocessor` and `MemoryIngestion`."""
+class IcaeRagComponent(UsesCompressor, BaseComponent):
+    """Serialisable fields and construction of `IcaeRagPostprocessor` and `IcaeRagIngestion`."""
 
     needs_store: ClassVar[bool] = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -14,10 +15,21 @@ from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.stores import as_store
 
-from .postprocessor import MemoryPostprocessor
-from .synthesizer import MemorySynthesizer
+from .postprocessor import IcaeRagPostprocessor
+from .synthesizer import IcaeRagSynthesizer
 
 MINILM_DIM = 384
+# FAISS and the HuggingFace embeddings are an optional extra: a postprocessor needs neither.
+FAISS_EXTRA = 'pip install "llama-index-postprocessor-icae-rag[faiss]"'
+
+
+def _import_extra(module: str) -> Any:
+    """Import `module`, a package of the [faiss] extra, or raise an ImportError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is missing ({e}): the FAISS index and MiniLM embedding helpers need "
+                          f"the [faiss] extra: {FAISS_EXTRA}") from e
 
 
 def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *, streaming: bool = False,
@@ -26,7 +38,7 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
                        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
                        generation: dict[str, Any] | None = None, best_last: bool = True, device: str = "auto",
                        **kwargs: Any):
-    """`index.as_query_engine` with a `MemoryPostprocessor` (after `node_postprocessors`) and a `MemorySynthesizer`.
+    """`index.as_query_engine` with a `IcaeRagPostprocessor` (after `node_postprocessors`) and a `IcaeRagSynthesizer`.
 
     Both share one compressor (an instance, a kind or a checkpoint dir; default kvzip) and one
     optional memory store (a store, a directory or a store URI). `best_last`: the synthesizer reads the highest-scored node last, next to the
@@ -35,8 +47,8 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
     `Settings.llm` (OpenAI by default) is never resolved.
     """
     loaded, store = as_compressor(compressor, device=device), as_store(store)
-    post = MemoryPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
-    synth = MemorySynthesizer(loaded, store, streaming=streaming, question_template=question_template,
+    post = IcaeRagPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
+    synth = IcaeRagSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
                               best_last=best_last, **(generation or {}))
     return index.as_query_engine(llm=MockLLM(), node_postprocessors=[*node_postprocessors, post],
                                  response_synthesizer=synth, **kwargs)
@@ -44,10 +56,9 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
 
 def default_embed_model(*, device: str | None = None, **kwargs: Any):
     """`HuggingFaceEmbedding` on the packaged all-MiniLM-L6-v2 (384-d, L2-normalised), loaded offline."""
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
     from icae_rag.backbones import default_encoder_dir
 
+    HuggingFaceEmbedding = _import_extra("llama_index.embeddings.huggingface").HuggingFaceEmbedding
     # local_files_only goes through to SentenceTransformer: a local directory, never the hub.
     return HuggingFaceEmbedding(model_name=str(default_encoder_dir()), normalize=True, device=device,
                                 local_files_only=True, **kwargs)
@@ -59,9 +70,8 @@ def faiss_vector_store(dim: int = MINILM_DIM, kind: Literal["flat", "hnsw"] = "f
 
     "flat" is exact (`IndexFlatIP`); "hnsw" is approximate (`hnsw_m` links per node, `ef_search` candidates).
     """
-    import faiss
-    from llama_index.vector_stores.faiss import FaissVectorStore
-
+    faiss = _import_extra("faiss")
+    FaissVectorStore = _import_extra("llama_index.vector_stores.faiss").FaissVectorStore
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
@@ -76,7 +86,7 @@ def build_faiss_index(documents: Sequence[Any], *, kind: Literal["flat", "hnsw"]
                       transformations: Sequence[Any] | None = None, **kwargs: Any):
     """A `VectorStoreIndex` of documents on a FAISS inner-product store, embedded offline by MiniLM.
 
-    `transformations` (e.g. ``[SentenceSplitter(), MemoryIngestion(...)]``) also apply to later
+    `transformations` (e.g. ``[SentenceSplitter(), IcaeRagIngestion(...)]``) also apply to later
     `index.insert` calls. Persist with ``index.storage_context.persist(dir)``; reload with `load_faiss_index`.
     """
     from llama_index.core import StorageContext, VectorStoreIndex
@@ -92,8 +102,8 @@ def build_faiss_index(documents: Sequence[Any], *, kind: Literal["flat", "hnsw"]
 def load_faiss_index(persist_dir: str | os.PathLike, *, embed_model: Any = None, **kwargs: Any):
     """Reload an index persisted by ``index.storage_context.persist(persist_dir)`` on a FAISS store."""
     from llama_index.core import StorageContext, load_index_from_storage
-    from llama_index.vector_stores.faiss import FaissVectorStore
 
+    FaissVectorStore = _import_extra("llama_index.vector_stores.faiss").FaissVectorStore
     persist_dir = os.fspath(persist_dir)
     storage = StorageContext.from_defaults(vector_store=FaissVectorStore.from_persist_dir(persist_dir),
                                            persist_dir=persist_dir)

@@ -1,4 +1,4 @@
-"""`MemoryIngestion`: compress nodes into the memory store as they are inserted into an index."""
+"""`IcaeRagIngestion`: compress nodes into the memory store as they are inserted into an index."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 from icae_rag.compressors.kvzip import budget_summary
 from icae_rag.errors import InvalidInputError
 
-from ._shared import MemoryComponent, node_text
+from ._shared import IcaeRagComponent, node_text
 
 logger = logging.getLogger(__name__)
 
 
-class MemoryIngestion(MemoryComponent, TransformComponent):
+class IcaeRagIngestion(IcaeRagComponent, TransformComponent):
     """An ingestion transformation that precomputes each node's memory into a memory store.
 
     Nodes are returned unchanged; their memories are keyed by the text the synthesizer reads, so
     later queries compress nothing. Put it last, after anything that changes node text or
     LLM-visible metadata (else queries compress again: correct, slower). An `IngestionPipeline`
     cache hit skips this step: point it at the same memory store as before.
-    Example: ``transformations=[SentenceSplitter(), MemoryIngestion(compressor, store)]``.
+    Example: ``transformations=[SentenceSplitter(), IcaeRagIngestion(compressor, store)]``.
     """
 
     needs_store = True
@@ -37,7 +37,7 @@ class MemoryIngestion(MemoryComponent, TransformComponent):
 
     @classmethod
     def class_name(cls) -> str:
-        return "MemoryIngestion"
+        return "IcaeRagIngestion"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Compress the nodes missing from the store; return the nodes unchanged."""

@@ -1,4 +1,4 @@
-"""`MemoryPostprocessor`: a node postprocessor that turns retrieved nodes into memories."""
+"""`IcaeRagPostprocessor`: a node postprocessor that turns retrieved nodes into memories."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._shared import RAW, MemoryComponent, mark, node_text, score_order
+from ._shared import RAW, IcaeRagComponent, mark, node_text, score_order
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 
-class SoftPromptCompressEndEvent(BaseEvent):
-    """Emitted by `MemoryPostprocessor` once per call: what the context costs the decoder now."""
+class IcaeRagCompressEndEvent(BaseEvent):
+    """Emitted by `IcaeRagPostprocessor` once per call: what the context costs the decoder now."""
 
     nodes_in: int
     soft_nodes: int
@@ -33,23 +33,23 @@ class SoftPromptCompressEndEvent(BaseEvent):
 
     @classmethod
     def class_name(cls) -> str:
-        return "SoftPromptCompressEndEvent"
+        return "IcaeRagCompressEndEvent"
 
 
-class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
+class IcaeRagPostprocessor(IcaeRagComponent, BaseNodePostprocessor):
     """Turns retrieved nodes into memories (from the memory store when present), one output node per input node.
 
     Output nodes are copies in input order; the memory's key goes into the metadata key
     ``icae_rag_slot_key`` (`MEMORY_KEY`) (hidden from the LLM and the embedder; ``"raw"`` for nodes kept as text),
-    where `MemorySynthesizer` looks it up: pass both the same `Compressor` object (or use
+    where `IcaeRagSynthesizer` looks it up: pass both the same `Compressor` object (or use
     `build_query_engine`). The query is not used, so `query_bundle` may be None.
 
     Budget: `keep_top_raw` highest-scored nodes stay raw text (unscored nodes rank last);
     `max_soft_tokens` caps the decoder positions of the context: taken best first, a raw node that
     does not fit is compressed instead, a soft one that does not fit is dropped (INFO log, counted
-    in `SoftPromptCompressEndEvent`). Nodes with empty text are dropped; media nodes keep their text.
+    in `IcaeRagCompressEndEvent`). Nodes with empty text are dropped; media nodes keep their text.
 
-    Example: ``MemoryPostprocessor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
+    Example: ``IcaeRagPostprocessor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
     """
 
     keep_top_raw: int = Field(default=0, ge=0, description="Highest-scored nodes kept as raw text.")
@@ -58,7 +58,7 @@ class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
-        return "MemoryPostprocessor"
+        return "IcaeRagPostprocessor"
 
     def _postprocess_nodes(self, nodes: list[NodeWithScore],
                            query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
@@ -70,7 +70,7 @@ class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
         return await asyncio.to_thread(self._compress, nodes)
 
     def _compress(self, nodes: Sequence[NodeWithScore]) -> list[NodeWithScore]:
-        """A marked copy of each kept node, in input order; emits one SoftPromptCompressEndEvent."""
+        """A marked copy of each kept node, in input order; emits one IcaeRagCompressEndEvent."""
         start = time.perf_counter()
         usable = [(i, text) for i, n in enumerate(nodes) if (text := node_text(n.node)) is not None]
         # Best first; sorted() stays stable when reversed: equal scores keep the retriever's order.
@@ -78,7 +78,7 @@ class MemoryPostprocessor(MemoryComponent, BaseNodePostprocessor):
         fitted, compressed = self._cache.fit([t for _, t in ranked], keep_raw=self.keep_top_raw,
                                              max_positions=self.max_soft_tokens, batch_size=self.batch_size)
         kept = {i: f for (i, _), f in zip(ranked, fitted, strict=True) if f is not None}
-        dispatcher.event(SoftPromptCompressEndEvent(
+        dispatcher.event(IcaeRagCompressEndEvent(
             nodes_in=len(nodes),
             soft_nodes=sum(f.key is not None for f in kept.values()),
             raw_nodes=sum(f.key is None for f in kept.values()),

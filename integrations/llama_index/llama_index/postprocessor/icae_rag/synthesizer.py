@@ -1,4 +1,4 @@
-"""`MemorySynthesizer`: answers by conditioning the decoder on the nodes' memories."""
+"""`IcaeRagSynthesizer`: answers by conditioning the decoder on the nodes' memories."""
 
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ DEFAULT_QUESTION_TEMPLATE = PromptTemplate("{query_str}")
 _NODES = "icae_rag_nodes"  # response kwarg through which synthesize() hands its nodes to get_response()
 
 
-class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
+class IcaeRagSynthesizer(UsesCompressor, BaseSynthesizer):
     """Answers with the compressor's decoder reading the nodes' memories instead of their text.
 
-    A node marked by `MemoryPostprocessor` is read as its memory (from recent memories, then the memory
+    A node marked by `IcaeRagPostprocessor` is read as its memory (from recent memories, then the memory
     store) or, if marked raw, as its text; an unmarked node is compressed on the fly. The decoder's
     question is `question_template` (``{query_str}`` only; key ``"question_template"`` in
     `get_prompts()`); instruction and context layout are `icae_rag.decoding.build_prompt`'s.
@@ -56,7 +56,7 @@ class MemorySynthesizer(UsesCompressor, BaseSynthesizer):
                  question_template: BasePromptTemplate | str | None = None, device: str = "auto",
                  batch_size: int = 8, best_last: bool = True, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
-        """`compressor`/`store` as for MemoryPostprocessor; `generation`: max_new_tokens, do_sample, ..."""
+        """`compressor`/`store` as for IcaeRagPostprocessor; `generation`: max_new_tokens, do_sample, ..."""
         self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
@@ -151,8 +151,8 @@ def _check_mark(node_id: str, mark: str, text: str, identity: tuple[str, str, st
     if key.identity != identity:
         raise BackboneMismatchError(
             f"node {node_id} was compressed by {'/'.join(key.identity)}, but this synthesizer's compressor is "
-            f"{'/'.join(identity)}: pass the same compressor to MemoryPostprocessor and "
-            "MemorySynthesizer (build_query_engine does)")
+            f"{'/'.join(identity)}: pass the same compressor to IcaeRagPostprocessor and "
+            "IcaeRagSynthesizer (build_query_engine does)")
     if key.text_sha256 != text_sha256(text):
         logger.warning("node %s: its text changed after it was compressed; compressing it again", node_id)
 
@@ -171,12 +171,12 @@ def _check_template(template: BasePromptTemplate | str) -> BasePromptTemplate:
 
 def _check_query(query: Any) -> None:
     if not isinstance(query, (str, QueryBundle)):
-        raise InvalidInputError(f"MemorySynthesizer needs a query (str or QueryBundle), got {type(query).__name__}")
+        raise InvalidInputError(f"IcaeRagSynthesizer needs a query (str or QueryBundle), got {type(query).__name__}")
 
 
 def _pop_nodes(response_kwargs: dict[str, Any]) -> list[NodeWithScore] | None:
     nodes = response_kwargs.pop(_NODES, None)
     if response_kwargs:
-        raise InvalidInputError(f"unknown response options {sorted(response_kwargs)}: MemorySynthesizer takes "
+        raise InvalidInputError(f"unknown response options {sorted(response_kwargs)}: IcaeRagSynthesizer takes "
                                 "generation options (max_new_tokens, ...) in its constructor")
     return nodes
