@@ -38,7 +38,7 @@ $(VENV_TF_LOW)/.installed: pyproject.toml Makefile
 
 test-transformers-low: $(VENV_TF_LOW)/.installed
 	$(VENV_TF_LOW)/bin/python -c "import transformers; assert transformers.__version__ == '$(TF_LOW)', transformers.__version__"
-	$(VENV_TF_LOW)/bin/python -m pytest -q tests/test_generation.py tests/test_kvzip.py tests/test_hf_compat.py
+	$(VENV_TF_LOW)/bin/python -m pytest -q tests/test_decoding.py tests/test_kvzip.py tests/test_hf_compat.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

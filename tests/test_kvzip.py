@@ -270,7 +270,7 @@ def test_bad_config_is_a_typed_error(bad):
         new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **bad)
 
 
-def test_slot_store_keeps_kv_memories(tmp_path, kvzip):
+def test_sqlite_store_keeps_kv_memories(tmp_path, kvzip):
     store = SqliteMemoryStore(tmp_path / "store")
     first = store.get_or_compress([TEXT, SECOND], kvzip)
     again = store.get_or_compress([TEXT, SECOND], kvzip)

@@ -85,7 +85,7 @@ def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
     assert post.postprocess_nodes([]) == []
 
 
-def test_slot_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, monkeypatch):
+def test_a_memory_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, monkeypatch):
     calls = spy_compress(tiny_icae, monkeypatch)
     store = SqliteMemoryStore(tmp_path)
     with EventCollector(kind=IcaeRagCompressEndEvent) as seen:
