@@ -111,6 +111,8 @@ def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
     assert loads == [("icae", "auto")]
     assert rebuilt.compressor is tiny_icae and rebuilt.store.path == tmp_path
     assert rebuilt.to_dict() == data
+    serialised_by_0_1 = {**data, "class_name": "MemoryPostprocessor"}  # the class's 0.1 name
+    assert IcaeRagPostprocessor.from_dict(serialised_by_0_1).to_dict() == data
 
 
 def test_bad_arguments_raise_clear_errors(tiny_raw):
