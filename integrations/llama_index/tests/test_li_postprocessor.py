@@ -137,3 +137,18 @@ def test_the_package_exports_its_own_names_and_takes_the_store_without_warning(t
         ingest = IcaeRagIngestion(tiny_raw, store_uri=str(tmp_path))
         build_query_engine(index, tiny_raw, store, generation={"max_new_tokens": 2})
     assert ingest.store_uri == str(tmp_path) and ingest.store.path == tmp_path
+
+
+def test_the_store_keywords_removed_in_0_2_raise_naming_the_new_ones(tiny_raw, tmp_path):
+    index = VectorStoreIndex.from_documents([Document(text="The ship sailed at dawn.")],
+                                            embed_model=MockEmbedding(embed_dim=8))
+    old = {"slot_store": str(tmp_path)}  # 0.1's keyword: dropped silently, the store would be lost
+    for build in (lambda: IcaeRagPostprocessor(tiny_raw, **old), lambda: IcaeRagSynthesizer(tiny_raw, **old),
+                  lambda: build_query_engine(index, tiny_raw, **old)):
+        with pytest.raises(TypeError, match="removed in 0.2, pass store="):
+            build()
+    old_dir = {"slot_store_dir": str(tmp_path)}  # 0.1's field, as a 0.1 dict serialised it
+    with pytest.raises(TypeError, match="removed in 0.2, pass store_uri="):
+        IcaeRagPostprocessor.from_dict({"compressor_name": "raw", **old_dir})
+    with pytest.raises(TypeError, match="removed in 0.2, pass store_uri="):
+        IcaeRagIngestion(tiny_raw, **old_dir)

@@ -78,6 +78,18 @@ def mark(node: BaseNode, value: str) -> BaseNode:
     })
 
 
+# Store keywords 0.2 removed. Pydantic and `as_query_engine` would drop them silently and the
+# component would run without its store: they raise, naming the new keyword.
+REMOVED_KEYWORDS = {"slot_store": "store", "slot_store_dir": "store_uri"}  # 0.1's name -> 0.2's
+
+
+def reject_removed_keywords(data: dict[str, Any], owner: str) -> None:
+    """Raise TypeError if `data` holds a keyword 0.2 removed, naming its replacement."""
+    for old, new in REMOVED_KEYWORDS.items():
+        if old in data:
+            raise TypeError(f"{owner}: the keyword {old} was removed in 0.2, pass {new}= (see CHANGELOG.md)")
+
+
 class UsesCompressor:
     """The `compressor` and `store` of a component that keeps them in a `MemoryCache` (`_cache`)."""
 
@@ -108,6 +120,7 @@ class IcaeRagComponent(UsesCompressor, BaseComponent):
     def __init__(self, compressor: Any = None, store: Any = None, **data: Any) -> None:
         """`compressor`: a Compressor, a kind or a checkpoint dir; `store`: a memory store, a directory,
         a store URI or None."""
+        reject_removed_keywords(data, type(self).__name__)
         name = data.pop("compressor_name", None) or DEFAULT_KIND
         uri = data.pop("store_uri", None)
         store = as_store(store if store is not None else uri)

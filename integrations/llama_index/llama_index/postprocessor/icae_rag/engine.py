@@ -15,6 +15,7 @@ from icae_rag.compressors import as_compressor
 from icae_rag.errors import InvalidInputError
 from icae_rag.stores import as_store
 
+from ._shared import reject_removed_keywords
 from .postprocessor import IcaeRagPostprocessor
 from .synthesizer import IcaeRagSynthesizer
 
@@ -46,6 +47,7 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
     `index.as_query_engine` (e.g. similarity_top_k). The engine's llm is a `MockLLM`, so
     `Settings.llm` (OpenAI by default) is never resolved.
     """
+    reject_removed_keywords(kwargs, "build_query_engine")
     loaded, store = as_compressor(compressor, device=device), as_store(store)
     post = IcaeRagPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
     synth = IcaeRagSynthesizer(loaded, store, streaming=streaming, question_template=question_template,

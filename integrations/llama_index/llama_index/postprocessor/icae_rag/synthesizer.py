@@ -24,7 +24,7 @@ from icae_rag.serving import MemoryCache, TokenStream
 from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import MemoryKey, as_store
 
-from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text
+from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text, reject_removed_keywords
 
 if TYPE_CHECKING:
     from icae_rag.memory import Memory
@@ -57,6 +57,7 @@ class IcaeRagSynthesizer(UsesCompressor, BaseSynthesizer):
                  batch_size: int = 8, best_last: bool = True, callback_manager: CallbackManager | None = None,
                  **generation: Any) -> None:
         """`compressor`/`store` as for IcaeRagPostprocessor; `generation`: max_new_tokens, do_sample, ..."""
+        reject_removed_keywords(generation, type(self).__name__)
         self._generation = dataclasses.asdict(GenerationConfig.from_options(generation))
         super().__init__(llm=MockLLM(), callback_manager=callback_manager, streaming=streaming)
         self._question_template = _check_template(question_template or DEFAULT_QUESTION_TEMPLATE)
