@@ -1,13 +1,13 @@
 """icae_rag: answer from compressed context memories.
 
 The default kind, kvzip, needs no training: a passage's memory is the decoder's own keys and values,
-pruned to the entries it attends to (4x by default). ICAE and E2LLM (trained input-level soft
+pruned to the entries it attends to, each passage as small as its self-check allows. ICAE and E2LLM (trained input-level soft
 prompts) and raw text share the same interface.
 
 The common case::
 
     from icae_rag import load_compressor
-    compressor = load_compressor()              # kvzip (4x) on SmolLM2-135M-Instruct
+    compressor = load_compressor()              # kvzip (adaptive budget) on SmolLM2-135M-Instruct
     memory = compressor.compress(long_text)     # a KvMemory (a SoftPrompt for icae, e2llm, raw)
     print(compressor.answer("Who ...?", [memory]).text)
 """
@@ -25,7 +25,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     __version__ = "0+unknown"
 # What `load_compressor()`, the CLI and the integrations use when no kind is named: the kind that
-# answers held-out SQuAD best (README, Results: kvzip at 4x, no training).
+# answers held-out SQuAD best without training (README, Results).
 DEFAULT_KIND = "kvzip"
 
 # Public names -> defining module; imported on first use so `import icae_rag.data` stays light.
