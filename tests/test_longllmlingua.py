@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import warnings
 
 import pytest
 
@@ -66,6 +67,16 @@ def test_iterative_windows_work_with_transformers_caches(lingua):
     out = lingua._lingua.compress_prompt([long_text], question=QUESTION, target_token=n // 4, iterative_size=48,
                                          use_context_level_filter=False, **longllmlingua._DEFAULTS)
     assert lingua.count_tokens(out["compressed_prompt"]) < 0.6 * n
+
+
+def test_the_decoder_gets_no_deprecated_cache_keyword(lingua):
+    # transformers 5.24 renamed past_key_values to cache and drops the old name in 5.40: a warning
+    # now is an error on a release pyproject allows.
+    long_text = " ".join(PASSAGES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        lingua._lingua.compress_prompt([long_text], question=QUESTION, target_token=lingua.count_tokens(long_text) // 4,
+                                       iterative_size=48, use_context_level_filter=False, **longllmlingua._DEFAULTS)
 
 
 def test_offline_and_tiktoken_restored(monkeypatch):

@@ -3,6 +3,8 @@
 The same local decoder that reads the contexts scores the tokens, and every count is in its own
 tokenizer. llmlingua 0.2.2 is fixed in a thin subclass (site-packages is untouched):
 - it slices past_key_values as tuples, but transformers 5 returns `DynamicCache` objects;
+- it hands the cache to the decoder as `past_key_values=`, a keyword transformers 5.24 renamed to
+  `cache` (the old one goes in 5.40): the decoder is called through `hf_compat`'s name instead;
 - for a prompt shorter than `iterative_size` (upstream issue #196) its window end goes negative and
   every token is kept; for longer ones the final partial window is never compressed (we use one
   window over the whole input);
@@ -16,9 +18,11 @@ from __future__ import annotations
 import functools
 import numbers
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 from ..errors import InvalidInputError
+from ..hf_compat import cache_arg, output_cache
 
 # LongLLMLingua's question-aware settings, as in the paper and LlamaIndex's postprocessor.
 _DEFAULTS = dict(
@@ -60,12 +64,27 @@ def _compressor_class() -> type:
         def __getitem__(self, layer: int):
             return self.layers[layer].keys, self.layers[layer].values
 
+    class _CacheKeyword:
+        """The decoder as llmlingua calls it (`past_key_values=` in, `.past_key_values` out), called
+        with the installed transformers' name for the cache."""
+
+        def __init__(self, model) -> None:
+            self.model = model
+
+        def __call__(self, *args, past_key_values=None, **kwargs) -> SimpleNamespace:
+            out = self.model(*args, **kwargs, **cache_arg(past_key_values))
+            return SimpleNamespace(logits=out.logits, past_key_values=output_cache(out))
+
     class _Compressor(PromptCompressor):
         def get_ppl(self, *args, past_key_values=None, return_kv=False, **kwargs):
             """Per-token loss; the KV cache goes in and out as llmlingua's [(k, v), ...] list."""
             if past_key_values is not None and not isinstance(past_key_values, Cache):
                 past_key_values = _IndexableCache(past_key_values)
-            out = super().get_ppl(*args, past_key_values=past_key_values, return_kv=return_kv, **kwargs)
+            model, self.model = self.model, _CacheKeyword(self.model)
+            try:
+                out = super().get_ppl(*args, past_key_values=past_key_values, return_kv=return_kv, **kwargs)
+            finally:
+                self.model = model
             if not return_kv:
                 return out
             loss, cache = out
