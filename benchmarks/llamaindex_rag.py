@@ -204,7 +204,10 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
         if vs_raw is not None:
             r["contained_vs_raw"] = vs_raw
     questions = [{"id": it.id, "question": it.question, "answers": list(it.answers),
-                  "predictions": {name: answers[i] for name, answers in predictions.items()}} for i, it in enumerate(items)]
+                  "predictions": {name: answers[i] for name, answers in predictions.items()},
+                  # Each mode's gold log-likelihood and raw's lead-in, so subsets can be compared afterwards.
+                  "gold_logliks": {name: runs[i]["loglik"] for name, runs in rows.items() if "loglik" in runs[i]},
+                  "gold_target": rows["raw"][i].get("gold_target")} for i, it in enumerate(items)]
     return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "comparisons": comparisons,
             "questions": questions}
 

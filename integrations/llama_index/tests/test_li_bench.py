@@ -52,6 +52,9 @@ def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_
     for name, r in modes.items():
         assert r["gold_loglik"]["low"] <= r["gold_loglik"]["mean"] <= r["gold_loglik"]["high"] < 0
         assert "loglik_diff" in result["comparisons"]["raw"].get(name, {"loglik_diff": 0})
+    q1 = result["questions"][0]
+    assert set(q1["gold_logliks"]) == set(modes) and len(q1["gold_target"]) == 2  # (lead-in, gold)
+    assert result["questions"][2]["gold_logliks"] == {}  # unanswerable: no gold to score
     record = {"dataset": "toy", "split": "toy", "documents": ["a", "b"], "n": 3, "seed": 0}
     assert "| icae |" in rag_markdown(record, result, opts)
 
