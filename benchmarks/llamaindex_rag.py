@@ -276,7 +276,7 @@ def _read_positions(reader: Any, event: Any) -> int:
     memory stored larger than it is read (`stored_ratio`) is read at `ratio`."""
     config = getattr(reader, "config", None)
     if getattr(config, "stored_ratio", None) is None:
-        return event.soft_tokens
+        return event.context_positions
     return math.ceil(event.source_tokens * config.keep)
 
 

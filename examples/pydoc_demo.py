@@ -34,7 +34,7 @@ def main() -> None:
             sys.exit(f"icae-rag ask --compressor {kind} failed:\n{out.stderr or out.stdout}")
         r = json.loads(out.stdout)
         note = "" if r["trained"] else "  [untrained compressor: expect noise]"
-        print(f"{kind:>6}: {r['input_tokens']} tokens -> {r['soft_tokens']} decoder positions "
+        print(f"{kind:>6}: {r['input_tokens']} tokens -> {r['context_positions']} decoder positions "
               f"(x{r['compression_ratio']}), {r['seconds']} s{note}\n        {r['answer'][:200]!r}")
 
 

@@ -92,7 +92,8 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
                     "score": p.score} | ({} if b is None else {"ratio": b["ratio"], "fidelity": b["fidelity"]})
                    for p, b in zip(passages, budgets, strict=True)],
         "input_tokens": ans.source_tokens,
-        "soft_tokens": ans.context_positions,
+        "context_positions": ans.context_positions,
+        "soft_tokens": ans.context_positions,  # 0.1 name, emitted beside the new one until 0.3
         "decoder_positions": ans.input_positions,
         "compression_ratio": round(ans.compression_ratio, 3),
         "new_tokens": ans.new_tokens,
@@ -113,7 +114,8 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     from .compressors.kvzip import memory_budget
 
     budget = memory_budget(prompt)
-    return {"output": str(args.output), "compressor": compressor.kind, "soft_tokens": prompt.num_positions,
+    return {"output": str(args.output), "compressor": compressor.kind, "context_positions": prompt.num_positions,
+            "soft_tokens": prompt.num_positions,  # 0.1 name, until 0.3
             "input_tokens": prompt.source_tokens, "compression_ratio": round(prompt.compression_ratio, 3),
             "fidelity": budget["fidelity"], "fidelity_target": budget["fidelity_target"],
             "pieces": len(prompt.pieces)}
@@ -127,7 +129,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     prompt = Memory.load(args.file)
     compressor = _load(args, kind=prompt.compressor)
     return {"text": compressor.reconstruct(prompt), "compressor": prompt.compressor,
-            "soft_tokens": prompt.num_positions, "input_tokens": prompt.source_tokens}
+            "context_positions": prompt.num_positions,
+            "soft_tokens": prompt.num_positions,  # 0.1 name, until 0.3
+            "input_tokens": prompt.source_tokens}
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:

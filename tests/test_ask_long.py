@@ -138,7 +138,7 @@ def test_ask_kvzip_compresses_the_retrieved_passages(capsys, tmp_path):
     code, result = run(capsys, "--compressor", "kvzip:decoder=tiny-llama,fidelity=0.3", "--budget", "256",
                        "--max-new-tokens", "2", "--context", str(doc), "What does the plant release?")
     assert code == 0 and result["retrieved"] and result["compressor"] == "kvzip"
-    assert result["soft_tokens"] < sum(c["tokens"] for c in result["chunks"])
+    assert result["context_positions"] < sum(c["tokens"] for c in result["chunks"])
     # Each memory reports the ratio its check chose and the overlap it measured.
     assert all(c["ratio"] > 1 and 0.3 <= c["fidelity"] <= 1 for c in result["chunks"])
 

@@ -35,7 +35,7 @@ def test_ask_json(capsys, ckpt, tmp_path):
                          "--max-new-tokens", "3", "--device", "cpu", "When did Apollo 11 land?")
     assert code == 0
     result = json.loads(out)
-    for key in ("answer", "input_tokens", "soft_tokens", "compression_ratio", "seconds"):
+    for key in ("answer", "input_tokens", "context_positions", "soft_tokens", "compression_ratio", "seconds"):
         assert key in result
     assert result["compression_ratio"] > 2 and result["compressor"] == "icae"
     assert "untrained" in err
@@ -48,7 +48,7 @@ def test_compress_then_reconstruct(capsys, ckpt, tmp_path):
     code, out, _ = run(capsys, "compress", str(ctx), "-o", str(out_file), "--checkpoint", ckpt, "--json",
                        "--device", "cpu")
     assert code == 0 and out_file.is_file()
-    assert json.loads(out)["soft_tokens"] > 0
+    assert json.loads(out)["context_positions"] == json.loads(out)["soft_tokens"] > 0  # the 0.1 key until 0.3
     code, out, _ = run(capsys, "reconstruct", str(out_file), "--checkpoint", ckpt, "--json", "--device", "cpu")
     assert code == 0 and "text" in json.loads(out)
 

@@ -92,4 +92,4 @@ def test_cli_ask_on_a_2000_token_file(document, kind, min_ratio):
     assert result["compression_ratio"] >= min_ratio
     assert result["input_tokens"] >= 1800 and isinstance(result["answer"], str)
     if kind == "raw":
-        assert result["soft_tokens"] == result["input_tokens"]
+        assert result["context_positions"] == result["input_tokens"]

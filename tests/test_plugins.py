@@ -223,4 +223,4 @@ def test_the_console_script_offers_and_runs_a_third_party_kind(tmp_path):
                    "--max-new-tokens", "2", "When did Apollo 11 land?")
     assert ask.returncode == 0, ask.stderr
     out = json.loads(ask.stdout)
-    assert out["compressor"] == "thirdkind" and out["soft_tokens"] == out["input_tokens"] > 0
+    assert out["compressor"] == "thirdkind" and out["context_positions"] == out["input_tokens"] > 0

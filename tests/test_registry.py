@@ -54,7 +54,7 @@ def test_ask_offers_and_runs_the_toy_kind(toy, tmp_path, capsys):
     assert main(["ask", "--compressor", "toy", "--context", str(context), "--device", "cpu", "--json",
                  "--max-new-tokens", "2", "When did Apollo 11 land?"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["compressor"] == "toy" and out["soft_tokens"] == out["input_tokens"] > 0
+    assert out["compressor"] == "toy" and out["context_positions"] == out["input_tokens"] > 0
 
 
 def test_bench_qa_offers_and_runs_the_toy_kind_on_the_toy_dataset(toy, tmp_path, capsys):

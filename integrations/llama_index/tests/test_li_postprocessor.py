@@ -55,14 +55,14 @@ def test_budget_caps_context_positions(tiny_icae, caplog):
     cap = soft[1] + soft[0]
     assert len(tiny_icae.tokenize(texts[1])) > cap and soft[3] > soft[0], "the sizes this test relies on"
     with EventCollector(kind=IcaeRagCompressEndEvent) as seen, caplog.at_level(logging.INFO):
-        out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1, max_soft_tokens=cap).postprocess_nodes(make_nodes())
+        out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1, max_context_positions=cap).postprocess_nodes(make_nodes())
     # Rank order n1 (raw, too long: compressed instead), n3 (too big: dropped), n0 (fits), n2 (no room left).
     assert [n.node.node_id for n in out] == ["n0", "n1"], "kept nodes stay in the input order"
     assert all(n.node.metadata[MEMORY_KEY] != "raw" for n in out)
     event = seen.events[-1]
-    assert (event.nodes_in, event.soft_nodes, event.raw_nodes, event.dropped_nodes) == (4, 2, 0, 2)
-    assert event.soft_tokens == cap and "compressing it instead" in caplog.text
-    assert IcaeRagPostprocessor(tiny_icae, max_soft_tokens=1).postprocess_nodes(make_nodes()) == []
+    assert (event.nodes_in, event.memory_nodes, event.raw_nodes, event.dropped_nodes) == (4, 2, 0, 2)
+    assert event.context_positions == cap and "compressing it instead" in caplog.text
+    assert IcaeRagPostprocessor(tiny_icae, max_context_positions=1).postprocess_nodes(make_nodes()) == []
     assert "no context is left" in caplog.text
 
 
@@ -99,11 +99,11 @@ def test_a_memory_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_pa
 
 
 def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
-    post = IcaeRagPostprocessor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_soft_tokens=300)
+    post = IcaeRagPostprocessor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_context_positions=300)
     data = post.to_dict()
     assert IcaeRagPostprocessor.class_name() == data["class_name"] == "IcaeRagPostprocessor"
     assert data == {"class_name": "IcaeRagPostprocessor", "compressor_name": "icae", "device": "auto",
-                    "store_uri": str(tmp_path), "keep_top_raw": 1, "max_soft_tokens": 300, "batch_size": 8}
+                    "store_uri": str(tmp_path), "keep_top_raw": 1, "max_context_positions": 300, "batch_size": 8}
     loads = []
     monkeypatch.setattr("icae_rag.compressors.load_compressor",
                         lambda name, device: loads.append((name, device)) or tiny_icae)
@@ -152,3 +152,8 @@ def test_the_store_keywords_removed_in_0_2_raise_naming_the_new_ones(tiny_raw, t
         IcaeRagPostprocessor.from_dict({"compressor_name": "raw", **old_dir})
     with pytest.raises(TypeError, match="removed in 0.2, pass store_uri="):
         IcaeRagIngestion(tiny_raw, **old_dir)
+    # 0.1's cap, renamed to what it counts: dropped silently, the cap would be lost.
+    with pytest.raises(TypeError, match="max_soft_tokens was removed in 0.2, pass max_context_positions="):
+        IcaeRagPostprocessor(tiny_raw, max_soft_tokens=10)
+    with pytest.raises(TypeError, match="pass max_context_positions="):
+        IcaeRagPostprocessor.from_dict({"compressor_name": "raw", "max_soft_tokens": 10})

@@ -78,9 +78,10 @@ def mark(node: BaseNode, value: str) -> BaseNode:
     })
 
 
-# Store keywords 0.2 removed. Pydantic and `as_query_engine` would drop them silently and the
-# component would run without its store: they raise, naming the new keyword.
-REMOVED_KEYWORDS = {"slot_store": "store", "slot_store_dir": "store_uri"}  # 0.1's name -> 0.2's
+# Keywords 0.2 removed. Pydantic and `as_query_engine` would drop them silently and the component
+# would run without its store or its cap: they raise, naming the new keyword.
+REMOVED_KEYWORDS = {"slot_store": "store", "slot_store_dir": "store_uri",  # 0.1's name -> 0.2's
+                    "max_soft_tokens": "max_context_positions"}
 
 
 def reject_removed_keywords(data: dict[str, Any], owner: str) -> None:

@@ -34,7 +34,7 @@ def _import_extra(module: str) -> Any:
 
 
 def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *, streaming: bool = False,
-                       keep_top_raw: int = 0, max_soft_tokens: int | None = None,
+                       keep_top_raw: int = 0, max_context_positions: int | None = None,
                        question_template: BasePromptTemplate | str | None = None,
                        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
                        generation: dict[str, Any] | None = None, best_last: bool = True, device: str = "auto",
@@ -49,7 +49,7 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
     """
     reject_removed_keywords(kwargs, "build_query_engine")
     loaded, store = as_compressor(compressor, device=device), as_store(store)
-    post = IcaeRagPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_soft_tokens=max_soft_tokens)
+    post = IcaeRagPostprocessor(loaded, store, keep_top_raw=keep_top_raw, max_context_positions=max_context_positions)
     synth = IcaeRagSynthesizer(loaded, store, streaming=streaming, question_template=question_template,
                               best_last=best_last, **(generation or {}))
     return index.as_query_engine(llm=MockLLM(), node_postprocessors=[*node_postprocessors, post],

@@ -23,10 +23,10 @@ class IcaeRagCompressEndEvent(BaseEvent):
     """Emitted by `IcaeRagPostprocessor` once per call: what the context costs the decoder now."""
 
     nodes_in: int
-    soft_nodes: int
+    memory_nodes: int
     raw_nodes: int
     dropped_nodes: int
-    soft_tokens: int
+    context_positions: int
     source_tokens: int
     compressed: int
     seconds: float
@@ -45,15 +45,15 @@ class IcaeRagPostprocessor(IcaeRagComponent, BaseNodePostprocessor):
     `build_query_engine`). The query is not used, so `query_bundle` may be None.
 
     Budget: `keep_top_raw` highest-scored nodes stay raw text (unscored nodes rank last);
-    `max_soft_tokens` caps the decoder positions of the context: taken best first, a raw node that
-    does not fit is compressed instead, a soft one that does not fit is dropped (INFO log, counted
+    `max_context_positions` caps the decoder positions of the context: taken best first, a raw node that
+    does not fit is compressed instead, a memory that does not fit is dropped (INFO log, counted
     in `IcaeRagCompressEndEvent`). Nodes with empty text are dropped; media nodes keep their text.
 
     Example: ``IcaeRagPostprocessor(load_compressor("kvzip"), SqliteMemoryStore.in_persist_dir("./storage"))``.
     """
 
     keep_top_raw: int = Field(default=0, ge=0, description="Highest-scored nodes kept as raw text.")
-    max_soft_tokens: int | None = Field(
+    max_context_positions: int | None = Field(
         default=None, gt=0, description="Cap on context decoder positions per query; None: no cap.")
 
     @classmethod
@@ -76,14 +76,14 @@ class IcaeRagPostprocessor(IcaeRagComponent, BaseNodePostprocessor):
         # Best first; sorted() stays stable when reversed: equal scores keep the retriever's order.
         ranked = sorted(usable, key=lambda it: score_order(nodes[it[0]]), reverse=True)
         fitted, compressed = self._cache.fit([t for _, t in ranked], keep_raw=self.keep_top_raw,
-                                             max_positions=self.max_soft_tokens, batch_size=self.batch_size)
+                                             max_positions=self.max_context_positions, batch_size=self.batch_size)
         kept = {i: f for (i, _), f in zip(ranked, fitted, strict=True) if f is not None}
         dispatcher.event(IcaeRagCompressEndEvent(
             nodes_in=len(nodes),
-            soft_nodes=sum(f.key is not None for f in kept.values()),
+            memory_nodes=sum(f.key is not None for f in kept.values()),
             raw_nodes=sum(f.key is None for f in kept.values()),
             dropped_nodes=len(nodes) - len(kept),
-            soft_tokens=sum(f.positions for f in kept.values()),
+            context_positions=sum(f.positions for f in kept.values()),
             source_tokens=sum(f.source_tokens for f in kept.values()),
             compressed=compressed,
             seconds=time.perf_counter() - start,
