@@ -1,7 +1,7 @@
 """kvzip memories read in company: budget policies compared on fixed retrievals (an experiment harness).
 
-Questions over a corpus of nodes; each question's top-k nodes (MiniLM, FAISS flat, as the RAG bench
-retrieves them) are read best last. Every node is scored once (`kvzip:keep_fraction=1.0` stores
+The RAG bench's documents and questions for the same options (`load_corpus`: the same sample); each
+question's top-k nodes (MiniLM, FAISS flat, as the RAG bench retrieves them) are read best last. Every node is scored once (`kvzip:keep_fraction=1.0` stores
 every entry with its score) and each policy keeps a share of those entries per node, so policies
 differ only in what they keep. Per question and policy: the greedy answer (contained) and the gold
 answer's log-likelihood after raw text's lead-in (`icae_rag.eval.compare`).
@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,32 +34,24 @@ FULL = "kvzip:keep_fraction=1.0"
 
 
 def load_questions(dataset: str, documents: int | None, limit: int | None, seed: int, data_root: str | None
-                   ) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """Documents (id -> text) and questions over them; `documents` picks that many (seeded)."""
-    from icae_rag.data import LongDocQA, get_dataset
+                   ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The RAG bench's documents and questions for the same options (`load_corpus`); None takes them all."""
+    from benchmarks.llamaindex_rag import RagBenchOptions, load_corpus
 
-    by_doc: dict[str, list] = defaultdict(list)
-    for ex in get_dataset(dataset).load(data_root):
-        by_doc[ex.doc_id if isinstance(ex, LongDocQA) else ex.title].append(ex)
-    texts = {d: exs[0].document if isinstance(exs[0], LongDocQA) else "\n\n".join(dict.fromkeys(e.context for e in exs))
-             for d, exs in by_doc.items()}
-    rng = random.Random(seed)
-    chosen = sorted(by_doc) if documents is None else sorted(rng.sample(sorted(by_doc), min(documents, len(by_doc))))
-    questions = [{"id": ex.id, "question": ex.question, "answers": list(ex.answers)} for d in chosen for ex in by_doc[d]]
-    if limit is not None:
-        questions = rng.sample(questions, min(limit, len(questions)))
-    return {d: texts[d] for d in chosen}, questions
+    every = 10**9  # load_corpus takes min(n, available)
+    docs, items, _ = load_corpus(RagBenchOptions(dataset=dataset, documents=documents or every, limit=limit or every,
+                                                 seed=seed, data_root=data_root))
+    return docs, [{"id": it.id, "question": it.question, "answers": list(it.answers)} for it in items]
 
 
-def retrieve(docs: dict[str, str], questions: list[dict[str, Any]], tokenizer, node_tokens: int, top_k: int) -> list[str]:
+def retrieve(docs: list[Any], questions: list[dict[str, Any]], tokenizer, node_tokens: int, top_k: int) -> list[str]:
     """The nodes (as the RAG bench cuts them) and, per question, its top-k node indices best last."""
-    from llama_index.core import Document
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.postprocessor.icae_rag import build_faiss_index
 
     splitter = SentenceSplitter(chunk_size=node_tokens, chunk_overlap=0,
                                 tokenizer=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
-    index = build_faiss_index([Document(text=t, id_=d) for d, t in docs.items()], kind="flat", transformations=[splitter])
+    index = build_faiss_index(docs, kind="flat", transformations=[splitter])
     nodes = list(index.docstore.docs.values())
     where = {n.node_id: i for i, n in enumerate(nodes)}
     retriever = index.as_retriever(similarity_top_k=top_k)

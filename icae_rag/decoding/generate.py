@@ -81,6 +81,7 @@ class Answer:
         """Source tokens of the contexts per decoder position they took (1.0 for raw text)."""
         return self.source_tokens / max(1, self.context_positions)
 
+
 @torch.no_grad()
 def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
