@@ -16,7 +16,7 @@ from .readers import QAExample, _bad, _digest, _get, _read_json, _read_jsonl, _r
 
 __all__ = ["SQUAD_HELDOUT_ARTICLES", "load_squad"]
 
-# From /work/shared/data/README.md: these 13 articles of SQuAD v1.1 dev are evaluation only.
+# These 13 articles of SQuAD v1.1 dev are held out: evaluation only, never used for training.
 SQUAD_HELDOUT_ARTICLES: frozenset[str] = frozenset(
     {
         "American_Broadcasting_Company",

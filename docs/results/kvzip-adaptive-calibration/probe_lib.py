@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import torch
 
-import icae_rag.generation as G
+import icae_rag.decoding.prefill as G  # was icae_rag.generation (removed in 0.2)
+from icae_rag.decoding import build_prompt
 from icae_rag.kv_attention import KvView
 from icae_rag.kv_memory import KvMemory
 
@@ -15,9 +16,9 @@ def target_logprobs(comp, contexts_list, questions, targets, mode="answer"):
     """Per row: (n_t, V) log-softmax of the next-token distribution at each target token."""
     dec = comp.decoder
     prompts = [
-        G.build_prompt(comp, ctx, question=q, mode=mode)
+        build_prompt(comp, ctx, question=q, mode=mode)
         if mode == "answer"
-        else G.build_prompt(comp, ctx, mode=mode)
+        else build_prompt(comp, ctx, mode=mode)
         for ctx, q in zip(contexts_list, questions, strict=False)
     ]
     prompts = [

@@ -14,9 +14,10 @@ import torch
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import build_faiss_index
 
-import icae_rag.generation as G
+import icae_rag.decoding.prefill as G  # was icae_rag.generation (removed in 0.2)
 from benchmarks.llamaindex_rag import RagBenchOptions, load_corpus
 from icae_rag import load_compressor
+from icae_rag.decoding import build_prompt
 from icae_rag.kv_attention import KvView
 from icae_rag.kv_memory import KvMemory
 
@@ -57,7 +58,7 @@ def memory(text):
 
 @torch.no_grad()
 def gold_logprob(contexts, question, gold, temp=1.0, scale=1.0):
-    prompt = G.build_prompt(base, contexts, question=question)
+    prompt = build_prompt(base, contexts, question=question)
     if prompt.has_memories:
         STATE.update(P=prompt.segments[0].shape[0],
                      T_text=sum(s.shape[0] for s in prompt.segments[1:] if not isinstance(s, KvMemory)),

@@ -20,9 +20,10 @@ import torch
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.postprocessor.icae_rag import build_faiss_index
 
-import icae_rag.generation as G
+import icae_rag.decoding.prefill as G  # was icae_rag.generation (removed in 0.2)
 from benchmarks.llamaindex_rag import RagBenchOptions, load_corpus
 from icae_rag import load_compressor
+from icae_rag.decoding import build_prompt
 from icae_rag.kv_attention import KvView
 from icae_rag.kv_memory import entry_owners, prune_jointly
 
@@ -61,7 +62,7 @@ def memory(text):
 @torch.no_grad()
 def query_scores(memories, question):
     """Per memory, (entries,) the largest attention each entry got from the prompt's text after the prefix."""
-    prompt = G.build_prompt(base, memories, question=question)
+    prompt = build_prompt(base, memories, question=question)
     RecordingView.on = True
     try:
         with base.decoding():
@@ -94,7 +95,7 @@ def select_by(memories, scores, entries):
 
 @torch.no_grad()
 def gold_logprob(contexts, question, gold):
-    prompt = G.build_prompt(base, contexts, question=question)
+    prompt = build_prompt(base, contexts, question=question)
     with base.decoding():
         logits, cache, mask, positions, view = G._prefill(base, [prompt])
         extra = {} if view is None else {"kv_view": view}

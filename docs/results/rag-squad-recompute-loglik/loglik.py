@@ -13,7 +13,8 @@ from llama_index.postprocessor.icae_rag import build_faiss_index
 
 from benchmarks.llamaindex_rag import RagBenchOptions, load_corpus
 from icae_rag import load_compressor
-from icae_rag.generation import _prefill, build_prompt
+from icae_rag.decoding import build_prompt  # was icae_rag.generation (removed in 0.2)
+from icae_rag.decoding.prefill import _prefill
 
 N, out_path = int(sys.argv[1]), sys.argv[2]
 opts = RagBenchOptions(dataset="squad", limit=100, documents=2, seed=0)
