@@ -49,7 +49,13 @@ from tqdm.auto import tqdm
 from icae_rag.compressors import shipped_kinds
 from icae_rag.data import LongDocQA, dataset_names, get_dataset
 from icae_rag.errors import IcaeRagError, InvalidInputError
-from icae_rag.eval.compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
+from icae_rag.eval.compare import (
+    agreement_logliks,
+    answer_logliks,
+    answer_targets,
+    compare_modes,
+    comparison_markdown,
+)
 from icae_rag.eval.efficiency import kv_bytes_per_position
 from icae_rag.eval.metrics import answer_contained, bootstrap_ci
 from icae_rag.eval.qa import QAItem, contained_vs, ratio_cell, score_predictions
@@ -174,7 +180,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
                                                       runs[budget_mode]["positions"], opts.max_new_tokens)
             if i == 0:
                 continue
-            _score_gold(item, runs, readers, reads)
+            _score_gold(item, runs, readers, reads, opts.references)
             for run in runs.values():
                 # Seconds per query include decoding, so a shorter answer is faster: say how long each was.
                 run["answer_tokens"] = len(tokenizer(run["prediction"], add_special_tokens=False)["input_ids"])
@@ -192,7 +198,9 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
               for name, answers in predictions.items()}
     logliks = {name: [run["loglik"] for run in runs if "loglik" in run] for name, runs in rows.items()
                if any("loglik" in run for run in runs)}
-    comparisons = compare_modes(scores, opts.references, logliks, seed=opts.seed) if scores["raw"] else {}
+    agreements = {ref: {name: [run.get("agreement", {}).get(ref) for run in runs] for name, runs in rows.items()}
+                  for ref in opts.references}
+    comparisons = compare_modes(scores, opts.references, logliks, agreements, seed=opts.seed) if scores["raw"] else {}
     for name, values in logliks.items():
         results[name]["gold_loglik"] = dict(zip(("mean", "low", "high"), bootstrap_ci(values, seed=opts.seed), strict=True))
     for name, r in results.items():
@@ -207,6 +215,7 @@ def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: l
                   "predictions": {name: answers[i] for name, answers in predictions.items()},
                   # Each mode's gold log-likelihood and raw's lead-in, so subsets can be compared afterwards.
                   "gold_logliks": {name: runs[i]["loglik"] for name, runs in rows.items() if "loglik" in runs[i]},
+                  "agreements": {name: runs[i]["agreement"] for name, runs in rows.items() if "agreement" in runs[i]},
                   "gold_target": rows["raw"][i].get("gold_target")} for i, it in enumerate(items)]
     return {"nodes": len(nodes), "index_seconds": index_seconds, "modes": results, "comparisons": comparisons,
             "questions": questions}
@@ -258,10 +267,15 @@ def _query(engine: Any, reader: Any, question: str) -> dict[str, Any]:
             "node_ids": [n.node.node_id for n in response.source_nodes], "rss_mb": mem.peak_mb}
 
 
-def _score_gold(item: QAItem, runs: dict[str, dict[str, Any]], readers: dict[str, Any], reads: dict[str, Any]) -> None:
+def _score_gold(item: QAItem, runs: dict[str, dict[str, Any]], readers: dict[str, Any], reads: dict[str, Any],
+                references: list[str]) -> None:
     """Each engine mode's gold log-likelihood (`icae_rag.eval.compare`) from the nodes it read, after the
-    lead-in raw text's answer gave the gold; the nodes are dropped from the runs."""
+    lead-in raw text's answer gave the gold, and its agreement with each reference mode's answer; the
+    nodes are dropped from the runs."""
     contexts = {name: reads[name].contexts(run.pop("nodes")) for name, run in runs.items() if "nodes" in run}
+    for name, ctx in contexts.items():
+        runs[name]["agreement"] = {ref: agreement_logliks(readers[name], [item.question], [ctx], [runs[ref]["prediction"]])[0]
+                                   for ref in references if ref in runs}
     if not item.answers:
         return
     raw = runs["raw"]

@@ -10,6 +10,7 @@ from conftest import TEXT
 from icae_rag.decoding import build_prompt, target_logits
 from icae_rag.errors import InvalidInputError
 from icae_rag.eval.compare import (
+    agreement_logliks,
     answer_logliks,
     answer_targets,
     compare,
@@ -128,3 +129,30 @@ def test_compare_modes_skips_missing_references_and_itself():
     assert "loglik_diff" not in out["raw"]["full"]  # full has no log-likelihoods: not compared on them
     md = comparison_markdown(out)
     assert "Against **raw**" in md and "| 4x | 0.000 (0.000 to 0.000) | 0 / 2 |" in md
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def test_agreement_scores_the_reference_answer_and_skips_empty_ones(tiny_raw):
+    questions = ["Who walked on the Moon?", "When did the program end?"]
+    contexts = [[TEXT], [TEXT]]
+    got = agreement_logliks(tiny_raw, questions, contexts, ["Neil Armstrong", "  "])
+    assert got[1] is None  # the reference answered nothing: nothing to agree with
+    assert got[0] == pytest.approx(answer_logliks(tiny_raw, questions[:1], contexts[:1], [("", "Neil Armstrong")])[0], abs=1e-6)
+    # The contexts are read: without the passage the same answer scores otherwise.
+    alone = agreement_logliks(tiny_raw, questions[:1], [[]], ["Neil Armstrong"])[0]
+    assert alone != pytest.approx(got[0], abs=1e-4)
+    with pytest.raises(InvalidInputError, match="one question, context list and reference answer"):
+        agreement_logliks(tiny_raw, questions, contexts, ["x"])
+
+
+def test_compare_modes_reports_agreement_against_each_reference_by_hand():
+    scores = {"raw": [1, 1, 0], "full": [1, 0, 0], "4x": [0, 0, 0]}
+    agreements = {"full": {"full": [-0.5, -1.0, None], "4x": [-1.5, -1.5, -2.0], "raw": [-0.5, -2.0, -3.0]}}
+    out = compare_modes(scores, ["full"], agreements=agreements)
+    # Paired where the reference answered: (-1.5 + 0.5 + -1.5 + 1.0) / 2; the third question is skipped.
+    assert out["full"]["4x"]["agreement"]["value"] == pytest.approx(-0.75)
+    assert out["full"]["raw"]["agreement"]["value"] == pytest.approx(-0.5)
+    assert "Against **full**" in comparison_markdown(out) and "-0.750" in comparison_markdown(out)
+    assert "agreement" not in compare_modes(scores, ["raw"], agreements=agreements)["raw"]["4x"]

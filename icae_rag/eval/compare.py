@@ -10,7 +10,11 @@ with nothing evicted) on the same questions:
   decoder puts its answer. This decoder opens its answers with a lead-in ("The exit status of gzip
   is 2."), so scoring the gold right after the answer prompt rewards a flatter, less informed
   distribution; instead the gold is scored after the lead-in a reference answer gave it
-  (`answer_targets`), the same lead-in for every mode of a question.
+  (`answer_targets`), the same lead-in for every mode of a question;
+- *agreement*: the reference's own answer's mean log-probability per token under this mode, minus
+  under the reference (`agreement_logliks`): how far the mode moved the decoder's answer from the
+  reference's, on every question, right or wrong. It is 0 for the reference itself and falls as a
+  memory loses what the reference's answer drew on.
 """
 
 from __future__ import annotations
@@ -90,10 +94,29 @@ def answer_logliks(compressor: Any, questions: Sequence[str], contexts: Sequence
     return out
 
 
+@torch.no_grad()
+def agreement_logliks(compressor: Any, questions: Sequence[str], contexts: Sequence[Sequence[Any]],
+                      reference_answers: Sequence[str], *, batch_size: int = 8) -> list[float | None]:
+    """Per question, a reference mode's own answer's mean log-probability per token (nats), teacher-forced
+    right after the answer prompt, the decoder reading `contexts` (None where the reference answered nothing)."""
+    if not len(questions) == len(contexts) == len(reference_answers):
+        raise InvalidInputError("agreement_logliks needs one question, context list and reference answer each")
+    keep = [i for i, a in enumerate(reference_answers) if a.strip()]
+    got = answer_logliks(compressor, [questions[i] for i in keep], [contexts[i] for i in keep],
+                         [("", reference_answers[i].strip()) for i in keep], batch_size=batch_size)
+    out: list[float | None] = [None] * len(questions)
+    for i, value in zip(keep, got, strict=True):
+        out[i] = value
+    return out
+
+
 def compare(scores: Sequence[float], reference: Sequence[float], logliks: Sequence[float] | None = None,
-            reference_logliks: Sequence[float] | None = None, *, seed: int = 0) -> dict[str, Any]:
+            reference_logliks: Sequence[float] | None = None, *, agreement: Sequence[float | None] | None = None,
+            reference_agreement: Sequence[float | None] | None = None, seed: int = 0) -> dict[str, Any]:
     """One mode against a reference on the same questions: contained ratio, retention and flips,
-    and the mean gold log-likelihood difference, each with its paired 95% bootstrap interval."""
+    the mean gold log-likelihood difference and the agreement (the reference's own answer scored
+    under this mode minus under the reference, where it answered), each with its paired 95% bootstrap
+    interval."""
     if len(scores) != len(reference) or not scores:
         raise InvalidInputError("compare needs one score per question in each mode, on the same questions")
     both = [s * r for s, r in zip(scores, reference, strict=True)]
@@ -106,31 +129,42 @@ def compare(scores: Sequence[float], reference: Sequence[float], logliks: Sequen
     if logliks is not None and reference_logliks is not None:
         diffs = [a - b for a, b in zip(logliks, reference_logliks, strict=True)]
         out["loglik_diff"] = dict(zip(("value", "low", "high"), bootstrap_ci(diffs, seed=seed), strict=True))
+    if agreement is not None and reference_agreement is not None:
+        diffs = [a - b for a, b in zip(agreement, reference_agreement, strict=True) if a is not None and b is not None]
+        if diffs:
+            out["agreement"] = dict(zip(("value", "low", "high"), bootstrap_ci(diffs, seed=seed), strict=True))
     return out
 
 
 def compare_modes(scores: Mapping[str, Sequence[float]], references: Sequence[str],
-                  logliks: Mapping[str, Sequence[float]] | None = None, *, seed: int = 0) -> dict[str, dict[str, Any]]:
+                  logliks: Mapping[str, Sequence[float]] | None = None,
+                  agreements: Mapping[str, Mapping[str, Sequence[float | None]]] | None = None,
+                  *, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Every mode against every reference present (e.g. "raw", "kvzip:keep_fraction=1.0"):
-    {reference: {mode: compare(...)}}; a reference missing from `scores` is skipped."""
-    logliks = logliks or {}
-    return {ref: {mode: compare(s, scores[ref], logliks.get(mode), logliks.get(ref), seed=seed)
+    {reference: {mode: compare(...)}}; a reference missing from `scores` is skipped. `agreements`
+    is {reference: {mode: agreement_logliks(...)}}, the reference itself included."""
+    logliks, agreements = logliks or {}, agreements or {}
+    return {ref: {mode: compare(s, scores[ref], logliks.get(mode), logliks.get(ref),
+                                agreement=agreements.get(ref, {}).get(mode),
+                                reference_agreement=agreements.get(ref, {}).get(ref), seed=seed)
                   for mode, s in scores.items() if mode != ref}
             for ref in references if ref in scores}
 
 
 def comparison_markdown(comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """One table per reference: retention and flips, contained ratio, gold log-likelihood difference."""
+    """One table per reference: retention and flips, contained ratio, gold log-likelihood difference, agreement."""
     def cell(d: Mapping[str, float] | None, fmt: str) -> str:
         return "-" if d is None else f"{d['value']:{fmt}} ({d['low']:{fmt}} to {d['high']:{fmt}})"
 
     lines = []
     for ref, modes in comparisons.items():
         lines += [f"Against **{ref}** (paired, 95% bootstrap intervals):", "",
-                  "| mode | retention | only this / only reference | contained ratio | gold log-lik difference (nats/token) |",
-                  "|---|---|---|---|---|"]
+                  "| mode | retention | only this / only reference | contained ratio | gold log-lik difference (nats/token) "
+                  "| agreement (nats/token) |",
+                  "|---|---|---|---|---|---|"]
         for mode, c in modes.items():
             lines.append(f"| {mode} | {cell(c.get('retention'), '.3f')} | {c['only_this']} / {c['only_reference']} | "
-                         f"{cell(c.get('contained_ratio'), '.2f')} | {cell(c.get('loglik_diff'), '+.3f')} |")
+                         f"{cell(c.get('contained_ratio'), '.2f')} | {cell(c.get('loglik_diff'), '+.3f')} | "
+                         f"{cell(c.get('agreement'), '+.3f')} |")
         lines.append("")
     return "\n".join(lines)

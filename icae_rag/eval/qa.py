@@ -21,7 +21,13 @@ from ..compressors.base import Compressor
 from ..data.chunking import sentence_chunks
 from ..data.retrieval import search
 from ..errors import DataError
-from .compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
+from .compare import (
+    agreement_logliks,
+    answer_logliks,
+    answer_targets,
+    compare_modes,
+    comparison_markdown,
+)
 from .metrics import (
     answer_contained,
     bootstrap_ci,
@@ -119,7 +125,9 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
     took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
     With a "raw" mode, every mode also gets the gold answers' log-likelihood, scored after the lead-in
     raw text's answer gave them (`icae_rag.eval.compare`), and each mode's `compared` holds retention,
-    flips and the log-likelihood difference against every reference present, paired.
+    flips, the log-likelihood difference and the agreement with the reference's own answers against
+    every reference present, paired. References answer first, so every later mode's agreement with
+    them is scored from its own contexts.
     """
     results: dict[str, Any] = {}
     answered: dict[str, list[str]] = {}
@@ -128,7 +136,10 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
     gold = [i for i, it in enumerate(items) if it.answers]  # the questions a gold answer is scored for
     targets: list[tuple[str, str]] | None = None
     logliks: dict[str, list[float]] = {}
-    for name in sorted(modes, key=lambda n: n != "raw"):  # raw first: its answers place every mode's gold
+    agreements: dict[str, dict[str, list[float | None]]] = {}
+    # raw first (its answers place every mode's gold), then the other references
+    order = sorted(modes, key=lambda n: (n != "raw", n not in references))
+    for name in order:
         comp = reader[name]
         start = time.perf_counter()
         contexts = [modes[name](it) for it in tqdm(items, desc=f"qa {name}: contexts", leave=False)]
@@ -153,6 +164,11 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
             "predictions": predictions,
         }
         answered[name] = predictions
+        questions_all = [it.question for it in items]
+        for ref in references:
+            if ref in answered:
+                agreements.setdefault(ref, {})[name] = agreement_logliks(comp, questions_all, contexts, answered[ref],
+                                                                          batch_size=batch_size)
         if "raw" in modes and gold:
             questions, ctx = [items[i].question for i in gold], [contexts[i] for i in gold]
             if targets is None:
@@ -169,7 +185,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
                 results[name]["contained_vs_raw"] = vs_raw
     if gold:
         scores = {name: [answer_contained(answered[name][i], items[i].answers) for i in gold] for name in answered}
-        for ref, by_mode in compare_modes(scores, list(references), logliks, seed=seed).items():
+        for ref, by_mode in compare_modes(scores, list(references), logliks, agreements, seed=seed).items():
             for name, c in by_mode.items():
                 results[name].setdefault("compared", {})[ref] = c
     return results
