@@ -17,8 +17,8 @@ from icae_rag.decoding import (
 )
 from icae_rag.decoding.generate import _NgramBan
 from icae_rag.errors import InvalidInputError
-from icae_rag.hf_compat import cache_arg, output_cache
-from icae_rag.soft_prompt import SoftPrompt
+from icae_rag.memories.soft_prompt import SoftPrompt
+from icae_rag.models.hf_compat import cache_arg, output_cache
 
 
 def test_answer_reports_positions_and_ratio(tiny_compressor):
@@ -191,8 +191,8 @@ def test_stream_many_bad_input(tiny_raw):
 
 def test_memory_prompts_are_prefilled_together_as_one_by_one():
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
     from icae_rag.decoding.prefill import _prefill
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
     a, b = kvzip.compress(TEXT), kvzip.compress("The Saturn V rocket launched every crewed Apollo mission.")
@@ -207,8 +207,8 @@ def test_memory_prompts_are_prefilled_together_as_one_by_one():
 @pytest.mark.parametrize("with_memory", [False, True])
 def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
     from icae_rag.decoding.prefill import _prefill, target_logits
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2)
     contexts = [[kvzip.compress(TEXT)], [kvzip.compress("Short note."), "raw text"]] if with_memory else [[TEXT], ["x"]]

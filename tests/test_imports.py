@@ -129,7 +129,7 @@ def _imported_names(path: Path) -> set[str]:
     return names
 
 
-# The alias modules of 0.1, removed in 0.2 (CHANGELOG.md): old module -> where its names live now.
+# Modules of 0.1 that 0.2 removed or moved (CHANGELOG.md): old module -> where its names live now.
 REMOVED_MODULES = {
     "icae_rag.chunking": "icae_rag.data.chunking",
     "icae_rag.datasets": "icae_rag.data",
@@ -139,6 +139,15 @@ REMOVED_MODULES = {
     "icae_rag.memory_store": "icae_rag.stores",
     "icae_rag.retrieval": "icae_rag.data.retrieval",
     "icae_rag.slot_store": "icae_rag.stores",
+    # Moved into subpackages in 0.2, with no alias left behind.
+    "icae_rag.backbones": "icae_rag.models.backbones",
+    "icae_rag.hf_compat": "icae_rag.models.hf_compat",
+    "icae_rag.kv_attention": "icae_rag.models.kv_attention",
+    "icae_rag.kv_memory": "icae_rag.memories.kv_memory",
+    "icae_rag.kv_quant": "icae_rag.memories.kv_quant",
+    "icae_rag.memory": "icae_rag.memories.base",
+    "icae_rag.runtime": "icae_rag.models.runtime",
+    "icae_rag.soft_prompt": "icae_rag.memories.soft_prompt",
 }
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '''
 from dataclasses import dataclass
 
-from icae_rag.backbones import TINY_DECODER
+from icae_rag.models.backbones import TINY_DECODER
 from icae_rag.compressors import RawTextCompressor
 
 

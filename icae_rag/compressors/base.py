@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .. import decoding
-from ..backbones import DecoderBackbone, weights_fingerprint
 from ..errors import (
     BackboneMismatchError,
     CheckpointError,
@@ -24,7 +23,9 @@ from ..errors import (
     InvalidInputError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
-from ..memory import Memory
+from ..memories.base import Memory
+from ..memories.soft_prompt import Piece, SoftPrompt, text_sha256
+from ..models.backbones import DecoderBackbone, weights_fingerprint
 from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, which imports no torch)
     _REGISTRY,
     compressor_kinds,
@@ -32,7 +33,6 @@ from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, 
     register_compressor,
     unregister_compressor,
 )
-from ..soft_prompt import Piece, SoftPrompt, text_sha256
 from ..text import check_text, check_texts_and_leads
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Compressor(nn.Module):
     def build(cls, config: Any, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> Compressor:
         """A compressor of this class on the backbones `config` names (untrained): the decoder
         `config.decoder`, loaded on `device` in `dtype`. Any other option raises ConfigError."""
-        from ..backbones import load_decoder
+        from ..models.backbones import load_decoder
 
         cls.check_build(config, unknown)
         return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..data.chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
+from ..models.backbones import DEFAULT_DECODER, DecoderBackbone
 from .base import Compressor, Encoded
 
 MODES = ("autoencode", "continue", "answer")

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InvalidInputError
-from ..hf_compat import cache_arg, output_cache
-from ..kv_memory import KvMemory
-from ..memory import Memory
-from ..soft_prompt import SoftPrompt
+from ..memories.base import Memory
+from ..memories.kv_memory import KvMemory
+from ..memories.soft_prompt import SoftPrompt
+from ..models.hf_compat import cache_arg, output_cache
 from .prefill import _prefill
 from .prompts import Context, Prompt, build_prompt, stop_token_ids
 

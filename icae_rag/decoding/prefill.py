@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from .. import kv_attention
 from ..errors import InvalidInputError
-from ..hf_compat import cache_arg, output_cache
-from ..kv_attention import KvView
-from ..kv_memory import CacheColumns, KvMemory
+from ..memories.kv_memory import CacheColumns, KvMemory
+from ..models import kv_attention
+from ..models.hf_compat import cache_arg, output_cache
+from ..models.kv_attention import KvView
 from .prompts import Prompt
 
 if TYPE_CHECKING:

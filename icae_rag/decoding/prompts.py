@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import BackboneMismatchError, InvalidInputError
-from ..kv_memory import KvMemory, token_ids_sha256
-from ..memory import Memory
-from ..soft_prompt import SoftPrompt
+from ..memories.base import Memory
+from ..memories.kv_memory import KvMemory, token_ids_sha256
+from ..memories.soft_prompt import SoftPrompt
 from ..text import check_text
 
 if TYPE_CHECKING:

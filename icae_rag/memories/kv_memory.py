@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..errors import CorruptFileError, InvalidInputError
+from ..io import write_tensors
 from . import kv_quant
-from .errors import CorruptFileError, InvalidInputError
-from .io import write_tensors
-from .memory import Memory
+from .base import Memory
 from .soft_prompt import Piece
 
 FORMAT_VERSION = 1
@@ -154,7 +154,7 @@ class KvMemory(Memory):
         if provenance.get("scores") is not None:
             provenance["scores"] = provenance["scores"].detach().to("cpu", torch.float16)
         if storage in kv_quant.QUANT_BITS:
-            from .kv_attention import rotate_each
+            from ..models.kv_attention import rotate_each
 
             if rotary_emb is None:
                 raise InvalidInputError(f"{storage} KV storage needs the decoder's rotary embedding")
@@ -219,7 +219,7 @@ class KvMemory(Memory):
     def _rotated_entries(self, delta: int, rotary_emb: torch.nn.Module | None, device: torch.device | str
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 (keys rotated for prefix_tokens + delta + position, values) on `device`."""
-        from .kv_attention import rerotate, rotate_each
+        from ..models.kv_attention import rerotate, rotate_each
 
         if self.quant is None:
             keys, values = self.float_entries()
