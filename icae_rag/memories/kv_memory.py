@@ -27,6 +27,7 @@ from ..errors import CorruptFileError, InvalidInputError
 from ..io import write_tensors
 from . import kv_quant
 from .base import Memory
+from .kv_quant import entry_owners
 from .soft_prompt import Piece
 
 FORMAT_VERSION = 1
@@ -167,14 +168,8 @@ class KvMemory(Memory):
         if storage != "int8":
             dtype = STORAGE_DTYPES[storage]
             return cls(keys.to(dtype), values.to(dtype), positions, counts, **provenance)
-        owner = entry_owners(counts)
-        absmax = torch.zeros(counts.numel(), keys.shape[1]).index_reduce_(0, owner, keys.abs(), "amax")
-        key_scale = (absmax / 127).clamp(min=1e-8)
-        value_scale = (values.abs().amax(dim=1) / 127).clamp(min=1e-8)
-        qk = torch.round(keys / key_scale[owner]).clamp(-127, 127).to(torch.int8)
-        qv = torch.round(values / value_scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return cls(qk, qv, positions, counts, key_scale=key_scale.view(*counts.shape, -1).half(),
-                   value_scale=value_scale.half(), **provenance)
+        qk, qv, key_scale, value_scale = kv_quant.quantise_int8(keys, values, counts)
+        return cls(qk, qv, positions, counts, key_scale=key_scale, value_scale=value_scale, **provenance)
 
     @classmethod
     def from_unordered(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, owners: torch.Tensor,
@@ -236,9 +231,7 @@ class KvMemory(Memory):
             return self._rotated_entries(0, rotary_emb, self.keys.device)
         if self.key_scale is None:
             return self.keys.float(), self.values.float()
-        owner = entry_owners(self.counts).to(self.keys.device)
-        keys = self.keys.float() * self.key_scale.float().reshape(-1, self.keys.shape[1])[owner]
-        return keys, self.values.float() * self.value_scale.float()[:, None]
+        return kv_quant.dequantise_int8(self.keys, self.values, self.counts, self.key_scale, self.value_scale)
 
     def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype, device: torch.device
                       ) -> CacheColumns:
@@ -388,12 +381,6 @@ class CacheColumns(NamedTuple):
     values: list[torch.Tensor]
     valid: list[torch.Tensor]
     positions: list[torch.Tensor]
-
-
-def entry_owners(counts: torch.Tensor) -> torch.Tensor:
-    """For each entry, the flat (layer * kv_heads + head) index it belongs to."""
-    flat = counts.reshape(-1).long().cpu()
-    return torch.repeat_interleave(torch.arange(flat.numel()), flat)
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
