@@ -22,6 +22,9 @@ import math
 import torch
 
 QUANT_BITS = {"int4": 4, "int2": 2}
+# The tensors an int4 / int2 KvMemory holds in `quant`; "q_group" is int32 [bits, group size].
+QUANT_TENSORS = ("q_group", "q_key_scale", "q_key_zero", "q_key_entry_scale", "q_key_entry_zero",
+                 "q_value_scale", "q_value_zero")
 # Heads keeping fewer entries than this quantise their keys per entry: a head's per-channel group
 # costs head_dim x 4 bytes (256 for head_dim 64), more than 15 entries' per-entry scales (15 x 4).
 SMALL_HEAD_ENTRIES = 16
