@@ -90,6 +90,20 @@ def test_icae_rag_has_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_decoding_imports_no_compressor_module_even_for_typing() -> None:
+    # decoding/ types what it calls back with its own MemoryReader protocol; compressors/ imports
+    # decoding/ to hand it answer and stream.
+    for path in sorted((PACKAGE / "decoding").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = ("." * node.level) + (node.module or "")
+                assert "compressors" not in module.split("."), f"{path.name} imports {module}"
+                assert not (module.strip(".") == "" and any(a.name == "compressors" for a in node.names)), path.name
+            elif isinstance(node, ast.Import):
+                assert not any("icae_rag.compressors" in a.name for a in node.names), path.name
+
+
 def test_the_check_finds_a_cycle(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)

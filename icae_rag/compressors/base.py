@@ -64,7 +64,7 @@ class Compressor(nn.Module):
 
     Subclasses set `config_class` (their config dataclass) and `kind` (the registry sets both on
     registration), implement `encode` (or `compress_many`), and may override `build` (a kind with
-    more backbones than the decoder), `decoding()` (the context in which the decoder reads) and
+    more backbones than the decoder), `reading()` (the context in which the decoder reads) and
     `mode_embedding`.
     """
 
@@ -148,7 +148,7 @@ class Compressor(nn.Module):
         return self.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # --- decoding ----------------------------------------------------------------------------
-    def decoding(self):
+    def reading(self):
         """Context manager in which the decoder reads soft prompts (ICAE disables its LoRA)."""
         return nullcontext()
 
