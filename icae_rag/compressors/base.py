@@ -81,6 +81,13 @@ class Compressor(nn.Module):
     # the memory is encoded after (so it is computed in context, as raw text in a long prompt is).
     uses_leads: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # 0.1's `decoding()` is `reading()` since 0.2: an override under the old name would be ignored.
+        if "decoding" in vars(cls):
+            raise TypeError(f"{cls.__name__} defines decoding(), which icae-rag 0.2 renamed to reading(): "
+                            "rename the method")
+
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()
         self.config = config
