@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from icae_rag import load_compressor
 from icae_rag.eval.compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
 from icae_rag.eval.metrics import answer_contained
-from icae_rag.kv_memory import KvMemory, entry_owners
+from icae_rag.memories.kv_memory import KvMemory, entry_owners
 
 FULL = "kvzip:keep_fraction=1.0"
 

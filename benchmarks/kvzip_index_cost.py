@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch must be >= 1, got {args.batch}")
     from tqdm.auto import tqdm
 
-    from icae_rag import kv_attention, load_compressor
+    from icae_rag import load_compressor
     from icae_rag.compressors.kvzip import memory_budget
+    from icae_rag.models import kv_attention
 
     def scoring(spec: str) -> contextlib.AbstractContextManager:
         """The eager scoring path for an "@eager" spec, the default path otherwise."""

@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = new_compressor("raw", device=opts.device, decoder=compressors[0].decoder.name if compressors else None)
         lingua = None
         if opts.longllmlingua:
-            from icae_rag.backbones import decoder_source
             from icae_rag.eval.longllmlingua import LongLLMLinguaBaseline
+            from icae_rag.models.backbones import decoder_source
 
             lingua = LongLLMLinguaBaseline(decoder_source(raw.decoder.name)[0], device=str(raw.decoder.device))
         env = environment(opts.seed)  # before the run: the commit is the code that ran, not HEAD at the end

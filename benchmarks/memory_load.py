@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from icae_rag import data, kv_attention, load_compressor
+    from icae_rag import data, load_compressor
+    from icae_rag.models import kv_attention
     from icae_rag.stores import open_store
 
     texts = list(dict.fromkeys(ex.context for ex in data.load_squad("heldout", root=a.data_root)))[:a.paragraphs]

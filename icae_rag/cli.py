@@ -68,7 +68,7 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
 
     def encoder():
-        from .backbones import load_encoder
+        from .models.backbones import load_encoder
 
         return load_encoder(args.encoder, device=args.device)
 
@@ -124,7 +124,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     """Decode a saved memory (soft prompt or KV memory) back to text with the compressor that made it."""
     check_file(args.file)
-    from .memory import Memory
+    from .memories.base import Memory
 
     prompt = Memory.load(args.file)
     compressor = _load(args, kind=prompt.compressor)
@@ -136,10 +136,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     """Versions, default model paths, cache dir, device, shipped checkpoints."""
-    from .backbones import cache_dir, default_decoder_gguf, default_encoder_dir
     from .compressors import SHIPPED, shipped_checkpoint
     from .compressors.base import package_versions
-    from .runtime import resolve_device
+    from .models.backbones import cache_dir, default_decoder_gguf, default_encoder_dir
+    from .models.runtime import resolve_device
 
     def path_or_error(fn) -> str:
         try:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import InvalidInputError
-from .soft_prompt import text_sha256
+from .memories.soft_prompt import text_sha256
 from .stores.base import MemoryKey, compressor_identity
 
 if TYPE_CHECKING:
     from .compressors.base import Compressor
-    from .memory import Memory
+    from .memories.base import Memory
     from .stores.base import MemoryStore
 
 __all__ = ["RECENT_ENTRIES", "Fitted", "MemoryCache", "Resolved", "TokenStream"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from icae_rag import new_compressor
-from icae_rag.backbones import TINY_DECODER, TINY_ENCODER
 from icae_rag.compressors import compressor_kinds
+from icae_rag.models.backbones import TINY_DECODER, TINY_ENCODER
 
 TINY_ICAE = dict(decoder=TINY_DECODER, span_tokens=32, ratio=4, lora_r=4, lora_alpha=8)
 TINY_E2LLM = dict(decoder=TINY_DECODER, encoder=TINY_ENCODER, chunk_tokens=24, soft_tokens_per_chunk=2,

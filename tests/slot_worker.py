@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from icae_rag.soft_prompt import Piece, SoftPrompt, text_sha256
+from icae_rag.memories.soft_prompt import Piece, SoftPrompt, text_sha256
 from icae_rag.stores import SqliteMemoryStore
 
 

@@ -60,7 +60,7 @@ def test_chunking_tokenizes_in_bounded_pieces(tiny_raw, monkeypatch):
 
 
 def test_passages_fit_the_sentence_encoder(tiny_raw):
-    from icae_rag.backbones import TINY_ENCODER, load_encoder
+    from icae_rag.models.backbones import TINY_ENCODER, load_encoder
 
     encoder = load_encoder(TINY_ENCODER, device="cpu")
     encoder.model.max_seq_length = 40
@@ -104,9 +104,9 @@ def test_a_small_budget_gets_small_passages(capsys, tmp_path):
 
 
 def test_ask_reads_a_short_file_whole_without_the_encoder(capsys, tmp_path, monkeypatch):
-    import icae_rag.backbones
+    import icae_rag.models.backbones
 
-    monkeypatch.setattr(icae_rag.backbones, "load_encoder", lambda *a, **k: pytest.fail("encoder loaded"))
+    monkeypatch.setattr(icae_rag.models.backbones, "load_encoder", lambda *a, **k: pytest.fail("encoder loaded"))
     doc = tmp_path / "short.txt"
     doc.write_text("The Rhine flows north to the North Sea.")
     code, result = run(capsys, "--compressor", RAW, "--max-new-tokens", "2", "--context", str(doc), "Where?")
@@ -144,8 +144,8 @@ def test_ask_kvzip_compresses_the_retrieved_passages(capsys, tmp_path):
 
 
 def test_the_bench_retrieve_uses_the_same_search(tiny_raw):
-    from icae_rag.backbones import TINY_ENCODER, load_encoder
     from icae_rag.eval.qa import QAItem, retrieve
+    from icae_rag.models.backbones import TINY_ENCODER, load_encoder
 
     doc = long_text(20)
     item = QAItem("q", "Where does the barge go?", ("x",), [doc])
@@ -179,7 +179,7 @@ def test_bm25_spreads_the_candidates_when_no_question_word_occurs(tiny_raw):
 
 
 def test_a_long_document_is_reranked_only_on_the_bm25_candidates(tiny_raw, monkeypatch):
-    from icae_rag.backbones import TINY_ENCODER, load_encoder
+    from icae_rag.models.backbones import TINY_ENCODER, load_encoder
 
     monkeypatch.setattr(retrieval, "RERANK_CANDIDATES", 3)
     embedded: list[int] = []
@@ -199,7 +199,7 @@ def test_a_long_document_is_reranked_only_on_the_bm25_candidates(tiny_raw, monke
 
 
 def test_a_small_document_ranks_every_passage_as_before(tiny_raw, monkeypatch):
-    from icae_rag.backbones import TINY_ENCODER, load_encoder
+    from icae_rag.models.backbones import TINY_ENCODER, load_encoder
 
     monkeypatch.setattr(retrieval, "bm25_top", lambda *a, **k: pytest.fail("BM25 ran on a small document"))
     encoder, tokenizer = load_encoder(TINY_ENCODER, device="cpu"), tiny_raw.decoder.tokenizer

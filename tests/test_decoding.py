@@ -17,8 +17,8 @@ from icae_rag.decoding import (
 )
 from icae_rag.decoding.generate import _NgramBan
 from icae_rag.errors import InvalidInputError
-from icae_rag.hf_compat import cache_arg, output_cache
-from icae_rag.soft_prompt import SoftPrompt
+from icae_rag.memories.soft_prompt import SoftPrompt
+from icae_rag.models.hf_compat import cache_arg, output_cache
 
 
 def test_answer_reports_positions_and_ratio(tiny_compressor):
@@ -191,14 +191,14 @@ def test_stream_many_bad_input(tiny_raw):
 
 def test_memory_prompts_are_prefilled_together_as_one_by_one():
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
     from icae_rag.decoding.prefill import _prefill
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4)
     a, b = kvzip.compress(TEXT), kvzip.compress("The Saturn V rocket launched every crewed Apollo mission.")
     prompts = [build_prompt(kvzip, ctx, question=q) for q, ctx in
                [("Who?", [a]), ("Which rocket carried the crew?", [b, "A raw note."]), ("When?", [a, b])]]
-    with torch.no_grad(), kvzip.decoding():
+    with torch.no_grad(), kvzip.reading():
         together = _prefill(kvzip, prompts)[0]
         alone = torch.cat([_prefill(kvzip, [p])[0] for p in prompts])
     assert torch.allclose(together, alone, atol=1e-4)
@@ -207,8 +207,8 @@ def test_memory_prompts_are_prefilled_together_as_one_by_one():
 @pytest.mark.parametrize("with_memory", [False, True])
 def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
     from icae_rag.decoding.prefill import _prefill, target_logits
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2)
     contexts = [[kvzip.compress(TEXT)], [kvzip.compress("Short note."), "raw text"]] if with_memory else [[TEXT], ["x"]]
@@ -218,7 +218,7 @@ def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
     model = kvzip.decoder.model
     for prompt, target, lp in zip(prompts, targets, got, strict=True):
         assert lp.shape == (len(target), model.config.vocab_size)
-        with torch.no_grad(), kvzip.decoding():
+        with torch.no_grad(), kvzip.reading():
             logits, cache, mask, positions, view = _prefill(kvzip, [prompt])
             steps = [logits.float()[0]]
             for t in target[:-1]:
@@ -232,3 +232,14 @@ def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
         assert torch.allclose(lp, torch.stack(steps), atol=1e-3)
     with pytest.raises(InvalidInputError, match="non-empty target"):
         target_logits(kvzip, prompts, [[1], []])
+
+
+def test_every_compressor_is_a_memory_reader(tiny_raw, tiny_icae):
+    from icae_rag.decoding import MemoryReader
+
+    members = {n for n in vars(MemoryReader) if not n.startswith("_")}
+    assert members == {"decoder", "reading", "budget_contexts", "check_memory", "mode_embedding"}
+    for comp in (tiny_raw, tiny_icae):
+        assert all(hasattr(comp, n) for n in members), type(comp).__name__
+        with comp.reading():  # ICAE's switches its LoRA off
+            assert comp.mode_embedding("answer").shape[-1] == comp.decoder.hidden_size

@@ -11,8 +11,8 @@ import torch
 
 from conftest import TEXT
 from icae_rag import new_compressor
-from icae_rag.backbones import TINY_DECODER
-from icae_rag.hf_compat import cache_arg, cache_name, output_cache
+from icae_rag.models.backbones import TINY_DECODER
+from icae_rag.models.hf_compat import cache_arg, cache_name, output_cache
 
 
 @contextlib.contextmanager

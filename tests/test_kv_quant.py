@@ -9,11 +9,11 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, new_compressor
-from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import ConfigError, CorruptFileError
-from icae_rag.hf_compat import output_cache
-from icae_rag.kv_attention import rerotate, rotary, rotate_each
-from icae_rag.kv_quant import SMALL_HEAD_ENTRIES, key_groups, pack, unpack, value_group
+from icae_rag.memories.kv_quant import SMALL_HEAD_ENTRIES, key_groups, pack, unpack, value_group
+from icae_rag.models.backbones import TINY_DECODER
+from icae_rag.models.hf_compat import output_cache
+from icae_rag.models.kv_attention import rerotate, rotary, rotate_each
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -189,7 +189,7 @@ def test_inconsistent_quantisation_tensors_are_refused():
 
 
 def test_passages_of_32768_tokens_or_more_keep_int32_positions(tmp_path):
-    from icae_rag.soft_prompt import Piece
+    from icae_rag.memories.soft_prompt import Piece
 
     torch.manual_seed(0)
     counts = torch.tensor([[3, 20], [0, 40]], dtype=torch.int32)

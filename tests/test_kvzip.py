@@ -9,7 +9,6 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
-from icae_rag.backbones import TINY_DECODER, _tiny_decoder_dir
 from icae_rag.decoding import (
     GenerationConfig,
     build_prompt,
@@ -25,8 +24,9 @@ from icae_rag.errors import (
     InvalidInputError,
     UnsupportedModelError,
 )
-from icae_rag.hf_compat import cache_arg, output_cache
-from icae_rag.kv_attention import rerotate, rotary
+from icae_rag.models.backbones import TINY_DECODER, _tiny_decoder_dir
+from icae_rag.models.hf_compat import cache_arg, output_cache
+from icae_rag.models.kv_attention import rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
 
@@ -528,8 +528,8 @@ def test_fused_attention_equals_the_eager_reference(view_kind, b, monkeypatch):
     # read exactly what the eager path reads: same outputs and, when recording, the same scores.
     from types import SimpleNamespace
 
-    from icae_rag import kv_attention
-    from icae_rag.kv_attention import KvView
+    from icae_rag.models import kv_attention
+    from icae_rag.models.kv_attention import KvView
 
     torch.manual_seed(0)
     kv_heads, groups, q_len, k_len, dim = 2, 3, 5, 11, 8

@@ -13,10 +13,10 @@ from slot_worker import FakeCompressor, expected
 
 from conftest import TEXT
 from icae_rag import new_compressor
-from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.io import read_tensors
-from icae_rag.memory import Memory
+from icae_rag.memories.base import Memory
+from icae_rag.models.backbones import TINY_DECODER
 from icae_rag.stores import MemoryKey, MemoryStore, SqliteMemoryStore, is_lance_uri, open_store
 
 lance = pytest.importorskip("lance")

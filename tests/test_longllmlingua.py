@@ -9,8 +9,8 @@ import warnings
 import pytest
 
 from conftest import TEXT
-from icae_rag.backbones import DEFAULT_DECODER, TINY_DECODER, decoder_source
 from icae_rag.errors import InvalidInputError
+from icae_rag.models.backbones import DEFAULT_DECODER, TINY_DECODER, decoder_source
 
 pytest.importorskip("llmlingua")
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '''
 from dataclasses import dataclass
 
-from icae_rag.backbones import TINY_DECODER
+from icae_rag.models.backbones import TINY_DECODER
 from icae_rag.compressors import RawTextCompressor
 
 
@@ -224,3 +224,12 @@ def test_the_console_script_offers_and_runs_a_third_party_kind(tmp_path):
     assert ask.returncode == 0, ask.stderr
     out = json.loads(ask.stdout)
     assert out["compressor"] == "thirdkind" and out["context_positions"] == out["input_tokens"] > 0
+
+
+def test_a_compressor_overriding_the_0_1_decoding_method_is_refused():
+    from icae_rag.compressors import RawTextCompressor
+
+    with pytest.raises(TypeError, match=r"renamed to reading\(\)"):
+        class Old(RawTextCompressor):
+            def decoding(self):
+                raise AssertionError("never called")

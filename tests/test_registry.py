@@ -10,11 +10,11 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 
 from conftest import TEXT
-from icae_rag.backbones import TINY_DECODER
 from icae_rag.compressors import RawTextCompressor, register_compressor
 from icae_rag.compressors import base as compressor_registry
 from icae_rag.data import QAExample, register_dataset
 from icae_rag.data import registry as dataset_registry
+from icae_rag.models.backbones import TINY_DECODER
 
 
 @dataclass

@@ -11,7 +11,7 @@ from icae_rag.errors import (
     InvalidInputError,
     MissingFileError,
 )
-from icae_rag.soft_prompt import Piece, SoftPrompt, text_sha256
+from icae_rag.memories.soft_prompt import Piece, SoftPrompt, text_sha256
 
 
 def make(n: int = 5, d: int = 8, version: str = "v1", dtype=torch.float32) -> SoftPrompt:

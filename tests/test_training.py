@@ -117,7 +117,7 @@ def test_finetune_on_user_qa_jsonl(qa, corpus, tmp_path):
 
 
 def test_keep_unanswerable_subsamples_unanswerable_questions_only(tmp_path):
-    from icae_rag.backbones import load_decoder
+    from icae_rag.models.backbones import load_decoder
     from icae_rag.training.samples import build_samples
 
     path = tmp_path / "qa.jsonl"

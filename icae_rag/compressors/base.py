@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .. import decoding
-from ..backbones import DecoderBackbone, weights_fingerprint
 from ..errors import (
     BackboneMismatchError,
     CheckpointError,
@@ -24,7 +23,9 @@ from ..errors import (
     InvalidInputError,
 )
 from ..io import read_json, read_tensors, write_json, write_tensors
-from ..memory import Memory
+from ..memories.base import Memory
+from ..memories.soft_prompt import Piece, SoftPrompt, text_sha256
+from ..models.backbones import DecoderBackbone, weights_fingerprint
 from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, which imports no torch)
     _REGISTRY,
     compressor_kinds,
@@ -32,7 +33,6 @@ from ..plugins import (  # noqa: F401  (the registry lives in icae_rag.plugins, 
     register_compressor,
     unregister_compressor,
 )
-from ..soft_prompt import Piece, SoftPrompt, text_sha256
 from ..text import check_text, check_texts_and_leads
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Compressor(nn.Module):
 
     Subclasses set `config_class` (their config dataclass) and `kind` (the registry sets both on
     registration), implement `encode` (or `compress_many`), and may override `build` (a kind with
-    more backbones than the decoder), `decoding()` (the context in which the decoder reads) and
+    more backbones than the decoder), `reading()` (the context in which the decoder reads) and
     `mode_embedding`.
     """
 
@@ -81,6 +81,13 @@ class Compressor(nn.Module):
     # the memory is encoded after (so it is computed in context, as raw text in a long prompt is).
     uses_leads: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # 0.1's `decoding()` is `reading()` since 0.2: an override under the old name would be ignored.
+        if "decoding" in vars(cls):
+            raise TypeError(f"{cls.__name__} defines decoding(), which icae-rag 0.2 renamed to reading(): "
+                            "rename the method")
+
     def __init__(self, config: Any, decoder: DecoderBackbone) -> None:
         super().__init__()
         self.config = config
@@ -92,7 +99,7 @@ class Compressor(nn.Module):
     def build(cls, config: Any, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> Compressor:
         """A compressor of this class on the backbones `config` names (untrained): the decoder
         `config.decoder`, loaded on `device` in `dtype`. Any other option raises ConfigError."""
-        from ..backbones import load_decoder
+        from ..models.backbones import load_decoder
 
         cls.check_build(config, unknown)
         return cls(config, load_decoder(config.decoder, device=device, dtype=dtype))
@@ -148,7 +155,7 @@ class Compressor(nn.Module):
         return self.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # --- decoding ----------------------------------------------------------------------------
-    def decoding(self):
+    def reading(self):
         """Context manager in which the decoder reads soft prompts (ICAE disables its LoRA)."""
         return nullcontext()
 

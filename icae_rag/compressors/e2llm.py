@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
 from ..data.chunking import sentence_chunks
 from ..errors import CheckpointError, ConfigError
+from ..models.backbones import DEFAULT_DECODER, DEFAULT_ENCODER, DecoderBackbone, EncoderBackbone
 from ..text import check_text
 from .base import Compressor, Encoded
 
@@ -196,7 +196,7 @@ class E2llmCompressor(Compressor):
     @classmethod
     def build(cls, config: E2llmConfig, *, device: str = "auto", dtype: str = "auto", **unknown: Any) -> E2llmCompressor:
         """Load the decoder and encoder named in `config` and wrap them (untrained); the options are the base's."""
-        from ..backbones import load_decoder, load_encoder
+        from ..models.backbones import load_decoder, load_encoder
 
         cls.check_build(config, unknown)
         decoder = load_decoder(config.decoder, device=device, dtype=dtype)

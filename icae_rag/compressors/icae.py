@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..data.chunking import slots_for, split_spans
 from ..errors import CheckpointError, ConfigError
+from ..models.backbones import DEFAULT_DECODER, DecoderBackbone
 from .base import Compressor, Encoded
 
 MODES = ("autoencode", "continue", "answer")
@@ -89,7 +89,7 @@ class IcaeCompressor(Compressor):
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.lora_target_modules), bias="none")
-        # peft injects LoRA layers into decoder.model in place; `decoding()` switches them off.
+        # peft injects LoRA layers into decoder.model in place; `reading()` switches them off.
         self.lm = get_peft_model(decoder.model, lora)
         d = decoder.hidden_size
         emb = decoder.model.get_input_embeddings().weight.detach()
@@ -111,7 +111,7 @@ class IcaeCompressor(Compressor):
                 self.slot_proj.weight.copy_(torch.eye(d) if config.slot_source == "memory_tokens" else torch.zeros(d, d))
                 self.slot_proj.bias.zero_()
 
-    def decoding(self):
+    def reading(self):
         """The frozen decoder reads slots with the LoRA adapter switched off."""
         return self.lm.disable_adapter()
 

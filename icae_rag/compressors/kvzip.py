@@ -42,16 +42,22 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .. import kv_attention
-from ..backbones import DEFAULT_DECODER, DecoderBackbone
 from ..decoding import build_prompt, context_prefix_ids, prompt_texts, target_logits
 from ..decoding.prefill import _RowCache
 from ..errors import ConfigError, InvalidInputError
-from ..hf_compat import cache_arg, output_cache
-from ..kv_attention import KvView, rerotate
-from ..kv_memory import STORAGE_DTYPES, KvMemory, entry_owners, prune_jointly, token_ids_sha256
-from ..memory import Memory
-from ..soft_prompt import Piece, text_sha256
+from ..memories.base import Memory
+from ..memories.kv_memory import (
+    STORAGE_DTYPES,
+    KvMemory,
+    entry_owners,
+    prune_jointly,
+    token_ids_sha256,
+)
+from ..memories.soft_prompt import Piece, text_sha256
+from ..models import kv_attention
+from ..models.backbones import DEFAULT_DECODER, DecoderBackbone
+from ..models.hf_compat import cache_arg, output_cache
+from ..models.kv_attention import KvView, rerotate
 from .base import Compressor
 
 # Ratios an adaptive memory may take, smallest memory first; keeping everything (1.0) always passes.

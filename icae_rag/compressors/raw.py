@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones import DEFAULT_DECODER, DecoderBackbone
+from ..models.backbones import DEFAULT_DECODER, DecoderBackbone
 from .base import Compressor, Encoded
 
 

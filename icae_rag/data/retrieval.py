@@ -241,7 +241,7 @@ def select_context(texts: Sequence[str], question: str, tokenizer: Any, *, budge
             f"{max_new_tokens}-token answer that does not fit the decoder's {window} positions; drop --whole to "
             "answer from the passages retrieved for the question, or pass a shorter document")
     if encoder_loader is None:
-        from ..backbones import load_encoder as encoder_loader
+        from ..models.backbones import load_encoder as encoder_loader
     encoder = encoder_loader()
     # A budget below the passage size still gets whole passages, just smaller ones.
     passages = chunk_passages(texts, tokenizer, min(passage_tokens, budget), encoder=encoder, progress=progress)

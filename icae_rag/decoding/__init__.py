@@ -1,5 +1,6 @@
 """Answer from memories: the prompt layout (`prompts`), the cache each prompt builds (`prefill`), and
-decoding, streaming and reconstruction (`generate`)."""
+decoding, streaming and reconstruction (`generate`), with any `MemoryReader` (`reader`: the members
+of a compressor they use)."""
 
 from .generate import (
     Answer,
@@ -25,6 +26,7 @@ from .prompts import (
     prompt_texts,
     stop_token_ids,
 )
+from .reader import MemoryReader
 
 __all__ = [
     "INSTRUCTIONS",
@@ -33,6 +35,7 @@ __all__ = [
     "Answer",
     "Context",
     "GenerationConfig",
+    "MemoryReader",
     "Prefilled",
     "Prompt",
     "TrainingContext",

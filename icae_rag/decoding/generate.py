@@ -8,20 +8,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import InvalidInputError
-from ..hf_compat import cache_arg, output_cache
-from ..kv_memory import KvMemory
-from ..memory import Memory
-from ..soft_prompt import SoftPrompt
+from ..memories.base import Memory
+from ..memories.kv_memory import KvMemory
+from ..memories.soft_prompt import SoftPrompt
+from ..models.hf_compat import cache_arg, output_cache
 from .prefill import _prefill
 from .prompts import Context, Prompt, build_prompt, stop_token_ids
-
-if TYPE_CHECKING:
-    from ..compressors.base import Compressor
+from .reader import MemoryReader
 
 
 @dataclass
@@ -83,7 +81,7 @@ class Answer:
 
 
 @torch.no_grad()
-def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig
+def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: GenerationConfig
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token ids (B,), finished mask (B,)) per step; KV cache, left-padded batch."""
     dec = compressor.decoder
@@ -96,7 +94,7 @@ def _decode_steps(compressor: Compressor, prompts: Sequence[Prompt], cfg: Genera
         generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
     finished = torch.zeros(b, dtype=torch.bool, device=dec.device)
     repeats = _NgramBan(b, cfg.no_repeat_ngram_size) if cfg.no_repeat_ngram_size else None
-    with compressor.decoding():
+    with compressor.reading():
         logits, cache, mask, positions, view = _prefill(compressor, prompts)
         extra = {} if view is None else {"kv_view": view}
         for _ in range(cfg.max_new_tokens):
@@ -168,7 +166,7 @@ def _finish_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:
     return text.strip()
 
 
-def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[Answer]:
+def generate_from_prompts(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[Answer]:
     """Greedy/sampled decoding of several prompts in one batch."""
     start = time.perf_counter()
     ids: list[list[int]] = [[] for _ in prompts]
@@ -187,7 +185,7 @@ def generate_from_prompts(compressor: Compressor, prompts: Sequence[Prompt], cfg
                    len(ids[i]), prefill or 0.0, seconds, ids[i]) for i, p in enumerate(prompts)]
 
 
-def _answer_prompts(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]]
+def _answer_prompts(compressor: MemoryReader, questions: Sequence[str], contexts: Sequence[Sequence[Context]]
                     ) -> list[Prompt]:
     """The answer prompts of a batch of questions, `contexts[i]` belonging to `questions[i]`."""
     if isinstance(questions, str):
@@ -200,25 +198,25 @@ def _answer_prompts(compressor: Compressor, questions: Sequence[str], contexts: 
         return [build_prompt(compressor, ctx, question=q) for q, ctx in zip(questions, contexts, strict=True)]
 
 
-def answer(compressor: Compressor, question: str, contexts: Sequence[Context], **generation) -> Answer:
+def answer(compressor: MemoryReader, question: str, contexts: Sequence[Context], **generation) -> Answer:
     """Answer one question from soft prompts and/or raw-text contexts."""
     return answer_many(compressor, [question], [contexts], **generation)[0]
 
 
-def answer_many(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
+def answer_many(compressor: MemoryReader, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
                 **generation) -> list[Answer]:
     """Answer several questions in one batch; `contexts[i]` belongs to `questions[i]`."""
     cfg = GenerationConfig.from_options(generation)
     return generate_from_prompts(compressor, _answer_prompts(compressor, questions, contexts), cfg)
 
 
-def stream(compressor: Compressor, question: str, contexts: Sequence[Context], **generation) -> Iterator[str]:
+def stream(compressor: MemoryReader, question: str, contexts: Sequence[Context], **generation) -> Iterator[str]:
     """Yield the answer's text piece by piece as tokens are generated."""
     for _, piece in stream_many(compressor, [question], [contexts], **generation):
         yield piece
 
 
-def stream_many(compressor: Compressor, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
+def stream_many(compressor: MemoryReader, questions: Sequence[str], contexts: Sequence[Sequence[Context]],
                 **generation) -> Iterator[tuple[int, str]]:
     """Answer several questions in one batch, yielding (question index, text piece) as each step's
     tokens are generated, so every answer of the batch streams from the first step on."""
@@ -265,7 +263,7 @@ class _TextPieces:
         return piece
 
 
-def reconstruct(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: int | None = None,
+def reconstruct(compressor: MemoryReader, soft_prompt: Memory, *, max_new_tokens: int | None = None,
                 batch_size: int = 8) -> str:
     """Decode what a memory holds back to text: each soft-prompt piece in autoencoding mode, a KV
     memory whole in the repeat prompt it was scored with."""
@@ -273,7 +271,7 @@ def reconstruct(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: 
     return compressor.decoder.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_new_tokens: int | None = None,
+def reconstruct_token_ids(compressor: MemoryReader, soft_prompt: Memory, *, max_new_tokens: int | None = None,
                           batch_size: int = 8) -> list[int]:
     """Token ids reconstructed from each piece (batched), concatenated: pieces are consecutive
     token ranges of one source, so joining ids (not stripped texts) keeps the spacing."""

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-from .. import kv_attention
 from ..errors import InvalidInputError
-from ..hf_compat import cache_arg, output_cache
-from ..kv_attention import KvView
-from ..kv_memory import CacheColumns, KvMemory
+from ..memories.kv_memory import CacheColumns, KvMemory
+from ..models import kv_attention
+from ..models.hf_compat import cache_arg, output_cache
+from ..models.kv_attention import KvView
 from .prompts import Prompt
-
-if TYPE_CHECKING:
-    from ..compressors.base import Compressor
+from .reader import MemoryReader
 
 
 class Prefilled(NamedTuple):
@@ -32,7 +30,7 @@ class Prefilled(NamedTuple):
     view: KvView | None
 
 
-def _prefill(compressor: Compressor, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
+def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
              prefix_row: _RowCache | None = None) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
     Prompts with KV memories take two forwards: the shared prefix, then every prompt's text after it
@@ -219,7 +217,7 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]], *,
+def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]], *,
                   prefix_row: _RowCache | None = None) -> list[torch.Tensor]:
     """Per prompt, the decoder's next-token logits (len(target), vocab), float32, at each token of its
     target, teacher-forced right after the prompt (what the decoder would say there, and how sure it is).
@@ -231,6 +229,6 @@ def target_logits(compressor: Compressor, prompts: Sequence[Prompt], targets: Se
     for p, target in zip(prompts, targets, strict=True):
         head = dec.embed_ids(torch.tensor(list(target[:-1]), dtype=torch.long, device=dec.device))
         forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
-    with compressor.decoding():
+    with compressor.reading():
         logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
     return [x.float() for x in logits]

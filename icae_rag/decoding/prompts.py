@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import BackboneMismatchError, InvalidInputError
-from ..kv_memory import KvMemory, token_ids_sha256
-from ..memory import Memory
-from ..soft_prompt import SoftPrompt
+from ..memories.base import Memory
+from ..memories.kv_memory import KvMemory, token_ids_sha256
+from ..memories.soft_prompt import SoftPrompt
 from ..text import check_text
-
-if TYPE_CHECKING:
-    from ..compressors.base import Compressor
+from .reader import MemoryReader
 
 _PLACEHOLDER = "<<icae_rag:context>>"
 INSTRUCTIONS = {
@@ -87,7 +84,7 @@ def context_prefix_ids(tokenizer) -> list[int]:
     return tokenizer(prompt_texts(tokenizer, "repeat")[0], add_special_tokens=False)["input_ids"]
 
 
-def build_prompt(compressor: Compressor, contexts: Sequence[TrainingContext], *, mode: str = "answer",
+def build_prompt(compressor: MemoryReader, contexts: Sequence[TrainingContext], *, mode: str = "answer",
                  question: str | None = None) -> Prompt:
     """Chat prefix + instruction, the contexts (separated by blank lines), mode marker, question.
 

@@ -109,8 +109,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Validate, load models, run the suites, write results.json, results.md and PNG plots."""
     import torch
 
-    from ..backbones import load_encoder
     from ..compressors import load_compressor, new_compressor
+    from ..models.backbones import load_encoder
     from .efficiency import efficiency_markdown, run_efficiency
     from .fidelity import fidelity_markdown, run_fidelity
     from .plots import plot_latency_vs_length, plot_quality_vs_ratio
@@ -208,7 +208,7 @@ def _longllmlingua(opts: BenchOptions, decoder: str, device: str):
     if not opts.longllmlingua:
         return None
     try:
-        from ..backbones import decoder_source
+        from ..models.backbones import decoder_source
         from .longllmlingua import LongLLMLinguaBaseline
 
         return LongLLMLinguaBaseline(decoder_source(decoder)[0], device=device)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 from ..errors import InvalidInputError
-from ..hf_compat import cache_arg, output_cache
+from ..models.hf_compat import cache_arg, output_cache
 
 # LongLLMLingua's question-aware settings, as in the paper and LlamaIndex's postprocessor.
 _DEFAULTS = dict(
@@ -145,7 +145,7 @@ class LongLLMLinguaBaseline:
             raise ImportError(
                 f"the LongLLMLingua baseline needs the llmlingua package ({e}): pip install llmlingua"
             ) from e
-        from ..runtime import resolve_device
+        from ..models.runtime import resolve_device
 
         path = Path(decoder_dir).expanduser()
         if not (path / "config.json").is_file():

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneMismatchError, InvalidInputError
-from ..memory import Memory
-from ..soft_prompt import text_sha256
+from ..memories.base import Memory
+from ..memories.soft_prompt import text_sha256
 from ..text import check_text, check_texts_and_leads
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError
-from ..memory import Memory
+from ..memories.base import Memory
 from .base import LANCE_PREFIX, MemoryKey, MemoryStore, StoreStats, matches_key
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError
-from ..memory import Memory
+from ..memories.base import Memory
 from .base import (
     BLOB_DIR,
     MemoryKey,

@@ -36,7 +36,7 @@ def lm_loss(compressor: Compressor, prompts: Sequence[torch.Tensor], targets: Se
     for i, s in enumerate(seqs):
         x[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = 1
-    with compressor.decoding():
+    with compressor.reading():
         hidden = dec.transformer(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
     # Position P-1+j predicts target token j; project only those rows to the vocabulary.
     rows = torch.cat([hidden[i, p.shape[0] - 1 : p.shape[0] - 1 + len(t)] for i, (p, t) in enumerate(zip(prompts, targets, strict=True))])

@@ -27,7 +27,7 @@ from ..compressors import load_compressor, new_compressor
 from ..compressors.base import compressor_config_from_dict, get_compressor_class, package_versions
 from ..errors import CheckpointError, ConfigError
 from ..io import read_json, read_tensors, write_json, write_tensors
-from ..runtime import resolve_device
+from ..models.runtime import resolve_device
 from .config import TrainConfig
 from .objectives import ObjectiveModule
 from .samples import Sample, build_samples

@@ -16,9 +16,9 @@ from benchmarks.llamaindex_rag import (
 )
 from conftest import TEXT
 from icae_rag import new_compressor
-from icae_rag.backbones import TINY_DECODER
 from icae_rag.errors import InvalidInputError
 from icae_rag.eval.qa import QAItem
+from icae_rag.models.backbones import TINY_DECODER
 
 
 def test_rag_bench_compares_modes_on_the_same_nodes(tiny_icae, tiny_e2llm, tiny_raw):

@@ -199,7 +199,7 @@ def test_a_missing_faiss_extra_names_the_install_command(missing, monkeypatch, t
 
 def test_ingestion_encodes_each_kvzip_node_after_the_node_before_it(tmp_path, monkeypatch):
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER)
     seen: list = []
@@ -233,8 +233,8 @@ def test_ingestion_reports_the_budget_distribution_of_a_corpus(tmp_path):
     from llama_index.core.schema import TextNode
 
     from icae_rag import new_compressor
-    from icae_rag.backbones import TINY_DECODER
     from icae_rag.errors import InvalidInputError
+    from icae_rag.models.backbones import TINY_DECODER
 
     kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.3)
     ingest = IcaeRagIngestion(kvzip, SqliteMemoryStore.in_persist_dir(tmp_path))

@@ -22,7 +22,7 @@ from llama_index.postprocessor.icae_rag import (
 )
 
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
-from icae_rag.soft_prompt import SoftPrompt, text_sha256
+from icae_rag.memories.soft_prompt import SoftPrompt, text_sha256
 from icae_rag.stores import SqliteMemoryStore
 
 QUESTION = "When did Apollo 11 land on the Moon?"

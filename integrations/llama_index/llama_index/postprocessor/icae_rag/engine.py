@@ -58,7 +58,7 @@ def build_query_engine(index: Any, compressor: Any = None, store: Any = None, *,
 
 def default_embed_model(*, device: str | None = None, **kwargs: Any):
     """`HuggingFaceEmbedding` on the packaged all-MiniLM-L6-v2 (384-d, L2-normalised), loaded offline."""
-    from icae_rag.backbones import default_encoder_dir
+    from icae_rag.models.backbones import default_encoder_dir
 
     HuggingFaceEmbedding = _import_extra("llama_index.embeddings.huggingface").HuggingFaceEmbedding
     # local_files_only goes through to SentenceTransformer: a local directory, never the hub.

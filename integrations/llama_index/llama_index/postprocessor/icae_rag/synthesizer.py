@@ -20,14 +20,14 @@ from llama_index.core.types import RESPONSE_TEXT_TYPE
 from icae_rag.compressors import as_compressor
 from icae_rag.decoding import GenerationConfig
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
+from icae_rag.memories.soft_prompt import text_sha256
 from icae_rag.serving import MemoryCache, TokenStream
-from icae_rag.soft_prompt import text_sha256
 from icae_rag.stores import MemoryKey, as_store
 
 from ._shared import MEMORY_KEY, RAW, UsesCompressor, best_last, node_text, reject_removed_keywords
 
 if TYPE_CHECKING:
-    from icae_rag.memory import Memory
+    from icae_rag.memories.base import Memory
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 ATTENTION_NAME = "icae_rag_kv"
 # Decoder types whose attention, rotary and cache layout this module was written against.

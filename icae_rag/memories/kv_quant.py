@@ -1,6 +1,13 @@
-"""int4 / int2 storage of kvzip entries: asymmetric min/max codes packed into bytes (KIVI's layout).
+"""Quantised storage of kvzip entries: int8 absmax codes, and int4 / int2 min/max codes packed into
+bytes (KIVI's layouts).
 
-Keys are stored before rotation (pre-RoPE) and quantised per channel over groups of `group`
+Entries are ordered by layer, then KV head, then position; `counts` (layers, kv_heads) says how many
+each head kept, and `entry_owners(counts)` each entry's flat (layer * kv_heads + head) index.
+
+int8: keys per channel of each head, values per entry, symmetric absmax scales in float16; keys
+keep their rotation.
+
+int4 / int2: keys are stored before rotation (pre-RoPE) and quantised per channel over groups of `group`
 consecutive entries of the same (layer, KV head): one fp16 scale and zero point per channel per
 group. A head that keeps fewer than `SMALL_HEAD_ENTRIES` entries quantises its keys per entry
 instead (like values): per-channel scales (4 bytes x head_dim) would outweigh its few codes.
@@ -15,10 +22,41 @@ import math
 import torch
 
 QUANT_BITS = {"int4": 4, "int2": 2}
+# The tensors an int4 / int2 KvMemory holds in `quant`; "q_group" is int32 [bits, group size].
+QUANT_TENSORS = ("q_group", "q_key_scale", "q_key_zero", "q_key_entry_scale", "q_key_entry_zero",
+                 "q_value_scale", "q_value_zero")
 # Heads keeping fewer entries than this quantise their keys per entry: a head's per-channel group
 # costs head_dim x 4 bytes (256 for head_dim 64), more than 15 entries' per-entry scales (15 x 4).
 SMALL_HEAD_ENTRIES = 16
 _FP16_TINY = 2.0 ** -14  # smallest normal float16: no scale is stored below it
+
+
+def entry_owners(counts: torch.Tensor) -> torch.Tensor:
+    """For each entry, the flat (layer * kv_heads + head) index it belongs to."""
+    flat = counts.reshape(-1).long().cpu()
+    return torch.repeat_interleave(torch.arange(flat.numel()), flat)
+
+
+def quantise_int8(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float (N, D) keys and values to int8: (key codes, value codes, key scales (layers, kv_heads, D),
+    value scales (N,)), scales in float16."""
+    keys, values = keys.float(), values.float()
+    owner = entry_owners(counts).to(keys.device)
+    absmax = keys.new_zeros(counts.numel(), keys.shape[1]).index_reduce_(0, owner, keys.abs(), "amax")
+    key_scale = (absmax / 127).clamp(min=1e-8)
+    value_scale = (values.abs().amax(dim=1) / 127).clamp(min=1e-8)
+    qk = torch.round(keys / key_scale[owner]).clamp(-127, 127).to(torch.int8)
+    qv = torch.round(values / value_scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return qk, qv, key_scale.view(*counts.shape, -1).half(), value_scale.half()
+
+
+def dequantise_int8(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, key_scale: torch.Tensor,
+                    value_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `quantise_int8`: float32 (keys, values) on the codes' device."""
+    owner = entry_owners(counts).to(keys.device)
+    keys = keys.float() * key_scale.float().reshape(-1, keys.shape[1])[owner]
+    return keys, values.float() * value_scale.float()[:, None]
 
 
 def minmax_scale(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +98,7 @@ def key_groups(counts: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Te
     """For each entry: its per-channel group index (-1 for entries of small heads, quantised per
     entry), whether it is such a small-head entry, and the number of per-channel groups."""
     flat = counts.reshape(-1).long().cpu()
-    owner = torch.repeat_interleave(torch.arange(flat.numel()), flat)
+    owner = entry_owners(counts)
     rank = torch.arange(owner.numel()) - (flat.cumsum(0) - flat)[owner]
     small_head = flat < SMALL_HEAD_ENTRIES
     per_head = torch.where(small_head, 0, (flat + group - 1) // group)
@@ -120,7 +158,7 @@ def unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
 def positions_bitmap(positions: torch.Tensor, counts: torch.Tensor, n_tokens: int) -> torch.Tensor:
     """(layers x kv_heads, ceil(n_tokens / 8)) uint8: bit p of row h is set when head h kept position p."""
     rows = counts.numel()
-    owner = torch.repeat_interleave(torch.arange(rows), counts.reshape(-1).long().cpu())
+    owner = entry_owners(counts)
     bits = torch.zeros(rows, -(-n_tokens // 8) * 8, dtype=torch.uint8)
     bits[owner, positions.long().cpu()] = 1
     return pack(bits, 1)

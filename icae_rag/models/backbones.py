@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError, MissingFileError, ModelNotFoundError
 from . import kv_attention
-from .errors import InvalidInputError, MissingFileError, ModelNotFoundError
 from .runtime import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ Their positions are int16 (int32 from 32,768 tokens), written as a per-head bitm
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -23,17 +22,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import kv_quant
-from .errors import CorruptFileError, InvalidInputError
-from .io import write_tensors
-from .memory import Memory
+from ..errors import InvalidInputError
+from . import kv_file, kv_quant
+from .base import Memory
+from .kv_quant import QUANT_TENSORS, entry_owners
 from .soft_prompt import Piece
 
-FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8,
                   "int4": torch.uint8, "int2": torch.uint8}  # int4 / int2: packed codes
-QUANT_TENSORS = ("q_group", "q_key_scale", "q_key_zero", "q_key_entry_scale", "q_key_entry_zero",
-                 "q_value_scale", "q_value_zero")
 
 
 @dataclass
@@ -154,7 +150,7 @@ class KvMemory(Memory):
         if provenance.get("scores") is not None:
             provenance["scores"] = provenance["scores"].detach().to("cpu", torch.float16)
         if storage in kv_quant.QUANT_BITS:
-            from .kv_attention import rotate_each
+            from ..models.kv_attention import rotate_each
 
             if rotary_emb is None:
                 raise InvalidInputError(f"{storage} KV storage needs the decoder's rotary embedding")
@@ -167,14 +163,8 @@ class KvMemory(Memory):
         if storage != "int8":
             dtype = STORAGE_DTYPES[storage]
             return cls(keys.to(dtype), values.to(dtype), positions, counts, **provenance)
-        owner = entry_owners(counts)
-        absmax = torch.zeros(counts.numel(), keys.shape[1]).index_reduce_(0, owner, keys.abs(), "amax")
-        key_scale = (absmax / 127).clamp(min=1e-8)
-        value_scale = (values.abs().amax(dim=1) / 127).clamp(min=1e-8)
-        qk = torch.round(keys / key_scale[owner]).clamp(-127, 127).to(torch.int8)
-        qv = torch.round(values / value_scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return cls(qk, qv, positions, counts, key_scale=key_scale.view(*counts.shape, -1).half(),
-                   value_scale=value_scale.half(), **provenance)
+        qk, qv, key_scale, value_scale = kv_quant.quantise_int8(keys, values, counts)
+        return cls(qk, qv, positions, counts, key_scale=key_scale, value_scale=value_scale, **provenance)
 
     @classmethod
     def from_unordered(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, owners: torch.Tensor,
@@ -219,7 +209,7 @@ class KvMemory(Memory):
     def _rotated_entries(self, delta: int, rotary_emb: torch.nn.Module | None, device: torch.device | str
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 (keys rotated for prefix_tokens + delta + position, values) on `device`."""
-        from .kv_attention import rerotate, rotate_each
+        from ..models.kv_attention import rerotate, rotate_each
 
         if self.quant is None:
             keys, values = self.float_entries()
@@ -236,9 +226,7 @@ class KvMemory(Memory):
             return self._rotated_entries(0, rotary_emb, self.keys.device)
         if self.key_scale is None:
             return self.keys.float(), self.values.float()
-        owner = entry_owners(self.counts).to(self.keys.device)
-        keys = self.keys.float() * self.key_scale.float().reshape(-1, self.keys.shape[1])[owner]
-        return keys, self.values.float() * self.value_scale.float()[:, None]
+        return kv_quant.dequantise_int8(self.keys, self.values, self.counts, self.key_scale, self.value_scale)
 
     def cache_tensors(self, delta: int, rotary_emb: torch.nn.Module, dtype: torch.dtype, device: torch.device
                       ) -> CacheColumns:
@@ -298,55 +286,20 @@ class KvMemory(Memory):
                        counts=counts.to(torch.int32), scores=None if self.scores is None else self.scores[kept],
                        value_scale=None if self.value_scale is None else self.value_scale[kept])
 
-    # --- files ----------------------------------------------------------------------------------
+    # --- files (the format lives in kv_file) ---------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the memory stores, by name (what its file holds)."""
-        out = {"keys": self.keys, "values": self.values, "positions": self.positions, "counts": self.counts}
-        if self.quant is not None:
-            out |= self.quant
-            bitmap_bytes = self.counts.numel() * -(-self.source_tokens // 8)
-            if bitmap_bytes < self.positions.numel() * self.positions.element_size():
-                del out["positions"]
-                out["position_bits"] = kv_quant.positions_bitmap(self.positions, self.counts, self.source_tokens)
-        if self.key_scale is not None:
-            out |= {"key_scale": self.key_scale, "value_scale": self.value_scale}
-        if self.scores is not None:
-            out["scores"] = self.scores
-        return out
+        return kv_file.file_tensors(self)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as one safetensors file; provenance and a checksum of the tensors go in its header."""
-        tensors = {k: t.contiguous() for k, t in self.tensors().items()}
-        header = self.file_header(FORMAT_VERSION) | {
-            "prefix_tokens": self.prefix_tokens, "prefix_sha256": self.prefix_sha256, "sha256": _checksum(tensors)}
-        write_tensors(path, tensors, {"icae_rag": json.dumps(header)})
+        kv_file.save(self, path)
 
     @classmethod
     def from_file(cls, tensors: dict[str, torch.Tensor], header: dict[str, Any], path: Path,
                   device: str | torch.device) -> KvMemory:
         """Build a KV memory from a file's tensors and header; edits and inconsistencies raise."""
-        try:
-            if header["format_version"] > FORMAT_VERSION:
-                raise CorruptFileError(f"{path} was written by a newer icae_rag: upgrade icae-rag")
-            if _checksum(tensors) != header["sha256"]:
-                raise CorruptFileError(f"{path}: its tensors do not match the checksum in its header: "
-                                       "the file was edited or damaged; compress the text again")
-            positions = tensors.get("positions")
-            if positions is None:
-                positions, per_head = kv_quant.bitmap_positions(tensors["position_bits"])
-                if not torch.equal(per_head, tensors["counts"].reshape(-1).long()):
-                    raise CorruptFileError(f"{path}: its position bitmap disagrees with its counts")
-                pieces = tuple(Piece(*row) for row in header["pieces"])
-                positions = positions.to(torch.int16 if sum(p.source_tokens for p in pieces) < 32768 else torch.int32)
-            quant = {k: tensors[k] for k in QUANT_TENSORS} if "q_group" in tensors else None
-            memory = cls(tensors["keys"], tensors["values"], positions, tensors["counts"],
-                         tuple(Piece(*row) for row in header["pieces"]), int(header["prefix_tokens"]),
-                         header["prefix_sha256"], header["compressor"], header["compressor_version"],
-                         header["backbone"], tensors.get("key_scale"), tensors.get("value_scale"),
-                         dict(header.get("metadata", {})), tensors.get("scores"), quant)
-        except (KeyError, TypeError, ValueError) as e:  # InvalidInputError is a ValueError
-            raise CorruptFileError(f"{path} is not a readable icae_rag KV memory ({e}): compress the text again") from e
-        return memory if str(device) == "cpu" else memory.to(device)
+        return kv_file.read(cls, tensors, header, path, device)
 
     def to(self, device: str | torch.device) -> KvMemory:
         """A copy whose tensors live on `device` (storage dtype unchanged)."""
@@ -389,17 +342,3 @@ class CacheColumns(NamedTuple):
     valid: list[torch.Tensor]
     positions: list[torch.Tensor]
 
-
-def entry_owners(counts: torch.Tensor) -> torch.Tensor:
-    """For each entry, the flat (layer * kv_heads + head) index it belongs to."""
-    flat = counts.reshape(-1).long().cpu()
-    return torch.repeat_interleave(torch.arange(flat.numel()), flat)
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .errors import CorruptFileError
-from .io import read_tensor_bytes, read_tensors
+from ..errors import CorruptFileError
+from ..io import read_tensor_bytes, read_tensors
 
 
 class Memory:

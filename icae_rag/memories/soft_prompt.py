@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import BackboneMismatchError, CorruptFileError, InvalidInputError
-from .io import write_tensors
-from .memory import Memory
+from ..errors import BackboneMismatchError, CorruptFileError, InvalidInputError
+from ..io import write_tensors
+from .base import Memory
 
 FORMAT_VERSION = 1
 
