@@ -87,8 +87,8 @@ def test_reconstruct_decodes_each_piece_alone_in_autoencode_mode(tiny_icae):
     tok, stops = tiny_icae.decoder.tokenizer, stop_token_ids(tiny_icae.decoder.tokenizer)
     expected: list[int] = []
     for piece in prompt.pieces:
-        rows = prompt.embeddings[piece.slot_start:piece.slot_end]
-        alone = SoftPrompt(rows, (dataclasses.replace(piece, slot_start=0, slot_end=rows.shape[0]),),
+        rows = prompt.embeddings[piece.position_start:piece.position_end]
+        alone = SoftPrompt(rows, (dataclasses.replace(piece, position_start=0, position_end=rows.shape[0]),),
                            prompt.compressor, prompt.compressor_version, prompt.backbone)
         with torch.no_grad():
             built = build_prompt(tiny_icae, [alone], mode="autoencode")

@@ -301,6 +301,6 @@ def reconstruct_token_ids(compressor: Compressor, soft_prompt: Memory, *, max_ne
 
 
 def _piece_prompt(prompt: SoftPrompt, piece) -> SoftPrompt:
-    rows = prompt.embeddings[piece.slot_start : piece.slot_end]
-    return SoftPrompt(rows, (replace(piece, slot_start=0, slot_end=rows.shape[0]),), prompt.compressor,
+    rows = prompt.embeddings[piece.position_start : piece.position_end]
+    return SoftPrompt(rows, (replace(piece, position_start=0, position_end=rows.shape[0]),), prompt.compressor,
                       prompt.compressor_version, prompt.backbone)
