@@ -232,3 +232,13 @@ def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
         assert torch.allclose(lp, torch.stack(steps), atol=1e-3)
     with pytest.raises(InvalidInputError, match="non-empty target"):
         target_logits(kvzip, prompts, [[1], []])
+
+
+def test_reconstruct_takes_the_memory_and_warns_on_the_0_1_keyword(tiny_raw):
+    memory = tiny_raw.compress(TEXT)
+    expected = tiny_raw.reconstruct(memory, max_new_tokens=4)
+    assert tiny_raw.reconstruct(memory=memory, max_new_tokens=4) == expected
+    with pytest.warns(DeprecationWarning, match=r"pass reconstruct\(memory=\.\.\.\)"):
+        assert tiny_raw.reconstruct(soft_prompt=memory, max_new_tokens=4) == expected
+    with pytest.raises(TypeError, match="both memory= and soft_prompt="), pytest.warns(DeprecationWarning):
+        tiny_raw.reconstruct(memory, soft_prompt=memory)
