@@ -81,7 +81,7 @@ def test_garbage_and_foreign_files_raise_corrupt(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "f.safetensors"))
-    with pytest.raises(CorruptFileError, match="not an icae_rag soft prompt"):
+    with pytest.raises(CorruptFileError, match="not an icae_rag memory"):
         SoftPrompt.load(tmp_path / "f.safetensors")
 
 
