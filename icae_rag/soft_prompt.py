@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 
 
 def text_sha256(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes: the key that ties a soft prompt to its source."""
+    """Hex SHA-256 of a text's UTF-8 bytes: the key that ties a memory to its source."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
