@@ -106,19 +106,19 @@ def cmd_ask(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
-    """Compress a text file into a soft-prompt safetensors file."""
+    """Compress a text file into a memory file (safetensors)."""
     text = read_document(args.file)
     compressor = _load(args)
-    prompt = compressor.compress(text, progress=not args.json)
-    prompt.save(args.output)
+    memory = compressor.compress(text, progress=not args.json)
+    memory.save(args.output)
     from .compressors.kvzip import memory_budget
 
-    budget = memory_budget(prompt)
-    return {"output": str(args.output), "compressor": compressor.kind, "context_positions": prompt.num_positions,
-            "soft_tokens": prompt.num_positions,  # 0.1 name, until 0.3
-            "input_tokens": prompt.source_tokens, "compression_ratio": round(prompt.compression_ratio, 3),
+    budget = memory_budget(memory)
+    return {"output": str(args.output), "compressor": compressor.kind, "context_positions": memory.num_positions,
+            "soft_tokens": memory.num_positions,  # 0.1 name, until 0.3
+            "input_tokens": memory.source_tokens, "compression_ratio": round(memory.compression_ratio, 3),
             "fidelity": budget["fidelity"], "fidelity_target": budget["fidelity_target"],
-            "pieces": len(prompt.pieces)}
+            "pieces": len(memory.pieces)}
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,12 +126,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     check_file(args.file)
     from .memories.base import Memory
 
-    prompt = Memory.load(args.file)
-    compressor = _load(args, kind=prompt.compressor)
-    return {"text": compressor.reconstruct(prompt), "compressor": prompt.compressor,
-            "context_positions": prompt.num_positions,
-            "soft_tokens": prompt.num_positions,  # 0.1 name, until 0.3
-            "input_tokens": prompt.source_tokens}
+    memory = Memory.load(args.file)
+    compressor = _load(args, kind=memory.compressor)
+    return {"text": compressor.reconstruct(memory), "compressor": memory.compressor,
+            "context_positions": memory.num_positions,
+            "soft_tokens": memory.num_positions,  # 0.1 name, until 0.3
+            "input_tokens": memory.source_tokens}
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -290,13 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(ask)
     ask.set_defaults(func=cmd_ask)
 
-    comp = sub.add_parser("compress", help="compress a text file into a soft prompt")
+    comp = sub.add_parser("compress", help="compress a text file into a memory file")
     comp.add_argument("file")
     comp.add_argument("-o", "--output", required=True, help="output .safetensors path")
     common(comp)
     comp.set_defaults(func=cmd_compress)
 
-    rec = sub.add_parser("reconstruct", help="decode a soft prompt back to text")
+    rec = sub.add_parser("reconstruct", help="decode a memory file back to text")
     rec.add_argument("file")
     common(rec)
     rec.set_defaults(func=cmd_reconstruct)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{getattr(e, 'usage', '')}icae-rag: error: {e}", file=sys.stderr)
         return 2
     if result.get("trained") is False:
-        print(f"icae-rag: warning: the {result['compressor']} compressor is untrained; its soft prompts carry "
+        print(f"icae-rag: warning: the {result['compressor']} compressor is untrained; its memories carry "
               "no usable information", file=sys.stderr)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

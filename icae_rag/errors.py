@@ -20,7 +20,7 @@ class DeviceError(InvalidInputError):
 
 
 class BackboneMismatchError(IcaeRagError):
-    """A checkpoint or soft prompt was made for another backbone than the one loaded."""
+    """A checkpoint or memory was made for another backbone than the one loaded."""
 
 
 class CheckpointError(IcaeRagError):

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
@@ -48,9 +49,16 @@ _SHARED_LOCK = threading.Lock()
 class Resolved(NamedTuple):
     """Memories in the order asked for, their keys, and how many texts were compressed just now."""
 
-    prompts: list[Memory]
+    memories: list[Memory]
     keys: list[MemoryKey]
     compressed: int
+
+    @property
+    def prompts(self) -> list[Memory]:
+        """Deprecated 0.1 name of `memories` (they may be KV memories, not soft prompts); removed in 0.3."""
+        warnings.warn("Resolved.prompts is deprecated, use Resolved.memories (removed in 0.3)",
+                      DeprecationWarning, stacklevel=2)
+        return self.memories
 
 
 class Fitted(NamedTuple):
@@ -121,7 +129,7 @@ class MemoryCache:
             raise InvalidInputError(f"keep_raw must be >= 0, got {keep_raw}")
         first_soft = min(keep_raw, len(texts))
         resolved = self.resolve(texts[first_soft:], batch_size=batch_size)
-        memories = {first_soft + j: pair for j, pair in enumerate(zip(resolved.prompts, resolved.keys, strict=True))}
+        memories = {first_soft + j: pair for j, pair in enumerate(zip(resolved.memories, resolved.keys, strict=True))}
         compressed, used, out = resolved.compressed, 0, []
         for i, text in enumerate(texts):
             if i < keep_raw:
@@ -133,7 +141,7 @@ class MemoryCache:
                 logger.info("text %d: %d raw tokens exceed the remaining budget; compressing it instead", i, n)
                 one = self.resolve([text], batch_size=batch_size)
                 compressed += one.compressed
-                memories[i] = (one.prompts[0], one.keys[0])
+                memories[i] = (one.memories[0], one.keys[0])
             memory, key = memories[i]
             if max_positions is None or used + memory.num_positions <= max_positions:
                 out.append(Fitted(key, memory.num_positions, memory.source_tokens))

@@ -87,8 +87,8 @@ def test_reconstruct_decodes_each_piece_alone_in_autoencode_mode(tiny_icae):
     tok, stops = tiny_icae.decoder.tokenizer, stop_token_ids(tiny_icae.decoder.tokenizer)
     expected: list[int] = []
     for piece in prompt.pieces:
-        rows = prompt.embeddings[piece.slot_start:piece.slot_end]
-        alone = SoftPrompt(rows, (dataclasses.replace(piece, slot_start=0, slot_end=rows.shape[0]),),
+        rows = prompt.embeddings[piece.position_start:piece.position_end]
+        alone = SoftPrompt(rows, (dataclasses.replace(piece, position_start=0, position_end=rows.shape[0]),),
                            prompt.compressor, prompt.compressor_version, prompt.backbone)
         with torch.no_grad():
             built = build_prompt(tiny_icae, [alone], mode="autoencode")
@@ -243,3 +243,13 @@ def test_every_compressor_is_a_memory_reader(tiny_raw, tiny_icae):
         assert all(hasattr(comp, n) for n in members), type(comp).__name__
         with comp.reading():  # ICAE's switches its LoRA off
             assert comp.mode_embedding("answer").shape[-1] == comp.decoder.hidden_size
+
+
+def test_reconstruct_takes_the_memory_and_warns_on_the_0_1_keyword(tiny_raw):
+    memory = tiny_raw.compress(TEXT)
+    expected = tiny_raw.reconstruct(memory, max_new_tokens=4)
+    assert tiny_raw.reconstruct(memory=memory, max_new_tokens=4) == expected
+    with pytest.warns(DeprecationWarning, match=r"pass reconstruct\(memory=\.\.\.\)"):
+        assert tiny_raw.reconstruct(soft_prompt=memory, max_new_tokens=4) == expected
+    with pytest.raises(TypeError, match="both memory= and soft_prompt="), pytest.warns(DeprecationWarning):
+        tiny_raw.reconstruct(memory, soft_prompt=memory)

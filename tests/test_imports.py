@@ -223,3 +223,21 @@ def test_the_project_uses_no_retired_name() -> None:
             if RETIRED_NAMES.search(line) and "` -> `" not in line and "0.1" not in line:
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
     assert not found, "names removed in 0.2 (use the new names, CHANGELOG.md):\n" + "\n".join(found)
+
+
+# Names 0.2 deprecates (removed in 0.3, docs/deprecation.md): only their definitions and the tests
+# of their warnings may say them, so the project itself emits no DeprecationWarning of its own.
+DEPRECATED_NAMES = re.compile(r"\bslot_(start|end)\b|resolve\([^)]*\)\.prompts\b|reconstruct\([^)]*soft_prompt=")
+DEPRECATION_DEFINED_IN = ("icae_rag/soft_prompt.py", "icae_rag/serving.py", "icae_rag/compressors/base.py",
+                          "tests/test_soft_prompt.py", "tests/test_serving.py", "tests/test_decoding.py")
+
+
+def test_the_project_uses_no_name_deprecated_in_0_2() -> None:
+    found = []
+    for path in _project_text_files():
+        if str(path.relative_to(ROOT)) in DEPRECATION_DEFINED_IN:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if DEPRECATED_NAMES.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
+    assert not found, "names deprecated in 0.2 (use the new names, docs/deprecation.md):\n" + "\n".join(found)

@@ -156,6 +156,22 @@ def test_files_written_before_int4_still_load(storage):
     assert comp.version == regrouped.version and m.compressor_version.startswith("kvzip-")
 
 
+def test_kv_memory_pieces_span_the_passage_positions_its_entries_carry():
+    # 0.1 writers gave a KV memory's piece positions no meaning (a budget check wrote (0, 1)): they are
+    # set to the passage positions instead, in old files and new memories alike.
+    from icae_rag.memories.soft_prompt import Piece
+
+    for storage in ("float16", "int8"):
+        m = Memory.load(FIXTURES / f"kvzip-e2aed8f-{storage}.safetensors")
+        assert [(p.position_start, p.position_end) for p in m.pieces] == [(0, m.source_tokens)]
+        assert int(m.positions.max()) < m.pieces[0].position_end
+    counts = torch.tensor([[2, 1]], dtype=torch.int32)
+    m = KvMemory.from_entries(torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 9, 4]), counts, "float32",
+                              pieces=(Piece("0" * 64, 0, 6, 0, 1), Piece("0" * 64, 6, 10, 7, 7)), prefix_tokens=0,
+                              prefix_sha256="1" * 64, compressor="kvzip", compressor_version="v",
+                              backbone="tiny@0")
+    assert [(p.position_start, p.position_end) for p in m.pieces] == [(0, 6), (6, 10)]
+
 @pytest.mark.parametrize("bad", [dict(storage="int3"), dict(storage="INT4"), dict(storage="uint4"),
                                  dict(quant_group=4), dict(quant_group=48), dict(quant_group=32.0),
                                  dict(quant_group=True), dict(quant_group="32")])

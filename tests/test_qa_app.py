@@ -18,7 +18,7 @@ from qa_app_helpers import HashEmbedding, Hold, answer_text, events, serve
 
 from conftest import spy_compress
 from examples.qa_app import Settings, create_app
-from examples.qa_app import service as service_module
+from examples.qa_app import index_store as index_store_module
 from examples.qa_app.app import parse_args
 from examples.qa_app.documents import (
     UploadError,
@@ -266,7 +266,7 @@ def service_texts(service) -> list[str]:
     """What the decoder reads for every indexed node in raw mode."""
     from llama_index.postprocessor.icae_rag import node_text
 
-    return [node_text(n) for n in service._index.docstore.docs.values()]
+    return [node_text(n) for n in service.index_store.index.docstore.docs.values()]
 
 
 def test_bad_uploads_and_questions_are_refused_and_lose_nothing(tmp_path, compressor):
@@ -314,7 +314,7 @@ def test_upload_names_never_write_outside_the_data_dir(tmp_path, compressor, nam
         r = upload(client, name, "Evil text that must not be written anywhere.")
         assert r.status_code == 400 and r.json()["error"]
         assert client.get("/api/documents").json()["documents"] == []
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and "icae_rag_slots" not in p.parts]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "icae_rag_memories" not in p.parts]
     assert not [p for p in written if "evil" in p.name]
     assert list((data_dir / "files").iterdir()) == []
 
@@ -329,7 +329,7 @@ def test_uploads_are_stored_under_generated_names(tmp_path, compressor):
         assert "stored_as" not in r.json()["document"] and "sha256" not in r.json()["document"]
 
 
-def test_restart_reloads_documents_index_and_soft_prompts(tmp_path, compressor, monkeypatch):
+def test_restart_reloads_documents_index_and_memories(tmp_path, compressor, monkeypatch):
     pdf = minimal_pdf("The Eiffel Tower was completed in 1889 in Paris.")
     with TestClient(make_app(tmp_path, compressor)) as client:
         upload(client, "apollo.txt", APOLLO)
@@ -345,8 +345,8 @@ def test_restart_reloads_documents_index_and_soft_prompts(tmp_path, compressor, 
         status, again = ask(client, "When was the Eiffel Tower completed?")
         assert status == 200 and again[0]["sources"] == first[0]["sources"]
         assert again[0]["sources"][0]["file"] == "tower.pdf"
-        assert answer_text(again) == answer_text(first)  # greedy decoding of the same soft prompts
-        assert calls == []  # soft prompts came from the persisted memory store
+        assert answer_text(again) == answer_text(first)  # greedy decoding of the same memories
+        assert calls == []  # memories came from the persisted memory store
         assert upload(client, "rhine.txt", RHINE).status_code == 201
     with TestClient(make_app(tmp_path, compressor)) as client:
         assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == [
@@ -355,22 +355,38 @@ def test_restart_reloads_documents_index_and_soft_prompts(tmp_path, compressor, 
     assert len(versions) == 1  # old index versions are cleaned up
 
 
+
+def test_a_data_dir_from_0_1_keeps_its_memories(tmp_path, compressor, monkeypatch):
+    # 0.1 kept the memory store in icae_rag_slots/; 0.2 names it icae_rag_memories/ and opens the old one in place.
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        upload(client, "apollo.txt", APOLLO)
+        _, first = ask(client, "Who walked on the Moon?")
+    (tmp_path / "icae_rag_memories").rename(tmp_path / "icae_rag_slots")
+
+    calls = spy_compress(compressor, monkeypatch)
+    with TestClient(make_app(tmp_path, compressor)) as client:
+        assert client.app.state.service.store.path == tmp_path / "icae_rag_slots"
+        status, again = ask(client, "Who walked on the Moon?")
+        assert status == 200 and answer_text(again) == answer_text(first)
+        assert calls == []  # the memories came from the 0.1 directory
+    assert not (tmp_path / "icae_rag_memories").exists()
+
 def test_a_failed_persist_keeps_the_previous_index(tmp_path, compressor, monkeypatch):
     with TestClient(make_app(tmp_path, compressor), raise_server_exceptions=False) as client:
         upload(client, "apollo.txt", APOLLO)
         service = client.app.state.service
         before = (client.get("/api/documents").json(), service.index_size(), sorted(service.files_dir.iterdir()))
-        original = service_module.write_json
+        original = index_store_module.write_json
 
         def failing(path, data):
-            if Path(path).name == service_module.CURRENT:
+            if Path(path).name == index_store_module.CURRENT:
                 raise OSError("No space left on device")
             return original(path, data)
 
-        monkeypatch.setattr(service_module, "write_json", failing)
+        monkeypatch.setattr(index_store_module, "write_json", failing)
         r = upload(client, "rhine.txt", RHINE)
         assert r.status_code == 500 and "error" in r.json()
-        monkeypatch.setattr(service_module, "write_json", original)
+        monkeypatch.setattr(index_store_module, "write_json", original)
 
         assert (client.get("/api/documents").json(), service.index_size(),
                 sorted(service.files_dir.iterdir())) == before

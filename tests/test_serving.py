@@ -26,6 +26,13 @@ def test_caches_of_one_compressor_share_the_lock_and_recent_memories(tiny_icae, 
     assert again.keys[::-1] == first.resolve(TEXTS).keys
 
 
+
+def test_resolved_names_its_memories_and_keeps_the_0_1_name_with_a_warning(tiny_raw):
+    resolved = MemoryCache(tiny_raw).resolve(TEXTS)
+    assert [m.source_tokens for m in resolved.memories] == [len(tiny_raw.tokenize(t)) for t in TEXTS]
+    with pytest.warns(DeprecationWarning, match="use Resolved.memories"):
+        assert resolved.prompts is resolved.memories
+
 def test_precompute_fills_the_store(tiny_raw, tmp_path):
     with pytest.raises(InvalidInputError, match="needs a memory store"):
         MemoryCache(tiny_raw).precompute(TEXTS)

@@ -18,7 +18,7 @@ from slot_worker import FakeCompressor, expected, texts
 from conftest import TEXT, same_memory, spy_compress
 from icae_rag.errors import BackboneMismatchError, CorruptFileError, InvalidInputError
 from icae_rag.stores import MemoryKey, SqliteMemoryStore
-from icae_rag.stores.sqlite import DB_NAME, PERSIST_SUBDIR
+from icae_rag.stores.sqlite import DB_NAME, LEGACY_PERSIST_SUBDIR, PERSIST_SUBDIR
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "slot_worker.py"
@@ -75,6 +75,20 @@ def test_other_compressor_version_is_never_served(tiny_icae, tiny_raw, tmp_path,
     with pytest.raises(BackboneMismatchError, match="not by this compressor"):
         store.put(TEXT, tiny_raw, fresh)
 
+
+
+def test_a_persist_dir_from_0_1_is_opened_in_place(tiny_raw, tmp_path):
+    # 0.1 named the directory icae_rag_slots/: its memories keep being served, nothing is moved.
+    with SqliteMemoryStore(tmp_path / LEGACY_PERSIST_SUBDIR) as old:
+        old.put(TEXT, tiny_raw, tiny_raw.compress(TEXT))
+    assert (PERSIST_SUBDIR, LEGACY_PERSIST_SUBDIR) == ("icae_rag_memories", "icae_rag_slots")
+    with SqliteMemoryStore.in_persist_dir(tmp_path) as store:
+        assert store.path == tmp_path / LEGACY_PERSIST_SUBDIR
+        assert store.get(TEXT, tiny_raw) is not None
+    assert not (tmp_path / PERSIST_SUBDIR).exists()
+    fresh = tmp_path / "fresh"
+    with SqliteMemoryStore.in_persist_dir(fresh) as store:
+        assert store.path == fresh / PERSIST_SUBDIR and not (fresh / LEGACY_PERSIST_SUBDIR).exists()
 
 def test_put_refuses_a_soft_prompt_of_another_text(tiny_raw, tmp_path):
     store = SqliteMemoryStore(tmp_path)

@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     """Settings, host and port from the command line (the data dir also from $QA_APP_DATA_DIR)."""
     p = argparse.ArgumentParser(prog="python -m examples.qa_app", description="Document QA on compressed context.")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get(DATA_DIR_ENV, "qa_app_data")),
-                   help=f"where documents, index and soft prompts live (default ${DATA_DIR_ENV} or ./qa_app_data)")
+                   help=f"where documents, index and memories live (default ${DATA_DIR_ENV} or ./qa_app_data)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--compressor", choices=compressor_kinds(reads_text=False), default=DEFAULT_KIND)

@@ -152,7 +152,7 @@ def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: st
     with config values ("kvzip:ratio=8,storage=int8"); default `DEFAULT_KIND` (kvzip).
 
     A kind loads its shipped trained checkpoint; if none ships yet, an untrained compressor is
-    returned with a warning (its soft prompts carry no usable information). Config values are for
+    returned with a warning (its memories carry no usable information). Config values are for
     kinds without a shipped checkpoint (a trained checkpoint fixes its own config).
     """
     target = DEFAULT_KIND if path_or_kind is None else path_or_kind
@@ -171,7 +171,7 @@ def load_compressor(path_or_kind: str | os.PathLike | None = None, *, device: st
         if not compressor.trained:
             warnings.warn(
                 f"no trained {target} checkpoint ships with this icae-rag version: this compressor is "
-                "untrained and its soft prompts carry no usable information; train one with "
+                "untrained and its memories carry no usable information; train one with "
                 f"`icae-rag train {target}` or pass a checkpoint directory", stacklevel=2)
         return compressor
     if not isinstance(target, (str, os.PathLike)):
@@ -212,6 +212,6 @@ def _load_checkpoint(path: Path, *, device: str, dtype: str) -> Compressor:
             and Path(path).resolve() == shipped_checkpoint(compressor.kind).resolve():
         logger.warning(shipped_note(compressor.kind, path))
     if not compressor.trained:
-        warnings.warn(f"checkpoint {path} is marked untrained: its soft prompts carry no usable information",
+        warnings.warn(f"checkpoint {path} is marked untrained: its memories carry no usable information",
                       stacklevel=3)
     return compressor

@@ -71,9 +71,9 @@ class Compressor(nn.Module):
     kind: ClassVar[str] = ""
     # The config dataclass `build` takes (its `decoder` field names the decoder to load).
     config_class: ClassVar[type]
-    # True for a baseline whose "soft prompt" is the text's own token embeddings: callers hand it
-    # the text, it is what compressed modes are measured against, and its soft prompts depend
-    # only on the backbone.
+    # True for a baseline whose memory is the text's own token embeddings (a soft prompt of ratio 1):
+    # callers hand it the text, it is what compressed modes are measured against, and its memories
+    # depend only on the backbone.
     reads_text: ClassVar[bool] = False
     # True when `icae-rag train` can train the kind (it has tensors in `trainable_state_dict`).
     trainable: ClassVar[bool] = False
@@ -156,7 +156,7 @@ class Compressor(nn.Module):
 
     # --- decoding ----------------------------------------------------------------------------
     def reading(self):
-        """Context manager in which the decoder reads soft prompts (ICAE disables its LoRA)."""
+        """Context manager in which the decoder reads memories (ICAE disables its LoRA)."""
         return nullcontext()
 
     def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
@@ -168,7 +168,7 @@ class Compressor(nn.Module):
         return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))
 
     def answer(self, question: str, contexts: Sequence[Memory | str], **generation: Any):
-        """Answer one question from soft prompts and/or raw text pieces (see `icae_rag.decoding`)."""
+        """Answer one question from memories and/or raw text pieces (see `icae_rag.decoding`)."""
         return decoding.answer(self, question, contexts, **generation)
 
     def answer_many(self, questions: Sequence[str], contexts: Sequence[Sequence[Memory | str]], **generation: Any):
@@ -184,14 +184,22 @@ class Compressor(nn.Module):
         """Answer several questions in one batch, yielding (question index, text piece) as generated."""
         return decoding.stream_many(self, questions, contexts, **generation)
 
-    def reconstruct(self, soft_prompt: Memory, **generation: Any) -> str:
+    def reconstruct(self, memory: Memory | None = None, **generation: Any) -> str:
         """Decode what a memory holds back to text (autoencoding / restate mode)."""
-        return decoding.reconstruct(self, soft_prompt, **generation)
+        if "soft_prompt" in generation:  # 0.1's keyword: it may be a KV memory
+            warnings.warn("reconstruct(soft_prompt=...) is deprecated, pass reconstruct(memory=...) "
+                          "(removed in 0.3)", DeprecationWarning, stacklevel=2)
+            if memory is not None:
+                raise TypeError("reconstruct got both memory= and soft_prompt=: pass memory= only")
+            memory = generation.pop("soft_prompt")
+        if memory is None:
+            raise TypeError("reconstruct needs the memory to decode")
+        return decoding.reconstruct(self, memory, **generation)
 
     # --- identity ----------------------------------------------------------------------------
     @property
     def backbone_id(self) -> str:
-        """"decoder-name@fingerprint": what soft prompts and checkpoints are tied to."""
+        """"decoder-name@fingerprint": what memories and checkpoints are tied to."""
         return f"{self.decoder.name}@{self.decoder.fingerprint}"
 
     @property
@@ -201,11 +209,11 @@ class Compressor(nn.Module):
 
     @property
     def version(self) -> str:
-        """Identifies the trained weights; soft prompts of another version are not interchangeable."""
+        """Identifies the trained weights; memories of another version are not interchangeable."""
         return f"{self.kind}-{weights_fingerprint(_TensorBag(self.trainable_state_dict()))}"
 
     def check_memory(self, memory: Memory) -> None:
-        """Raise if a memory was not made for this backbone (soft prompts: by this compressor)."""
+        """Raise if a memory was not made for this backbone (a soft prompt: not by this compressor)."""
         if memory.backbone != self.backbone_id:
             raise BackboneMismatchError(
                 f"memory was made for backbone {memory.backbone}, this compressor uses "
@@ -253,7 +261,7 @@ class Compressor(nn.Module):
 
 
 def _reads_text(kind: str) -> bool:
-    """Whether `kind` is a text-reading baseline (its soft prompts any compressor may read); loads
+    """Whether `kind` is a text-reading baseline (its memories any compressor may read); loads
     the kind if it is declared but not used yet."""
     try:
         return get_compressor_class(kind)[1].reads_text

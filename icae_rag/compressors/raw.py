@@ -1,4 +1,4 @@
-"""The raw-text baseline: the "soft prompt" is the text's own token embeddings (ratio 1)."""
+"""The raw-text baseline: its memory is a soft prompt of the text's own token embeddings (ratio 1)."""
 
 from __future__ import annotations
 

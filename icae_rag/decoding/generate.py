@@ -199,7 +199,7 @@ def _answer_prompts(compressor: MemoryReader, questions: Sequence[str], contexts
 
 
 def answer(compressor: MemoryReader, question: str, contexts: Sequence[Context], **generation) -> Answer:
-    """Answer one question from soft prompts and/or raw-text contexts."""
+    """Answer one question from memories and/or raw-text contexts."""
     return answer_many(compressor, [question], [contexts], **generation)[0]
 
 
@@ -263,35 +263,35 @@ class _TextPieces:
         return piece
 
 
-def reconstruct(compressor: MemoryReader, soft_prompt: Memory, *, max_new_tokens: int | None = None,
+def reconstruct(compressor: MemoryReader, memory: Memory, *, max_new_tokens: int | None = None,
                 batch_size: int = 8) -> str:
-    """Decode what a memory holds back to text: each soft-prompt piece in autoencoding mode, a KV
+    """Decode what a memory holds back to text: each piece of a soft prompt in autoencoding mode, a KV
     memory whole in the repeat prompt it was scored with."""
-    ids = reconstruct_token_ids(compressor, soft_prompt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ids = reconstruct_token_ids(compressor, memory, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return compressor.decoder.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def reconstruct_token_ids(compressor: MemoryReader, soft_prompt: Memory, *, max_new_tokens: int | None = None,
+def reconstruct_token_ids(compressor: MemoryReader, memory: Memory, *, max_new_tokens: int | None = None,
                           batch_size: int = 8) -> list[int]:
     """Token ids reconstructed from each piece (batched), concatenated: pieces are consecutive
     token ranges of one source, so joining ids (not stripped texts) keeps the spacing."""
-    if not isinstance(soft_prompt, Memory):
-        raise InvalidInputError(f"reconstruct takes a SoftPrompt or KvMemory, got {type(soft_prompt).__name__}")
-    compressor.check_memory(soft_prompt)
+    if not isinstance(memory, Memory):
+        raise InvalidInputError(f"reconstruct takes a SoftPrompt or KvMemory, got {type(memory).__name__}")
+    compressor.check_memory(memory)
     stops = stop_token_ids(compressor.decoder.tokenizer)
     # Copying a text must reproduce its own repeated phrases, so the answers' loop stop is off here.
     config = partial(GenerationConfig, no_repeat_ngram_size=0)
-    if isinstance(soft_prompt, KvMemory):
+    if isinstance(memory, KvMemory):
         with torch.no_grad():
-            prompt = build_prompt(compressor, [soft_prompt], mode="repeat")
-        cfg = config(max_new_tokens=max_new_tokens or soft_prompt.source_tokens + 16)
+            prompt = build_prompt(compressor, [memory], mode="repeat")
+        cfg = config(max_new_tokens=max_new_tokens or memory.source_tokens + 16)
         return [t for t in generate_from_prompts(compressor, [prompt], cfg)[0].token_ids if t not in stops]
-    pieces = list(soft_prompt.pieces)
+    pieces = list(memory.pieces)
     ids: list[int] = []
     for b in range(0, len(pieces), batch_size):
         batch = pieces[b : b + batch_size]
         with torch.no_grad():
-            prompts = [build_prompt(compressor, [_piece_prompt(soft_prompt, p)], mode="autoencode") for p in batch]
+            prompts = [build_prompt(compressor, [_piece_prompt(memory, p)], mode="autoencode") for p in batch]
         budget = max_new_tokens or max(p.source_tokens for p in batch) + 16
         for answer in generate_from_prompts(compressor, prompts, config(max_new_tokens=budget)):
             ids += [t for t in answer.token_ids if t not in stops]
@@ -299,6 +299,6 @@ def reconstruct_token_ids(compressor: MemoryReader, soft_prompt: Memory, *, max_
 
 
 def _piece_prompt(prompt: SoftPrompt, piece) -> SoftPrompt:
-    rows = prompt.embeddings[piece.slot_start : piece.slot_end]
-    return SoftPrompt(rows, (replace(piece, slot_start=0, slot_end=rows.shape[0]),), prompt.compressor,
+    rows = prompt.embeddings[piece.position_start : piece.position_end]
+    return SoftPrompt(rows, (replace(piece, position_start=0, position_end=rows.shape[0]),), prompt.compressor,
                       prompt.compressor_version, prompt.backbone)

@@ -177,7 +177,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
 
 def _qa_modes(items, compressors, raw, lingua):
-    """Contexts per mode: raw passages, none, each compressor's soft prompts, LongLLMLingua text
+    """Contexts per mode: raw passages, none, each compressor's memories, LongLLMLingua text
     at the budget (decoder positions) the first compressor used for the same item."""
     modes = {"raw": lambda it: list(it.passages), "none": lambda it: []}
     readers = {"raw": raw, "none": raw}

@@ -87,7 +87,7 @@ def _plot_fidelity(ax, fidelity: dict[str, Any]) -> None:
 
 def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
     """Time to first token vs context length: solid = compression + prefill, dashed = prefill only
-    (what a query pays when the soft prompts were precomputed at indexing time)."""
+    (what a query pays when the memories were precomputed at indexing time)."""
     fig = _figure(figsize=(6, 4.2))
     ax = fig.subplots()
     modes = sorted({r["mode"] for r in efficiency["rows"]})
@@ -97,7 +97,7 @@ def plot_latency_vs_length(efficiency: dict[str, Any], path: Path) -> Path:
         line = ax.plot(x, [r["ttft_seconds"] for r in rows], marker="o", label=mode)[0]
         if mode != "raw":
             ax.plot(x, [r["prefill_seconds"] for r in rows], marker=".", linestyle="--", color=line.get_color(),
-                    label=f"{mode}, slots precomputed")
+                    label=f"{mode}, memories precomputed")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("time to first token (s)")

@@ -122,7 +122,7 @@ def run_qa(items: list[QAItem], modes: dict[str, Callable[[QAItem], list]], read
     `no_repeat_ngram_size` None keeps the generation default (the loop stop); 0 turns it off.
 
     A mode's compression ratio is the tokens of the item's passages per decoder position its context
-    took, so text compressors (LongLLMLingua) and soft prompts are measured against the same source.
+    took, so text compressors (LongLLMLingua) and memories are measured against the same source.
     With a "raw" mode, every mode also gets the gold answers' log-likelihood, scored after the lead-in
     raw text's answer gave them (`icae_rag.eval.compare`), and each mode's `compared` holds retention,
     flips, the log-likelihood difference and the agreement with the reference's own answers against

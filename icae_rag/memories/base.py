@@ -87,7 +87,7 @@ class Memory:
             kind = Memory._formats[header.get("format", "soft_prompt")]
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(
-                f"{Path(path)} is a safetensors file but not an icae_rag soft prompt or KV memory ({e!r}): "
+                f"{Path(path)} is a safetensors file but not an icae_rag memory (soft prompt or KV memory) ({e!r}): "
                 "create it with `icae-rag compress` or Memory.save") from e
         if not issubclass(kind, cls):
             raise CorruptFileError(f"{Path(path)} holds a {kind.__name__}, not a {cls.__name__}: "

@@ -1,4 +1,4 @@
-"""`KvMemory`: the kept keys and values of a passage in every (layer, KV head): a deep soft prompt.
+"""`KvMemory`: the kept keys and values of a passage in every (layer, KV head), read by the decoder as its cache.
 
 Entries are stored flat, ordered by layer, then KV head, then position: `keys`/`values` are
 (entries, head_dim), `positions` (entries,) the token index inside the passage, `counts` (layers,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,7 +56,15 @@ class KvMemory(Memory):
     readable_by_any_compressor = True
 
     def __post_init__(self) -> None:
-        self.pieces = tuple(self.pieces)
+        # A piece's context positions in a KV memory are the passage positions its entries may carry:
+        # its source tokens, counted on from the previous piece's. Set here rather than trusted, since
+        # writers before 0.2 gave them no meaning (a budget check wrote (0, 1)); saved kvzip memories
+        # already hold these values, so no file changes.
+        start, pieces = 0, []
+        for p in self.pieces:
+            pieces.append(replace(p, position_start=start, position_end=start + p.source_tokens))
+            start += p.source_tokens
+        self.pieces = tuple(pieces)
         n = self.keys.shape[0]
         problems = []
         if self.counts.dim() != 2:

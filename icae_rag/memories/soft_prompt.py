@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,24 +20,62 @@ FORMAT_VERSION = 1
 
 
 def text_sha256(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes: the key that ties a soft prompt to its source."""
+    """Hex SHA-256 of a text's UTF-8 bytes: the key that ties a memory to its source."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Piece:
-    """One compressed piece: source tokens [token_start, token_end) became rows [slot_start, slot_end)."""
+    """One compressed piece: source tokens [token_start, token_end) of the text became the memory's
+    context positions [position_start, position_end).
+
+    In a soft prompt those are rows of its embeddings, one decoder position each. In a KV memory
+    they are the passage positions its kept entries carry (each (layer, head) keeps a subset).
+    Memory files store a piece as the list of these five fields in this order; 0.1 named the last
+    two ``slot_start`` / ``slot_end`` (same values), so its files load unchanged.
+    """
 
     source_sha256: str
     token_start: int
     token_end: int
-    slot_start: int
-    slot_end: int
+    position_start: int
+    position_end: int
+
+    def __init__(self, source_sha256: str, token_start: int, token_end: int, position_start: int | None = None,
+                 position_end: int | None = None, *, slot_start: int | None = None,
+                 slot_end: int | None = None) -> None:
+        """The five fields in order; ``slot_start=`` / ``slot_end=`` are 0.1's keywords (deprecated)."""
+        if slot_start is not None or slot_end is not None:
+            warnings.warn("Piece(slot_start=, slot_end=) is deprecated, use position_start= / position_end= "
+                          "(removed in 0.3)", DeprecationWarning, stacklevel=2)
+            position_start = slot_start if position_start is None else position_start
+            position_end = slot_end if position_end is None else position_end
+        if position_start is None or position_end is None:
+            raise TypeError("Piece needs position_start and position_end")
+        # Frozen: set through object.__setattr__, in field order (a file stores them in this order).
+        for name, value in (("source_sha256", source_sha256), ("token_start", token_start),
+                            ("token_end", token_end), ("position_start", position_start),
+                            ("position_end", position_end)):
+            object.__setattr__(self, name, value)
 
     @property
     def source_tokens(self) -> int:
         """Number of decoder tokens of the source this piece stands for."""
         return self.token_end - self.token_start
+
+    @property
+    def slot_start(self) -> int:
+        """Deprecated 0.1 name of `position_start`; removed in 0.3."""
+        warnings.warn("Piece.slot_start is deprecated, use Piece.position_start (removed in 0.3)",
+                      DeprecationWarning, stacklevel=2)
+        return self.position_start
+
+    @property
+    def slot_end(self) -> int:
+        """Deprecated 0.1 name of `position_end`; removed in 0.3."""
+        warnings.warn("Piece.slot_end is deprecated, use Piece.position_end (removed in 0.3)",
+                      DeprecationWarning, stacklevel=2)
+        return self.position_end
 
 
 @dataclass
@@ -60,7 +99,7 @@ class SoftPrompt(Memory):
         if not isinstance(self.embeddings, torch.Tensor) or self.embeddings.dim() != 2:
             raise InvalidInputError("SoftPrompt.embeddings must be a 2-D tensor (n_soft_tokens, d_model)")
         self.pieces = tuple(self.pieces)
-        covered = sum(p.slot_end - p.slot_start for p in self.pieces)
+        covered = sum(p.position_end - p.position_start for p in self.pieces)
         if covered != self.embeddings.shape[0]:
             raise InvalidInputError(
                 f"SoftPrompt pieces cover {covered} rows but embeddings has {self.embeddings.shape[0]}"
@@ -84,7 +123,7 @@ class SoftPrompt(Memory):
 
     def piece_embeddings(self) -> list[torch.Tensor]:
         """The rows of each piece, in order."""
-        return [self.embeddings[p.slot_start : p.slot_end] for p in self.pieces]
+        return [self.embeddings[p.position_start : p.position_end] for p in self.pieces]
 
     @classmethod
     def concat(cls, prompts: Sequence[SoftPrompt]) -> SoftPrompt:
@@ -102,7 +141,8 @@ class SoftPrompt(Memory):
                 )
         pieces, offset = [], 0
         for p in prompts:
-            pieces += [replace(q, slot_start=q.slot_start + offset, slot_end=q.slot_end + offset) for q in p.pieces]
+            pieces += [replace(q, position_start=q.position_start + offset,
+                               position_end=q.position_end + offset) for q in p.pieces]
             offset += p.num_positions
         device = first.embeddings.device
         embeddings = torch.cat([p.embeddings.to(device) for p in prompts], dim=0)

@@ -37,7 +37,7 @@ BLOB_DIR = "blobs"
 
 @dataclass(frozen=True)
 class MemoryKey:
-    """What a soft prompt is cached under: the text's sha256 and the compressor's identity."""
+    """What a memory is cached under: the text's sha256 and the compressor's identity."""
 
     text_sha256: str
     compressor: str
@@ -76,7 +76,7 @@ class MemoryKey:
 
 
 def compressor_identity(compressor: Compressor) -> tuple[str, str, str]:
-    """(kind, version, backbone id): soft prompts are only interchangeable when all three match."""
+    """(kind, version, backbone id): memories are only interchangeable when all three match."""
     return compressor.kind, compressor.version, compressor.backbone_id
 
 
@@ -236,10 +236,10 @@ def check_put(key: MemoryKey, memory: object) -> None:
     made_by = (memory.compressor, memory.compressor_version, memory.backbone)
     if made_by != key.identity:
         raise BackboneMismatchError(
-            f"soft prompt was made by {'/'.join(made_by)}, not by this compressor {'/'.join(key.identity)}: "
+            f"memory was made by {'/'.join(made_by)}, not by this compressor {'/'.join(key.identity)}: "
             "store it with the compressor that made it")
     if any(p.source_sha256 != key.text_sha256 for p in memory.pieces):
-        raise InvalidInputError("soft prompt was compressed from another text than the one given")
+        raise InvalidInputError("memory was compressed from another text than the one given")
 
 
 def matches_key(memory: Memory, key: MemoryKey) -> bool:

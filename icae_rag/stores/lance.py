@@ -5,7 +5,9 @@ One row per stored memory::
     text_sha256, compressor, version, backbone   the `MemoryKey` fields
     row_id                                       a random id of the row (for precise deletes)
     memory                                       the memory's safetensors file, as bytes
-    soft_tokens, source_tokens                   sizes, for queries over the table
+    soft_tokens, source_tokens                   sizes, for queries over the table (soft_tokens: the
+                                                 memory's context positions; 0.1's column name, kept
+                                                 so existing tables load)
     created                                      Unix time of the write
 
 The table lives at a local path or an object-store URI (``s3://bucket/memories.lance``);

@@ -1,19 +1,22 @@
-"""`SqliteMemoryStore`: a persistent, embedded cache of soft prompts, keyed by text and compressor.
+"""`SqliteMemoryStore`: a persistent, embedded cache of memories, keyed by text and compressor.
 
 A store is a directory::
 
     slots.sqlite3                     the index: one row per (text sha256, compressor kind,
-                                      compressor version, backbone id)
+                                      compressor version, backbone id), in the table `slots`
     blobs/<ab>/<key hash>.safetensors one memory per row (`SoftPrompt.save` / `KvMemory.save`)
 
 Entries are tied to the compressor's trained weights (`compressor.version`) and to its decoder
 (`compressor.backbone_id`): an entry made by another version or for another backbone is never
 served, the text is compressed again.
 
+On-disk names from 0.1, kept so existing stores open unchanged: the file `slots.sqlite3`, its table
+`slots` and the column `soft_tokens` (the memory's decoder positions, `Memory.num_positions`).
+
 Crash safety: a blob is written first (temp file, then rename), then its row is inserted in one
 SQLite transaction, so a killed writer leaves at worst an unindexed blob or a temp file, both
 ignored (`prune` deletes them). Fallback, by design: a row whose blob is missing or unreadable, or
-holds another soft prompt than the row says, is never returned: a warning is logged, the row is
+holds another memory than the row says, is never returned: a warning is logged, the row is
 deleted, and the lookup counts as a miss (the text is compressed again).
 
 Concurrency: SQLite in WAL mode. Any number of processes may read while one writes; other writers
@@ -49,8 +52,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DB_NAME = "slots.sqlite3"
-PERSIST_SUBDIR = "icae_rag_slots"
+DB_NAME = "slots.sqlite3"  # on-disk name from 0.1, kept (see the module docstring)
+PERSIST_SUBDIR = "icae_rag_memories"
+# 0.1's name of PERSIST_SUBDIR: a persist dir that has only this one keeps using it (nothing is moved).
+LEGACY_PERSIST_SUBDIR = "icae_rag_slots"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
     text_sha256   TEXT NOT NULL,
@@ -71,12 +76,12 @@ __all__ = ["MemoryKey", "SqliteMemoryStore", "StoreStats", "compressor_identity"
 
 
 class SqliteMemoryStore(MemoryStore):
-    """A directory of cached soft prompts with a SQLite index; see the module docstring.
+    """A directory of cached memories with a SQLite index; see the module docstring.
 
     Example::
 
         with SqliteMemoryStore.in_persist_dir("./storage") as store:
-            prompts = store.get_or_compress(texts, compressor)   # compresses only the misses
+            memories = store.get_or_compress(texts, compressor)   # compresses only the misses
 
     Raises:
         CorruptFileError: the index is not a SQLite database, or was written by a newer icae-rag.
@@ -96,8 +101,20 @@ class SqliteMemoryStore(MemoryStore):
 
     @classmethod
     def in_persist_dir(cls, persist_dir: str | os.PathLike, **kwargs) -> SqliteMemoryStore:
-        """The store beside a LlamaIndex `StorageContext.persist` directory: `<persist_dir>/icae_rag_slots`."""
-        return cls(Path(persist_dir).expanduser() / PERSIST_SUBDIR, **kwargs)
+        """The store beside a LlamaIndex `StorageContext.persist` directory: `<persist_dir>/icae_rag_memories`.
+
+        A persist dir written by 0.1 holds `icae_rag_slots/` instead: when only that one exists it is
+        opened in place, so its memories keep being served (rename it when no process uses it to move on).
+        """
+        root = Path(persist_dir).expanduser()
+        path, legacy = root / PERSIST_SUBDIR, root / LEGACY_PERSIST_SUBDIR
+        if not path.exists() and legacy.is_dir():
+            logger.info("memory store %s: using 0.1's directory name (0.2 names it %s)", legacy, PERSIST_SUBDIR)
+            path = legacy
+        elif path.exists() and legacy.is_dir():
+            logger.warning("memory store %s is used; %s beside it (0.1's name) is not read: move its memories "
+                           "into the new one or delete it", path, legacy)
+        return cls(path, **kwargs)
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         db_path = self.path / DB_NAME
@@ -127,7 +144,7 @@ class SqliteMemoryStore(MemoryStore):
             db.close()
             raise CorruptFileError(
                 f"{db_path} is not a readable memory store index ({e}): delete the directory {self.path} "
-                "to rebuild it (soft prompts are compressed again on demand)") from e
+                "to rebuild it (memories are compressed again on demand)") from e
         except BaseException:
             db.close()
             raise
@@ -161,7 +178,7 @@ class SqliteMemoryStore(MemoryStore):
         try:
             prompt = Memory.load(self.path / row[0], device=device)
             if not matches_key(prompt, key):
-                raise CorruptFileError(f"{row[0]} holds another soft prompt than its index row says")
+                raise CorruptFileError(f"{row[0]} holds another memory than its index row says")
         except (MissingFileError, CorruptFileError) as e:
             logger.warning("memory store %s: dropping an unreadable entry, its text will be compressed again (%s)",
                            self.path, e)

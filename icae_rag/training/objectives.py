@@ -1,4 +1,4 @@
-"""Losses: the decoder reads a soft prompt and predicts a target; loss on target tokens only.
+"""Losses: the decoder reads a soft prompt (the trainable kinds' memory) and predicts a target; loss on target tokens only.
 
 All objectives (ICAE autoencoding, continuation and QA fine-tuning; E2LLM reconstruction and
 instruction tuning) are one computation with different prompts, built by the same

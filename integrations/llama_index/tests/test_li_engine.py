@@ -137,7 +137,7 @@ def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
     engine.query("When did Apollo 11 land?")
     assert calls == [2]
     engine.query("When did Apollo 11 land?")
-    assert calls == [2], "the second query finds every soft prompt in memory or in the store"
+    assert calls == [2], "the second query finds every memory in the shared table or in the store"
 
 
 def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):

@@ -84,5 +84,5 @@ def test_qa_app_answers_from_a_lance_store(tmp_path, _icae_proto, monkeypatch):
     calls = spy_compress(compressor, monkeypatch)
     with TestClient(create_app(settings, compressor=compressor, embed_model=HashEmbedding())) as client:
         r = client.post("/api/ask", json={"question": "When did Apollo 11 land?", "mode": "compressed"})
-        assert r.status_code == 200 and calls == [], "the soft prompts come from the Lance store"
+        assert r.status_code == 200 and calls == [], "the memories come from the Lance store"
     assert parse_args(["--store", uri])[0].store == uri

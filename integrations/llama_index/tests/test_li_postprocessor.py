@@ -93,7 +93,7 @@ def test_a_memory_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_pa
         assert calls == [4] and len(store) == 4
         # A new process would have an empty memory: a second postprocessor reading the same directory.
         again = IcaeRagPostprocessor(tiny_icae, str(tmp_path)).postprocess_nodes(make_nodes())
-    assert calls == [4], "all four soft prompts come from the store"
+    assert calls == [4], "all four memories come from the store"
     assert [e.compressed for e in seen.events] == [4, 0]
     assert len(again) == 4
 

@@ -94,7 +94,7 @@ def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, t
     assert [{k: v for k, v in n.node.metadata.items() if k != MEMORY_KEY} for n in response.source_nodes] == [
         n.node.metadata for n in retrieved]
     assert [n.node.metadata[MEMORY_KEY] == "raw" for n in response.source_nodes] == [True, False]
-    assert calls == [] and store.stats.misses == 0, "every soft prompt was precomputed at ingestion"
+    assert calls == [] and store.stats.misses == 0, "every memory was precomputed at ingestion"
 
     asyn = asyncio.run(engine.aquery(QUESTION))
     assert isinstance(asyn, Response) and asyn.response == response.response

@@ -114,9 +114,9 @@ class IcaeRagSynthesizer(UsesCompressor, BaseSynthesizer):
         for node, text in kept:
             if node.metadata.get(MEMORY_KEY) not in (None, RAW):
                 _check_mark(node.node_id, node.metadata[MEMORY_KEY], text, identity)
-        soft = [text for node, text in kept if node.metadata.get(MEMORY_KEY) != RAW]
-        prompts = iter(self._cache.resolve(soft, batch_size=self._batch_size).prompts if soft else [])
-        return [text if node.metadata.get(MEMORY_KEY) == RAW else next(prompts) for node, text in kept]
+        compressed = [text for node, text in kept if node.metadata.get(MEMORY_KEY) != RAW]
+        memories = iter(self._cache.resolve(compressed, batch_size=self._batch_size).memories if compressed else [])
+        return [text if node.metadata.get(MEMORY_KEY) == RAW else next(memories) for node, text in kept]
 
     def _contexts(self, nodes: Sequence[NodeWithScore] | None, text_chunks: Sequence[str]) -> list[Memory | str]:
         """The nodes' contexts; without nodes, every non-empty text chunk as a memory."""
@@ -125,7 +125,7 @@ class IcaeRagSynthesizer(UsesCompressor, BaseSynthesizer):
         texts = [t for t in text_chunks if isinstance(t, str) and t.strip()]
         if len(texts) < len(text_chunks):
             logger.warning("%d empty text chunks are left out of the context", len(text_chunks) - len(texts))
-        return list(self._cache.resolve(texts, batch_size=self._batch_size).prompts) if texts else []
+        return list(self._cache.resolve(texts, batch_size=self._batch_size).memories) if texts else []
 
     def _question(self, query_str: str) -> str:
         if not isinstance(query_str, str) or not query_str.strip():
