@@ -71,6 +71,22 @@ def tiny_raw(_tiny_protos):
     return _tiny("raw", _tiny_protos)
 
 
+@pytest.fixture
+def tiny_kvzip(_tiny_protos):
+    """A fresh copy of a tiny kvzip compressor (the default kind) keeping a fixed quarter of the cache."""
+    return _tiny("kvzip", _tiny_protos)
+
+
+@pytest.fixture(params=["icae", "kvzip"])
+def tiny_memory_kind(request, _tiny_protos):
+    """In turn, a tiny ICAE (a soft prompt) and a tiny kvzip (a KV memory, the default kind).
+
+    For behaviour every memory-making kind must share: the two kinds put memories in the decoder in
+    different ways (input embeddings vs. attention keys and values), so both are exercised.
+    """
+    return _tiny(request.param, _tiny_protos)
+
+
 @pytest.fixture(params=compressor_kinds())
 def tiny_compressor(request, _tiny_protos):
     """Each registered compressor kind in turn, on tiny backbones."""

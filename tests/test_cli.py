@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEXT
+from conftest import TEXT, same_memory
 from icae_rag.cli import main
 from icae_rag.compressors.base import CONFIG_NAME
+from icae_rag.memories.base import Memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,29 +29,45 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_ask_json(capsys, ckpt, tmp_path):
+def test_ask_json(capsys, tiny_icae, ckpt, tmp_path):
     ctx = tmp_path / "doc.txt"
     ctx.write_text(TEXT)
+    question = "When did Apollo 11 land?"
     code, out, err = run(capsys, "ask", "--json", "--checkpoint", ckpt, "--context", str(ctx),
-                         "--max-new-tokens", "3", "--device", "cpu", "When did Apollo 11 land?")
+                         "--max-new-tokens", "3", "--device", "cpu", question)
     assert code == 0
     result = json.loads(out)
-    for key in ("answer", "input_tokens", "context_positions", "soft_tokens", "compression_ratio", "seconds"):
-        assert key in result
-    assert result["compression_ratio"] > 2 and result["compressor"] == "icae"
+    # The short text fits the budget whole: the CLI must report what the Python API gives for it.
+    memory = tiny_icae.compress(TEXT)
+    expected = tiny_icae.answer(question, [memory], max_new_tokens=3)
+    assert result["answer"] == expected.text and result["new_tokens"] == expected.new_tokens
+    assert result["input_tokens"] == expected.source_tokens == len(tiny_icae.tokenize(TEXT))
+    assert result["context_positions"] == result["soft_tokens"] == memory.num_positions  # the 0.1 key until 0.3
+    assert result["decoder_positions"] == expected.input_positions
+    assert result["compression_ratio"] == round(expected.compression_ratio, 3) > 2
+    assert (result["compressor"], result["trained"], result["retrieved"]) == ("icae", False, False)
+    assert [(c["file"], c["start"], c["end"]) for c in result["chunks"]] == [(str(ctx), 0, len(TEXT))]
+    assert result["seconds"] >= result["answer_seconds"] > 0
     assert "untrained" in err
 
 
-def test_compress_then_reconstruct(capsys, ckpt, tmp_path):
+def test_compress_then_reconstruct(capsys, tiny_icae, ckpt, tmp_path):
     ctx = tmp_path / "doc.txt"
     ctx.write_text(TEXT)
     out_file = tmp_path / "memory.safetensors"
     code, out, _ = run(capsys, "compress", str(ctx), "-o", str(out_file), "--checkpoint", ckpt, "--json",
                        "--device", "cpu")
     assert code == 0 and out_file.is_file()
-    assert json.loads(out)["context_positions"] == json.loads(out)["soft_tokens"] > 0  # the 0.1 key until 0.3
+    memory = tiny_icae.compress(TEXT)
+    assert same_memory(Memory.load(out_file), memory), "the file holds the Python API's memory of the text"
+    result = json.loads(out)
+    assert result["context_positions"] == result["soft_tokens"] == memory.num_positions  # the 0.1 key until 0.3
+    assert (result["input_tokens"], result["pieces"]) == (memory.source_tokens, len(memory.pieces))
+    assert result["compression_ratio"] == round(memory.compression_ratio, 3) and result["output"] == str(out_file)
     code, out, _ = run(capsys, "reconstruct", str(out_file), "--checkpoint", ckpt, "--json", "--device", "cpu")
-    assert code == 0 and "text" in json.loads(out)
+    result = json.loads(out)
+    assert code == 0 and result["text"] == tiny_icae.reconstruct(memory)
+    assert (result["compressor"], result["context_positions"]) == ("icae", memory.num_positions)
 
 
 def test_compress_reports_the_kvzip_check(capsys, tmp_path):

@@ -65,11 +65,20 @@ def test_stream_yields_the_answer_in_pieces(tiny_raw):
     assert "".join(pieces).strip() == full.text
 
 
-def test_sampling_is_seeded(tiny_raw):
-    kw = dict(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=0.95)
-    a = tiny_raw.answer("Who?", [TEXT], seed=3, **kw)
-    b = tiny_raw.answer("Who?", [TEXT], seed=3, **kw)
-    assert a.token_ids == b.token_ids
+def test_sampling_follows_seed_temperature_and_top_p(tiny_raw):
+    def ids(**options) -> list[int]:
+        return tiny_raw.answer("Who?", [TEXT], max_new_tokens=6, **options).token_ids
+
+    greedy = ids()
+    hot = dict(do_sample=True, temperature=5.0, top_p=1.0)  # near-uniform over the vocabulary
+    assert ids(seed=3, **hot) == ids(seed=3, **hot), "the same seed gives the same answer"
+    draws = {tuple(ids(seed=seed, **hot)) for seed in range(4)}
+    assert len(draws) == 4, "each seed draws its own answer"
+    assert tuple(greedy) not in draws, "sampling is not the greedy choice"
+    # A temperature near 0 or a top_p keeping only the likeliest token leaves nothing to draw: greedy.
+    for seed in range(3):
+        assert ids(seed=seed, do_sample=True, temperature=1e-3, top_p=1.0) == greedy
+        assert ids(seed=seed, do_sample=True, temperature=5.0, top_p=1e-6) == greedy
 
 
 def test_stop_string_cuts_the_answer(tiny_raw):

@@ -189,9 +189,30 @@ def test_lr_schedule():
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=0.01)
 
 
-def test_shipped_configs_validate():
-    for path in sorted((Path(__file__).parent.parent / "icae_rag" / "configs").glob("*.yaml")):
-        load_config(path)
+def test_shipped_configs_resolve_to_what_their_files_say():
+    """Each trainable kind ships a pretrain and a fine-tune config, and each loads to its file's values."""
+    import yaml
+
+    from icae_rag.compressors import compressor_kinds
+    from icae_rag.compressors.base import compressor_config_from_dict, get_compressor_class
+
+    paths = sorted((Path(__file__).parent.parent / "icae_rag" / "configs").glob("*.yaml"))
+    expected = {f"{kind}-{stage}.yaml" for kind in compressor_kinds(trainable=True) for stage in ("pretrain", "finetune")}
+    assert {p.name for p in paths} == expected
+    for path in paths:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg = load_config(path)
+        assert f"{cfg.compressor}-{cfg.stage}" == path.stem, "the file name says what the config trains"
+        resolved = cfg.to_dict()
+        # Every key the file sets reaches the run as written (none dropped, renamed or defaulted over).
+        assert {k: resolved[k] for k in raw if k != "data"} == {k: v for k, v in raw.items() if k != "data"}, path
+        assert [{k: src[k] for k in given} for src, given in zip(resolved["data"], raw["data"], strict=True)] \
+            == raw["data"], path
+        assert all(src.is_qa == (cfg.stage == "finetune") for src in cfg.data), path
+        # The kind's own config class accepts the compressor settings and keeps their values.
+        built = compressor_config_from_dict(get_compressor_class(cfg.compressor)[0], cfg.compressor_config, strict=True)
+        assert {k: getattr(built, k) for k in raw["compressor_config"]} == raw["compressor_config"], path
+        assert load_config(path, {"steps": 7}).steps == 7, "a --set override wins over the file"
 
 
 def _run_cli(args: list[str], launcher: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""Query engines and ingestion on tiny backbones and a mock embedding: wiring, cache hits, no OpenAI."""
+"""Query engines and ingestion on tiny backbones (ICAE and the default kvzip) and a mock embedding: wiring, cache
+hits, no OpenAI."""
 
 from __future__ import annotations
 
@@ -53,21 +54,21 @@ def _index(**kwargs) -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(DOCS, embed_model=MockEmbedding(embed_dim=8), **kwargs)
 
 
-def test_build_query_engine_sync_async_and_streaming(tiny_icae, no_openai):
-    engine = build_query_engine(_index(), tiny_icae, keep_top_raw=1, similarity_top_k=3,
+def test_build_query_engine_sync_async_and_streaming(tiny_memory_kind, no_openai):
+    engine = build_query_engine(_index(), tiny_memory_kind, keep_top_raw=1, similarity_top_k=3,
                                 generation={"max_new_tokens": 6})
     assert isinstance(engine, RetrieverQueryEngine)
     assert list(engine.get_prompts()) == ["response_synthesizer:question_template"]
     response = engine.query("When did Apollo 11 land?")
     contexts = engine._response_synthesizer.contexts(response.source_nodes)
     assert isinstance(response, Response)
-    assert response.response == tiny_icae.answer("When did Apollo 11 land?", contexts, max_new_tokens=6).text
+    assert response.response == tiny_memory_kind.answer("When did Apollo 11 land?", contexts, max_new_tokens=6).text
     assert sum(isinstance(c, str) for c in contexts) == 1 and len(contexts) == 3  # keep_top_raw=1
     assert len(response.source_nodes) == 3 and all(n.node.ref_doc_id.startswith("doc") for n in response.source_nodes)
     asyn = asyncio.run(engine.aquery("When did Apollo 11 land?"))
     assert asyn.response == response.response
 
-    streaming = build_query_engine(_index(), tiny_icae, streaming=True, similarity_top_k=2,
+    streaming = build_query_engine(_index(), tiny_memory_kind, streaming=True, similarity_top_k=2,
                                    generation={"max_new_tokens": 6})
     streamed = streaming.query("When did Apollo 11 land?")
     assert isinstance(streamed, StreamingResponse)
@@ -102,8 +103,8 @@ def test_async_query_uses_the_native_async_postprocessor(tiny_raw, monkeypatch):
     assert [n.node.node_id for n in answer.source_nodes] == [n.node.node_id for n in sync.source_nodes]
 
 
-def test_concurrent_async_queries_share_one_compressor_safely(tiny_icae):
-    engine = build_query_engine(_index(), tiny_icae, keep_top_raw=1, similarity_top_k=2,
+def test_concurrent_async_queries_share_one_compressor_safely(tiny_memory_kind):
+    engine = build_query_engine(_index(), tiny_memory_kind, keep_top_raw=1, similarity_top_k=2,
                                 generation={"max_new_tokens": 6})
     questions = ["When did Apollo 11 land?", "Who walked on the Moon?", "What was the lander called?"]
     sequential = [engine.query(q).response for q in questions]
@@ -130,9 +131,9 @@ def test_manual_wiring_with_as_query_engine(tiny_raw, no_openai):
     assert response.response and response.response != MockLLM().complete("Who walked on the Moon?").text
 
 
-def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
-    calls = spy_compress(tiny_icae, monkeypatch)
-    engine = build_query_engine(_index(), tiny_icae, SqliteMemoryStore(tmp_path), similarity_top_k=2,
+def test_second_query_skips_compression(tiny_memory_kind, tmp_path, monkeypatch):
+    calls = spy_compress(tiny_memory_kind, monkeypatch)
+    engine = build_query_engine(_index(), tiny_memory_kind, SqliteMemoryStore(tmp_path), similarity_top_k=2,
                                 generation={"max_new_tokens": 4})
     engine.query("When did Apollo 11 land?")
     assert calls == [2]
@@ -140,14 +141,14 @@ def test_second_query_skips_compression(tiny_icae, tmp_path, monkeypatch):
     assert calls == [2], "the second query finds every memory in the shared table or in the store"
 
 
-def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, monkeypatch):
+def test_ingestion_precomputes_so_queries_compress_nothing(tiny_memory_kind, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
-    ingest = IcaeRagIngestion(tiny_icae, store)
+    ingest = IcaeRagIngestion(tiny_memory_kind, store)
     index = _index(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), ingest])
     n_nodes = len(index.docstore.docs)
     assert len(store) == n_nodes >= len(DOCS)
-    calls = spy_compress(tiny_icae, monkeypatch)
-    engine = build_query_engine(index, tiny_icae, store, similarity_top_k=3, generation={"max_new_tokens": 4})
+    calls = spy_compress(tiny_memory_kind, monkeypatch)
+    engine = build_query_engine(index, tiny_memory_kind, store, similarity_top_k=3, generation={"max_new_tokens": 4})
     assert vars(store.stats) == {"hits": 0, "misses": n_nodes, "writes": n_nodes}
     engine.query("When did Apollo 11 land?")
     assert calls == [], "the query pays nothing for compression"
@@ -156,7 +157,7 @@ def test_ingestion_precomputes_so_queries_compress_nothing(tiny_icae, tmp_path, 
     assert len(store) == n_nodes + 1 and calls == [1], "inserting a document compresses its node"
     assert ingest.to_dict()["store_uri"] == str(store.path)
     with pytest.raises(InvalidInputError, match="needs a memory store"):
-        IcaeRagIngestion(tiny_icae)
+        IcaeRagIngestion(tiny_memory_kind)
 
 
 def test_faiss_vector_stores_score_by_inner_product():

@@ -1,4 +1,5 @@
-"""IcaeRagPostprocessor on tiny random backbones: 1:1 nodes, budget, bad nodes, async, cache, serialisation."""
+"""IcaeRagPostprocessor on tiny random backbones (ICAE and the default kvzip): 1:1 nodes, budget, bad nodes, async,
+cache, serialisation."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from icae_rag.errors import InvalidInputError
 from icae_rag.stores import MemoryKey, SqliteMemoryStore
 
 
-def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
+def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_memory_kind):
     nodes = make_nodes()
     before = [n.model_dump() for n in nodes]
-    out = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(nodes, query_str="When did Apollo 11 land?")
+    out = IcaeRagPostprocessor(tiny_memory_kind).postprocess_nodes(nodes, query_str="When did Apollo 11 land?")
     assert [n.node.node_id for n in out] == ["n0", "n1", "n2", "n3"]
     assert [n.score for n in out] == [n.score for n in nodes]
     for old, new in zip(nodes, out, strict=True):
@@ -38,31 +39,31 @@ def test_one_output_node_per_input_with_id_score_text_and_metadata(tiny_icae):
         for mode in (MetadataMode.NONE, MetadataMode.LLM, MetadataMode.EMBED):
             assert new.node.get_content(metadata_mode=mode) == old.node.get_content(metadata_mode=mode)
         key = MemoryKey.parse(new.node.metadata[MEMORY_KEY])
-        assert key == MemoryKey.of(old.node.get_content(metadata_mode=MetadataMode.LLM), tiny_icae)
+        assert key == MemoryKey.of(old.node.get_content(metadata_mode=MetadataMode.LLM), tiny_memory_kind)
     assert [n.model_dump() for n in nodes] == before, "the caller's nodes are never mutated"
 
 
-def test_keep_top_raw_keeps_the_best_scored_nodes_as_text(tiny_icae):
-    out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=2).postprocess_nodes(make_nodes())
+def test_keep_top_raw_keeps_the_best_scored_nodes_as_text(tiny_memory_kind):
+    out = IcaeRagPostprocessor(tiny_memory_kind, keep_top_raw=2).postprocess_nodes(make_nodes())
     marks = {n.node.node_id: n.node.metadata[MEMORY_KEY] for n in out}
     assert marks["n1"] == marks["n3"] == "raw", "scores 0.9 and 0.5 are the best two"
     assert marks["n0"] != "raw" and marks["n2"] != "raw", "a node without a score ranks last"
 
 
-def test_budget_caps_context_positions(tiny_icae, caplog):
+def test_budget_caps_context_positions(tiny_memory_kind, caplog):
     texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in make_nodes()]
-    soft = [tiny_icae.compress(t).num_positions for t in texts]
+    soft = [tiny_memory_kind.compress(t).num_positions for t in texts]
     cap = soft[1] + soft[0]
-    assert len(tiny_icae.tokenize(texts[1])) > cap and soft[3] > soft[0], "the sizes this test relies on"
+    assert len(tiny_memory_kind.tokenize(texts[1])) > cap and soft[3] > soft[0], "the sizes this test relies on"
     with EventCollector(kind=IcaeRagCompressEndEvent) as seen, caplog.at_level(logging.INFO):
-        out = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1, max_context_positions=cap).postprocess_nodes(make_nodes())
+        out = IcaeRagPostprocessor(tiny_memory_kind, keep_top_raw=1, max_context_positions=cap).postprocess_nodes(make_nodes())
     # Rank order n1 (raw, too long: compressed instead), n3 (too big: dropped), n0 (fits), n2 (no room left).
     assert [n.node.node_id for n in out] == ["n0", "n1"], "kept nodes stay in the input order"
     assert all(n.node.metadata[MEMORY_KEY] != "raw" for n in out)
     event = seen.events[-1]
     assert (event.nodes_in, event.memory_nodes, event.raw_nodes, event.dropped_nodes) == (4, 2, 0, 2)
     assert event.context_positions == cap and "compressing it instead" in caplog.text
-    assert IcaeRagPostprocessor(tiny_icae, max_context_positions=1).postprocess_nodes(make_nodes()) == []
+    assert IcaeRagPostprocessor(tiny_memory_kind, max_context_positions=1).postprocess_nodes(make_nodes()) == []
     assert "no context is left" in caplog.text
 
 
@@ -75,8 +76,8 @@ def test_empty_nodes_are_dropped_and_image_nodes_keep_their_text(tiny_raw, caplo
     assert "node empty has no text" in caplog.text and "node img carries an image" in caplog.text
 
 
-def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
-    post = IcaeRagPostprocessor(tiny_icae, keep_top_raw=1)
+def test_query_is_optional_and_async_gives_the_same_nodes(tiny_memory_kind):
+    post = IcaeRagPostprocessor(tiny_memory_kind, keep_top_raw=1)
     sync = post.postprocess_nodes(make_nodes())  # no query bundle: compression ignores the query
     asyn = asyncio.run(post.apostprocess_nodes(make_nodes(), query_bundle=QueryBundle("When?")))
     assert [n.node.metadata for n in sync] == [n.node.metadata for n in asyn]
@@ -85,31 +86,31 @@ def test_query_is_optional_and_async_gives_the_same_nodes(tiny_icae):
     assert post.postprocess_nodes([]) == []
 
 
-def test_a_memory_store_makes_the_second_call_compress_nothing(tiny_icae, tmp_path, monkeypatch):
-    calls = spy_compress(tiny_icae, monkeypatch)
+def test_a_memory_store_makes_the_second_call_compress_nothing(tiny_memory_kind, tmp_path, monkeypatch):
+    calls = spy_compress(tiny_memory_kind, monkeypatch)
     store = SqliteMemoryStore(tmp_path)
     with EventCollector(kind=IcaeRagCompressEndEvent) as seen:
-        IcaeRagPostprocessor(tiny_icae, store).postprocess_nodes(make_nodes())
+        IcaeRagPostprocessor(tiny_memory_kind, store).postprocess_nodes(make_nodes())
         assert calls == [4] and len(store) == 4
         # A new process would have an empty memory: a second postprocessor reading the same directory.
-        again = IcaeRagPostprocessor(tiny_icae, str(tmp_path)).postprocess_nodes(make_nodes())
+        again = IcaeRagPostprocessor(tiny_memory_kind, str(tmp_path)).postprocess_nodes(make_nodes())
     assert calls == [4], "all four memories come from the store"
     assert [e.compressed for e in seen.events] == [4, 0]
     assert len(again) == 4
 
 
-def test_class_name_to_dict_and_from_dict(tiny_icae, tmp_path, monkeypatch):
-    post = IcaeRagPostprocessor(tiny_icae, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_context_positions=300)
+def test_class_name_to_dict_and_from_dict(tiny_memory_kind, tmp_path, monkeypatch):
+    post = IcaeRagPostprocessor(tiny_memory_kind, SqliteMemoryStore(tmp_path), keep_top_raw=1, max_context_positions=300)
     data = post.to_dict()
     assert IcaeRagPostprocessor.class_name() == data["class_name"] == "IcaeRagPostprocessor"
-    assert data == {"class_name": "IcaeRagPostprocessor", "compressor_name": "icae", "device": "auto",
+    assert data == {"class_name": "IcaeRagPostprocessor", "compressor_name": tiny_memory_kind.label, "device": "auto",
                     "store_uri": str(tmp_path), "keep_top_raw": 1, "max_context_positions": 300, "batch_size": 8}
     loads = []
     monkeypatch.setattr("icae_rag.compressors.load_compressor",
-                        lambda name, device: loads.append((name, device)) or tiny_icae)
+                        lambda name, device: loads.append((name, device)) or tiny_memory_kind)
     rebuilt = IcaeRagPostprocessor.from_dict(data)
-    assert loads == [("icae", "auto")]
-    assert rebuilt.compressor is tiny_icae and rebuilt.store.path == tmp_path
+    assert loads == [(tiny_memory_kind.label, "auto")]
+    assert rebuilt.compressor is tiny_memory_kind and rebuilt.store.path == tmp_path
     assert rebuilt.to_dict() == data
     serialised_by_0_1 = {**data, "class_name": "MemoryPostprocessor"}  # the class's 0.1 name
     assert IcaeRagPostprocessor.from_dict(serialised_by_0_1).to_dict() == data

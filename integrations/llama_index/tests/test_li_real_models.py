@@ -60,9 +60,10 @@ def embed_model(offline):
     return default_embed_model(device="cpu")
 
 
-@pytest.fixture(scope="module")
-def icae(offline):
-    return new_compressor("icae", device="cpu")  # untrained: its answers are noise, the plumbing is real
+@pytest.fixture(scope="module", params=["kvzip", "icae"])
+def memory_kind(request, offline):
+    """The default kind (kvzip) as a user gets it, then ICAE untrained: its answers are noise, the plumbing real."""
+    return new_compressor(request.param, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,10 @@ def documents():
     return [Document(text=t, id_=f"doc{i}", metadata={"title": f"passage {i}"}) for i, t in enumerate(PASSAGES)]
 
 
-def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, tmp_path, monkeypatch):
+def test_faiss_minilm_engine_end_to_end(offline, embed_model, memory_kind, documents, tmp_path, monkeypatch):
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
     index = build_faiss_index(documents, kind="flat", embed_model=embed_model,
-                              transformations=[SentenceSplitter(), IcaeRagIngestion(icae, store)])
+                              transformations=[SentenceSplitter(), IcaeRagIngestion(memory_kind, store)])
     assert len(store) == len(documents)
     index.storage_context.persist(tmp_path)
     store.close()
@@ -81,12 +82,12 @@ def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, t
     # A new session: reload the index and the memory store beside it.
     index = load_faiss_index(tmp_path, embed_model=embed_model)
     store = SqliteMemoryStore.in_persist_dir(tmp_path)
-    calls = spy_compress(icae, monkeypatch)
+    calls = spy_compress(memory_kind, monkeypatch)
     retrieved = index.as_retriever(similarity_top_k=2).retrieve(QUESTION)
     assert "Levi's Stadium" in retrieved[0].node.get_content()
     assert 1.0 >= retrieved[0].score > retrieved[1].score, "inner product of unit vectors: cosine"
 
-    engine = build_query_engine(index, icae, store, keep_top_raw=1, similarity_top_k=2,
+    engine = build_query_engine(index, memory_kind, store, keep_top_raw=1, similarity_top_k=2,
                                 generation={"max_new_tokens": 12})
     response = engine.query(QUESTION)
     assert isinstance(response, Response) and response.response
@@ -99,12 +100,12 @@ def test_faiss_minilm_engine_end_to_end(offline, embed_model, icae, documents, t
     asyn = asyncio.run(engine.aquery(QUESTION))
     assert isinstance(asyn, Response) and asyn.response == response.response
 
-    streaming = build_query_engine(index, icae, store, streaming=True, keep_top_raw=1, similarity_top_k=2,
+    streaming = build_query_engine(index, memory_kind, store, streaming=True, keep_top_raw=1, similarity_top_k=2,
                                    generation={"max_new_tokens": 12})
     streamed = streaming.query(QUESTION)
     assert isinstance(streamed, StreamingResponse)
     chunks = list(streamed.response_gen)
-    assert "".join(chunks).strip() == response.response, "untrained ICAE may answer nothing: 'Empty Response'"
+    assert "".join(chunks).strip() == response.response, "an untrained ICAE may answer nothing: 'Empty Response'"
 
     async def astream() -> list[str]:
         answer = await streaming.aquery(QUESTION)

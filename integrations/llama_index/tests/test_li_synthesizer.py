@@ -1,4 +1,5 @@
-"""IcaeRagSynthesizer on tiny random backbones: soft prompt hand-off, raw nodes, errors, streaming, prompts."""
+"""IcaeRagSynthesizer on tiny random backbones (ICAE, E2LLM and the default kvzip): memory hand-off, raw nodes,
+errors, streaming, prompts."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import logging
 
 import pytest
-import torch
 from li_helpers import GatedStream, make_nodes, spy_compress
 from llama_index.core.base.response.schema import (
     AsyncStreamingResponse,
@@ -21,26 +21,28 @@ from llama_index.postprocessor.icae_rag import (
     best_last,
 )
 
+from conftest import same_memory
 from icae_rag.errors import BackboneMismatchError, InvalidInputError
+from icae_rag.memories.base import Memory
 from icae_rag.memories.soft_prompt import SoftPrompt, text_sha256
 from icae_rag.stores import SqliteMemoryStore
 
 QUESTION = "When did Apollo 11 land on the Moon?"
 
 
-def test_answers_from_the_postprocessors_soft_prompts_without_compressing_again(tiny_icae, monkeypatch):
-    calls = spy_compress(tiny_icae, monkeypatch)
-    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
+def test_answers_from_the_postprocessors_memories_without_compressing_again(tiny_memory_kind, monkeypatch):
+    calls = spy_compress(tiny_memory_kind, monkeypatch)
+    nodes = IcaeRagPostprocessor(tiny_memory_kind).postprocess_nodes(make_nodes())
     assert calls == [4]
-    synth = IcaeRagSynthesizer(tiny_icae, max_new_tokens=6)
+    synth = IcaeRagSynthesizer(tiny_memory_kind, max_new_tokens=6)
     contexts = synth.contexts(nodes)
-    assert calls == [4], "the synthesizer takes the postprocessor's soft prompts from memory"
-    assert all(isinstance(c, SoftPrompt) for c in contexts)
+    assert calls == [4], "the synthesizer takes the postprocessor's memories from its cache"
+    assert all(isinstance(c, Memory) and c.compressor == tiny_memory_kind.kind for c in contexts)
     assert [c.pieces[0].source_sha256 for c in contexts] == [
         text_sha256(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in best_last(nodes)]
     response = synth.synthesize(QUESTION, nodes)
     assert isinstance(response, Response)
-    assert response.response == tiny_icae.answer(QUESTION, contexts, max_new_tokens=6).text
+    assert response.response == tiny_memory_kind.answer(QUESTION, contexts, max_new_tokens=6).text
     assert [n.node.node_id for n in response.source_nodes] == ["n0", "n1", "n2", "n3"]
     assert [n.score for n in response.source_nodes] == [0.2, 0.9, None, 0.5]
 
@@ -75,17 +77,19 @@ def test_nodes_are_read_highest_scored_last_unless_asked_otherwise(tiny_raw):
     assert read(IcaeRagSynthesizer(tiny_raw, best_last=False)) == sha
 
 
-def test_nodes_compressed_by_another_compressor_are_refused(tiny_icae, tiny_e2llm):
-    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
+@pytest.mark.parametrize("made_by,read_by", [("tiny_icae", "tiny_e2llm"), ("tiny_kvzip", "tiny_icae"),
+                                             ("tiny_icae", "tiny_kvzip")])
+def test_nodes_compressed_by_another_compressor_are_refused(made_by, read_by, request):
+    nodes = IcaeRagPostprocessor(request.getfixturevalue(made_by)).postprocess_nodes(make_nodes())
     with pytest.raises(BackboneMismatchError, match="pass the same compressor"):
-        IcaeRagSynthesizer(tiny_e2llm).synthesize(QUESTION, nodes)
+        IcaeRagSynthesizer(request.getfixturevalue(read_by)).synthesize(QUESTION, nodes)
 
 
-def test_text_changed_after_compression_is_compressed_again(tiny_icae, caplog):
-    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
+def test_text_changed_after_compression_is_compressed_again(tiny_memory_kind, caplog):
+    nodes = IcaeRagPostprocessor(tiny_memory_kind).postprocess_nodes(make_nodes()[:1])
     edited = [NodeWithScore(node=nodes[0].node.model_copy(update={"text": "Edited text about Apollo."}), score=0.1)]
     with caplog.at_level(logging.WARNING):
-        contexts = IcaeRagSynthesizer(tiny_icae).contexts(edited)
+        contexts = IcaeRagSynthesizer(tiny_memory_kind).contexts(edited)
     assert "changed after it was compressed" in caplog.text
     assert contexts[0].pieces[0].source_sha256 == text_sha256(edited[0].node.get_content(metadata_mode=MetadataMode.LLM))
 
@@ -109,11 +113,11 @@ def test_bad_queries_and_nodes_without_text(tiny_raw, caplog):
         IcaeRagSynthesizer(tiny_raw, max_tokens=5)
 
 
-def test_streaming_sync_and_async(tiny_icae, monkeypatch):
-    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes())
-    full = IcaeRagSynthesizer(tiny_icae, max_new_tokens=12).synthesize(QUESTION, nodes).response
-    synth = IcaeRagSynthesizer(tiny_icae, streaming=True, max_new_tokens=12)
-    gate = GatedStream(tiny_icae, monkeypatch)
+def test_streaming_sync_and_async(tiny_memory_kind, monkeypatch):
+    nodes = IcaeRagPostprocessor(tiny_memory_kind).postprocess_nodes(make_nodes())
+    full = IcaeRagSynthesizer(tiny_memory_kind, max_new_tokens=12).synthesize(QUESTION, nodes).response
+    synth = IcaeRagSynthesizer(tiny_memory_kind, streaming=True, max_new_tokens=12)
+    gate = GatedStream(tiny_memory_kind, monkeypatch)
     response = synth.synthesize(QUESTION, nodes)
     assert isinstance(response, StreamingResponse)
     chunks = [gate.first_piece_while_decoding(response.response_gen), *response.response_gen]
@@ -141,21 +145,22 @@ def test_a_stream_that_ends_at_once_gives_the_empty_response(tiny_raw, monkeypat
     assert asyncio.run(run()) == ["Empty Response"]
 
 
-def test_closing_a_stream_early_releases_the_compressor(tiny_icae):
-    expected = tiny_icae.compress("After the stream.").embeddings
-    nodes = IcaeRagPostprocessor(tiny_icae).postprocess_nodes(make_nodes()[:1])
-    synth = IcaeRagSynthesizer(tiny_icae, streaming=True, max_new_tokens=200)
+def test_closing_a_stream_early_releases_the_compressor(tiny_memory_kind):
+    expected = tiny_memory_kind.compress("After the stream.")
+    nodes = IcaeRagPostprocessor(tiny_memory_kind).postprocess_nodes(make_nodes()[:1])
+    synth = IcaeRagSynthesizer(tiny_memory_kind, streaming=True, max_new_tokens=200)
     gen = synth.synthesize(QUESTION, nodes).response_gen
     next(gen)
     gen.close()
-    # The worker stops after the current token, leaves ICAE's decoding mode and releases the lock.
+    # The worker stops after the current token, leaves decoding mode (ICAE decodes with its LoRA off) and
+    # releases the lock.
     lock = synth._cache.lock
     assert lock.acquire(timeout=30)
     lock.release()
-    assert torch.equal(tiny_icae.compress("After the stream.").embeddings, expected), "LoRA is on again"
-    fresh = IcaeRagSynthesizer(tiny_icae, max_new_tokens=4)
+    assert same_memory(tiny_memory_kind.compress("After the stream."), expected), "compressing as before (ICAE: LoRA on)"
+    fresh = IcaeRagSynthesizer(tiny_memory_kind, max_new_tokens=4)
     again = fresh.synthesize(QUESTION, nodes)
-    assert again.response == tiny_icae.answer(QUESTION, fresh.contexts(nodes), max_new_tokens=4).text
+    assert again.response == tiny_memory_kind.answer(QUESTION, fresh.contexts(nodes), max_new_tokens=4).text
 
 
 def test_question_template_through_the_prompt_mixin(tiny_raw, monkeypatch):
