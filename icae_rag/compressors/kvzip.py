@@ -18,6 +18,15 @@ KVzip (arXiv 2505.23416), as measured for this project in shared/research/kv-dee
    check reads the decoder's own distributions, so the budget follows the decoder as well as the
    text. The full memory's distributions come from the scoring pass itself; each ladder step tried
    costs one forward over the window (at most two are tried, see `_search`).
+6. Look-up probes the repeat did not choose: the repeat is teacher-forced through the whole passage,
+   so after a few tokens it is easy, and a memory can pass it while losing an exact token a question
+   asks for (a number, a flag, a name). So the check also cues the decoder, in the same repeat
+   prompt, with the PROBE_CUE tokens before each of the window's PROBES most surprising tokens
+   (surprisal under the decoder reading the text itself, from the scoring pass's prefill) and
+   compares the next PROBE_SPAN tokens' distributions from the candidate and from the full memory.
+   A memory passes when the repeat's worst block and the probes' mean overlap both reach
+   `fidelity`. The probes cost two short forwards per window (the full memory's, once, and the
+   candidate's per ladder step).
 
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
 Passages longer than `window_tokens` are scored window by window. Each window after the first reads
@@ -70,8 +79,10 @@ DEFAULT_FIDELITY = 0.96
 # lost in one part of a long window is not averaged away by the rest, so a fidelity asks the same of
 # a 100-token paragraph and a 512-token node.
 CHECK_BLOCK_TOKENS = 64
+# Look-up probes per window: how many, the cue before each probed token, and the tokens compared.
+PROBES, PROBE_CUE, PROBE_SPAN = 8, 12, 4
 # Names the self-check's algorithm in the compressor version: another check keeps other entries.
-CHECK = f"repeat-overlap-2-block{CHECK_BLOCK_TOKENS}"
+CHECK = f"repeat-overlap-2-block{CHECK_BLOCK_TOKENS}+probes{PROBES}-cue{PROBE_CUE}-span{PROBE_SPAN}"
 # Names how a long passage's windows see the text before them, in the compressor version: windows
 # after the first read the previous window's last entries as the passage computed them.
 WINDOWS = "carried-lead-1"
@@ -308,8 +319,9 @@ class KvzipCompressor(Compressor):
         mask = torch.cat([real.new_ones(rows, prefix_len), real], dim=1)
         ids = torch.tensor([w + [pad] * (longest - len(w)) for w in windows], device=device)
         positions = torch.arange(prefix_len, prefix_len + longest, device=device)[None].expand(rows, -1)
+        adaptive = self.config.adaptive
         out = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, **cache_arg(cache),
-                    use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=longest if adaptive else 1)
         layers = output_cache(out).layers
         # Each row's repeat follows its own passage: positions run on from the passage's last token.
         repeat = torch.tensor([repeat_ids + w + [pad] * (longest - len(w)) for w in windows], device=device)
@@ -317,7 +329,6 @@ class KvzipCompressor(Compressor):
         mask = torch.cat([mask, torch.arange(span, device=device)[None] < len(repeat_ids) + lengths], dim=1)
         positions = prefix_len + lengths + torch.arange(span, device=device)[None]
         view = KvView(record=True, score_columns=(prefix_len, prefix_len + longest))
-        adaptive = self.config.adaptive
         scored = model(input_ids=repeat, attention_mask=mask.long(), position_ids=positions,
                        **cache_arg(output_cache(out)), use_cache=True,
                        logits_to_keep=longest + 1 if adaptive else 1, kv_view=view)
@@ -332,7 +343,8 @@ class KvzipCompressor(Compressor):
             if adaptive:
                 empty = keys[:, :, :0]
                 check = _Check(keys.reshape(-1, dim), empty, empty, 0,
-                               torch.softmax(scored.logits[row, :w].float(), dim=-1))
+                               torch.softmax(scored.logits[row, :w].float(), dim=-1),
+                               _probes(window, _surprisal(out.logits[row, :w - 1], window)))
             result.append(_Window(keys.reshape(-1, dim), values.reshape(-1, dim),
                                   scores[:, row, :, :w].reshape(-1), 0, window, (n_layers, n_heads), check))
         return result
@@ -351,8 +363,10 @@ class KvzipCompressor(Compressor):
         seq = lead + window
         first = prefix_len + shift + start - len(lead)
         positions = torch.arange(first, first + len(seq), device=self.decoder.device)[None]
+        adaptive = self.config.adaptive
+        # Adaptive: the window's own logits too, whose surprising tokens the check probes.
         out = model(input_ids=self._ids(seq), position_ids=positions, **cache_arg(cache), use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=len(window) if adaptive else 1)
         col, end = cached + len(lead), cached + len(seq)
         layers = output_cache(out).layers
         # Cloned: the repeat below extends these layers, and the carried entries must not keep it alive.
@@ -365,7 +379,6 @@ class KvzipCompressor(Compressor):
         repeat = repeat_ids + window
         view = KvView(record=True, score_columns=(col, end))
         positions = torch.arange(first + len(seq), first + len(seq) + len(repeat), device=self.decoder.device)[None]
-        adaptive = self.config.adaptive
         scored = model(input_ids=self._ids(repeat), position_ids=positions, **cache_arg(output_cache(out)),
                        use_cache=True, logits_to_keep=len(window) + 1 if adaptive else 1, kv_view=view)
         scores = torch.stack([view.scores[i][0] for i in range(len(layers))])
@@ -381,7 +394,8 @@ class KvzipCompressor(Compressor):
             # The lead's first entry sits `first - cached` positions after the prefix (the passage
             # before it, not carried, leaves that gap).
             check = _Check(raw_keys.reshape(-1, dim), lead_keys, lead_values, first - cached,
-                           torch.softmax(scored.logits[0, :-1].float(), dim=-1))
+                           torch.softmax(scored.logits[0, :-1].float(), dim=-1),
+                           _probes(window, _surprisal(out.logits[0, :len(window) - 1], window)))
         return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
                        (n_layers, n_heads), check), carry
 
@@ -391,10 +405,18 @@ class KvzipCompressor(Compressor):
         total = len(window.ids) * n_layers * n_heads
         if not self.config.adaptive:
             return _keep_top(window, max(1, round(total * self.config.stored_keep)), None)
-        reference = window.check.reference
-        ratio, overlap = _search(lambda r: _overlap(reference, self._repeat_probs(
-            self._check_memory(window, max(1, round(total / r)), sha, provenance), window.ids, prefix_row)),
-            self.config.ladder, self.config.target_fidelity)
+        check = window.check
+        probes = check.probes
+        full_probes = self._probe_probs(self._check_memory(window, total, sha, provenance), probes, prefix_row)
+
+        def overlap_at(ratio: float) -> float:
+            memory = self._check_memory(window, max(1, round(total / ratio)), sha, provenance)
+            repeat = _overlap(check.reference, self._repeat_probs(memory, window.ids, prefix_row))
+            if not probes:
+                return repeat
+            return min(repeat, _probe_overlap(full_probes, self._probe_probs(memory, probes, prefix_row)))
+
+        ratio, overlap = _search(overlap_at, self.config.ladder, self.config.target_fidelity)
         return _keep_top(window, max(1, round(total / ratio)), overlap)
 
     def _check_memory(self, window: _Window, budget: int, sha: str, provenance: dict) -> KvMemory:
@@ -417,17 +439,29 @@ class KvzipCompressor(Compressor):
         prompt = build_prompt(self, [memory], mode="repeat")
         return torch.softmax(target_logits(self, [prompt], [ids], prefix_row=prefix_row)[0], dim=-1)
 
+    def _probe_probs(self, memory: KvMemory, probes: list[tuple[list[int], list[int]]],
+                     prefix_row: _RowCache | None = None) -> list[torch.Tensor]:
+        """Per probe, the decoder's distributions over its span, cued in the repeat prompt by the tokens
+        before it, reading `memory` alone (none for no probes)."""
+        if not probes:
+            return []
+        prompt = build_prompt(self, [memory], mode="repeat")
+        logits = target_logits(self, [prompt] * len(probes), [cue + span for cue, span in probes], prefix_row=prefix_row)
+        return [torch.softmax(x[len(cue):], dim=-1) for x, (cue, _) in zip(logits, probes, strict=True)]
+
 
 class _Check(NamedTuple):
     """What an adaptive window's check reads: the window's keys and its lead's keys and values as the
     scoring pass computed them (rotated for `prefix + offset + i`, i counted from the lead's first
-    token), and the full memory's repeat distributions (the reference)."""
+    token), the full memory's repeat distributions (the reference) and the window's look-up probes
+    (cue, span)."""
 
     keys: torch.Tensor
     lead_keys: torch.Tensor
     lead_values: torch.Tensor
     offset: int
     reference: torch.Tensor
+    probes: list[tuple[list[int], list[int]]]
 
 
 class _Window(NamedTuple):
@@ -504,6 +538,35 @@ def _search(overlap_at: Callable[[float], float], ladder: tuple[float, ...], fid
         if got >= fidelity:
             best = (second, got)
     return best
+
+
+def _surprisal(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """-log p of each of `ids` after the ones before it (0 for the first, which has no logits here):
+    `logits[i]` are the decoder's logits after ids[i], reading the text itself."""
+    out = torch.zeros(len(ids))
+    if len(ids) > 1:
+        target = torch.tensor(ids[1:], device=logits.device)[:, None]
+        out[1:] = -torch.log_softmax(logits[:len(ids) - 1].float(), dim=-1).gather(1, target)[:, 0].cpu()
+    return out
+
+
+def _probes(ids: list[int], surprisal: torch.Tensor) -> list[tuple[list[int], list[int]]]:
+    """Up to PROBES (cue, span) pairs in window order: the most surprising tokens that have a full cue
+    before them and a full span from them, at least PROBE_SPAN + PROBE_CUE // 2 tokens apart, so the
+    probes look up different parts of the window."""
+    chosen: list[int] = []
+    for t in sorted(range(PROBE_CUE, len(ids) - PROBE_SPAN + 1), key=lambda t: (-float(surprisal[t]), t)):
+        if all(abs(t - u) >= PROBE_SPAN + PROBE_CUE // 2 for u in chosen):
+            chosen.append(t)
+            if len(chosen) == PROBES:
+                break
+    return [(ids[t - PROBE_CUE:t], ids[t:t + PROBE_SPAN]) for t in sorted(chosen)]
+
+
+def _probe_overlap(reference: list[torch.Tensor], got: list[torch.Tensor]) -> float:
+    """The mean over probes of each probe's mean sum_v min(p, q) over its span (1.0: identical)."""
+    per_probe = [float(torch.minimum(a, b).sum(-1).mean()) for a, b in zip(reference, got, strict=True)]
+    return sum(per_probe) / len(per_probe)
 
 
 def _overlap(reference: torch.Tensor, got: torch.Tensor) -> float:
