@@ -9,6 +9,7 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
+from icae_rag.compressors.kvzip.check import _check_memory, _repeat_probs
 from icae_rag.decoding import (
     GenerationConfig,
     build_prompt,
@@ -374,7 +375,8 @@ def test_search_takes_the_largest_passing_step_in_two_checks(slope, fidelity):
     # On such a curve it finds the largest passing step; on any curve it passes or keeps everything.
     import math
 
-    from icae_rag.compressors.kvzip import LADDER, START_RATIO, _search
+    from icae_rag.compressors.kvzip import LADDER, START_RATIO
+    from icae_rag.compressors.kvzip.check import _search
 
     for power in (1, 2):
         first_passes = 1 - slope * math.log(START_RATIO) ** power >= fidelity
@@ -388,7 +390,7 @@ def test_search_takes_the_largest_passing_step_in_two_checks(slope, fidelity):
 
 
 def test_search_keeps_everything_when_no_step_passes_and_respects_the_ladder():
-    from icae_rag.compressors.kvzip import _search
+    from icae_rag.compressors.kvzip.check import _search
 
     assert _search(lambda r: 0.5, (16.0, 8.0, 4.0, 2.0), 0.9) == (1.0, 1.0)
     assert _search(lambda r: 1.0, (3.0, 2.0), 0.9) == (3.0, 1.0)  # never beyond the ladder's largest step
@@ -396,7 +398,8 @@ def test_search_keeps_everything_when_no_step_passes_and_respects_the_ladder():
 
 
 def test_chosen_budget_is_monotone_in_fidelity():
-    from icae_rag.compressors.kvzip import LADDER, _search
+    from icae_rag.compressors.kvzip import LADDER
+    from icae_rag.compressors.kvzip.check import _search
 
     for slope in (0.003, 0.01, 0.03):
         chosen = [_search(_curve(slope)[0], LADDER, f)[0] for f in (0.8, 0.9, 0.95, 0.97, 0.99, 0.999)]
@@ -408,7 +411,8 @@ def test_chosen_budget_is_monotone_in_fidelity():
 
 
 def test_check_grades_the_worst_block_so_a_long_window_cannot_average_a_loss_away():
-    from icae_rag.compressors.kvzip import CHECK_BLOCK_TOKENS, _overlap
+    from icae_rag.compressors.kvzip import CHECK_BLOCK_TOKENS
+    from icae_rag.compressors.kvzip.check import _overlap
 
     vocab, n = 8, 8 * CHECK_BLOCK_TOKENS
     reference = torch.zeros(n, vocab)
@@ -496,10 +500,10 @@ def test_scoring_pass_gives_the_checks_reference(where):
         lead, gap = window.check.lead_keys.shape[2], window.check.offset
         # A later window's lead is the end of the window before: the passage's first 8 tokens are a gap.
         assert (lead, gap) == {"apart": (0, 0), "after a lead": (8, 0), "a later window": (8, 8)}[where]
-        everything = comp._check_memory(window, window.scores.numel(), "sha", comp._provenance())
+        everything = _check_memory(window, window.scores.numel(), "sha", comp._provenance())
         assert everything.source_tokens == gap + lead + 16
         assert everything.kept_entries == (lead + 16) * everything.layers * everything.kv_heads
-        reread = comp._repeat_probs(everything, window.ids)
+        reread = _repeat_probs(comp, everything, window.ids)
     assert window.check.reference.shape == reread.shape == (16, comp.decoder.model.config.vocab_size)
     assert torch.allclose(window.check.reference, reread, atol=1e-4)
 
@@ -567,11 +571,11 @@ def test_checks_reuse_the_scoring_pass_prefix(kv_full):
     with torch.no_grad():
         out = kv_full.decoder.model(input_ids=kv_full._ids(kv_full._prefix_ids()), use_cache=True)
         row = _RowCache.of_text([(layer.keys, layer.values) for layer in output_cache(out).layers])
-        again, reused = kv_full._repeat_probs(memory, ids), kv_full._repeat_probs(memory, ids, row)
+        again, reused = _repeat_probs(kv_full, memory, ids), _repeat_probs(kv_full, memory, ids, row)
         assert torch.allclose(again, reused, atol=1e-5)
         short = _RowCache.of_text([(layer.keys[:, :, :-1], layer.values[:, :, :-1]) for layer in output_cache(out).layers])
         with pytest.raises(ValueError, match="prefix"):
-            kv_full._repeat_probs(memory, ids, short)
+            _repeat_probs(kv_full, memory, ids, short)
 
 
 def test_a_memory_read_by_several_questions_is_laid_out_once(kvzip, monkeypatch):

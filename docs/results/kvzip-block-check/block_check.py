@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from icae_rag.compressors import kvzip
+from icae_rag.compressors.kvzip import check, compressor, reports
 
 BLOCK = 64
 
@@ -35,14 +35,14 @@ def block_overlap(reference: torch.Tensor, got: torch.Tensor) -> float:
 
 def use_block_check() -> None:
     """Patch the library: the block statistic, and a check name that gives memories their own version."""
-    kvzip._overlap = block_overlap
-    kvzip.CHECK = f"repeat-overlap-2-block{BLOCK}"
+    check._overlap = block_overlap
+    compressor.CHECK = reports.CHECK = f"repeat-overlap-2-block{BLOCK}"
 
 
 def use_mean_check() -> None:
     """Undo `use_block_check`."""
-    kvzip._overlap = mean_overlap
-    kvzip.CHECK = "repeat-overlap-2"
+    check._overlap = mean_overlap
+    compressor.CHECK = reports.CHECK = "repeat-overlap-2"
 
 
 if __name__ == "__main__":

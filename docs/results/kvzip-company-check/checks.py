@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.kvzip_company import Memories
-from icae_rag.compressors.kvzip import LADDER, _overlap
+from icae_rag.compressors.kvzip import LADDER
+from icae_rag.compressors.kvzip.check import _overlap, _repeat_probs
 from icae_rag.decoding import build_prompt, target_logits
 
 M, CUE, SPAN = 8, 12, 4
@@ -89,11 +90,11 @@ def main() -> None:
             full = mem.at(i, 1.0)
             record = {"node": i, "tokens": len(ids), "probes": [tok.decode(c) + " || " + tok.decode(s) for c, s in rows],
                       "neighbours": neighbours, "repeat": {}, "probe": {k: {} for k in companies}}
-            ref_repeat = comp._repeat_probs(full, ids)
+            ref_repeat = _repeat_probs(comp, full, ids)
             refs = {k: probe_probs(comp, [*c, full], rows) for k, c in companies.items()}
             for r in LADDER:
                 cand = mem.at(i, r)
-                record["repeat"][f"{r:g}"] = _overlap(ref_repeat, comp._repeat_probs(cand, ids))
+                record["repeat"][f"{r:g}"] = _overlap(ref_repeat, _repeat_probs(comp, cand, ids))
                 for k, c in companies.items():
                     got = probe_probs(comp, [*c, cand], rows)
                     record["probe"][k][f"{r:g}"] = [float(torch.minimum(a, b).sum(-1).mean()) for a, b in zip(refs[k], got, strict=True)]
