@@ -96,15 +96,11 @@ def _score_rows(decoder: DecoderBackbone, prefix: Prefix, windows: list[list[int
         w = len(window)
         keys = torch.stack([layer.keys[row, :, prefix_len:prefix_len + w] for layer in layers])  # (L, H, w, d)
         values = torch.stack([layer.values[row, :, prefix_len:prefix_len + w] for layer in layers])
-        n_layers, n_heads, _, dim = keys.shape
         check = None
-        if adaptive:
+        if adaptive:  # a passage encoded apart: its check reads no lead
             empty = keys[:, :, :0]
-            check = _Check(keys.reshape(-1, dim), empty, empty, 0,
-                           torch.softmax(scored.logits[row, :w].float(), dim=-1),
-                           _probes(window, _surprisal(out.logits[row, :w - 1], window)))
-        result.append(_Window(keys.reshape(-1, dim), values.reshape(-1, dim),
-                              scores[:, row, :, :w].reshape(-1), 0, window, (n_layers, n_heads), check))
+            check = _check(window, keys, empty, empty, 0, scored.logits[row, :w], out.logits[row, :w - 1])
+        result.append(_window(window, 0, keys, values, scores[:, row, :, :w], check))
     return result
 
 
@@ -124,8 +120,8 @@ def _score_window(decoder: DecoderBackbone, prefix: Prefix, lead: list[int], win
     first = prefix_len + shift + start - len(lead)
     positions = torch.arange(first, first + len(seq), device=device)[None]
     # Adaptive: the window's own logits too, whose surprising tokens the check probes.
-    out = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device), position_ids=positions, **cache_arg(cache), use_cache=True,
-                logits_to_keep=len(window) if adaptive else 1)
+    out = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device), position_ids=positions,
+                **cache_arg(cache), use_cache=True, logits_to_keep=len(window) if adaptive else 1)
     col, end = cached + len(lead), cached + len(seq)
     layers = output_cache(out).layers
     # Cloned: the repeat below extends these layers, and the carried entries must not keep it alive.
@@ -138,10 +134,10 @@ def _score_window(decoder: DecoderBackbone, prefix: Prefix, lead: list[int], win
     repeat = repeat_ids + window
     view = KvView(record=True, score_columns=(col, end))
     positions = torch.arange(first + len(seq), first + len(seq) + len(repeat), device=device)[None]
-    scored = model(input_ids=torch.tensor([repeat], dtype=torch.long, device=device), position_ids=positions, **cache_arg(output_cache(out)),
-                   use_cache=True, logits_to_keep=len(window) + 1 if adaptive else 1, kv_view=view)
+    scored = model(input_ids=torch.tensor([repeat], dtype=torch.long, device=device), position_ids=positions,
+                   **cache_arg(output_cache(out)), use_cache=True,
+                   logits_to_keep=len(window) + 1 if adaptive else 1, kv_view=view)
     scores = torch.stack([view.scores[i][0] for i in range(len(layers))])
-    n_layers, n_heads, w, dim = keys.shape
     check = None
     if adaptive:
         # The check reads a candidate memory after the text the scoring pass read before the
@@ -152,11 +148,27 @@ def _score_window(decoder: DecoderBackbone, prefix: Prefix, lead: list[int], win
         lead_values = torch.stack([layer.values[0, :, prefix_len:col] for layer in layers])
         # The lead's first entry sits `first - cached` positions after the prefix (the passage
         # before it, not carried, leaves that gap).
-        check = _Check(raw_keys.reshape(-1, dim), lead_keys, lead_values, first - cached,
-                       torch.softmax(scored.logits[0, :-1].float(), dim=-1),
-                       _probes(window, _surprisal(out.logits[0, :len(window) - 1], window)))
-    return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, window,
-                   (n_layers, n_heads), check), carry
+        check = _check(window, raw_keys, lead_keys, lead_values, first - cached, scored.logits[0, :-1],
+                       out.logits[0, :len(window) - 1])
+    return _window(window, start, keys, values, scores, check), carry
+
+
+def _check(ids: list[int], keys: torch.Tensor, lead_keys: torch.Tensor, lead_values: torch.Tensor, offset: int,
+           repeat_logits: torch.Tensor, text_logits: torch.Tensor) -> _Check:
+    """What a window's check reads, from a scoring pass: `keys` (layers, kv_heads, window, dim) as the
+    pass computed them, `repeat_logits` its logits over the repeated window (the reference) and
+    `text_logits` its logits after each of the window's tokens but the last, read as text (the probes)."""
+    return _Check(keys.reshape(-1, keys.shape[-1]), lead_keys, lead_values, offset,
+                  torch.softmax(repeat_logits.float(), dim=-1), _probes(ids, _surprisal(text_logits, ids)))
+
+
+def _window(ids: list[int], start: int, keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor,
+            check: _Check | None) -> _Window:
+    """A scored window from its (layers, kv_heads, window, dim) keys and values, stored as the memory
+    keeps them, and their (layers, kv_heads, window) scores."""
+    n_layers, n_heads, _, dim = keys.shape
+    return _Window(keys.reshape(-1, dim), values.reshape(-1, dim), scores.reshape(-1), start, ids,
+                   (n_layers, n_heads), check)
 
 
 def _apart_groups(which: list[int], encoded: dict[int, list[int]], window_tokens: int) -> list[list[int]]:
