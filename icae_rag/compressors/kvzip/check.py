@@ -51,8 +51,11 @@ def _check_memory(window: _Window, budget: int, sha: str, provenance: dict) -> K
                                           lead + kept % w])
     keys = torch.cat([check.lead_keys.reshape(-1, check.keys.shape[1]), check.keys[kept]])
     values = torch.cat([check.lead_values.reshape(-1, window.values.shape[1]), window.values[kept]])
+    # The passage up to the window's end, as `_join_windows` gives a memory's piece: its tokens are
+    # its context positions (KvMemory sets these anyway).
+    n = check.offset + lead + w
     return KvMemory.from_unordered(keys, values, positions, owners, window.shape, "float32",
-                                   pieces=(Piece(sha, 0, check.offset + lead + w, 0, 1),), **provenance)
+                                   pieces=(Piece(sha, 0, n, 0, n),), **provenance)
 
 
 def _repeat_probs(compressor: KvzipCompressor, memory: KvMemory, ids: list[int], prefix_row: _RowCache | None = None) -> torch.Tensor:
