@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def _checked_ratio(compressor: KvzipCompressor, window: _Window, sha: str, provenance: dict,
                    prefix_row: _RowCache) -> tuple[float, float]:
-    """(ratio, its overlap): the smallest memory of the ladder whose check passes (1.0 if none does)."""
+    """(ratio, its overlap) for a window: the ladder step `_search` chooses, a candidate passing when its
+    repeat's worst block and its probes both overlap the full memory's by the target fidelity."""
     n_layers, n_heads = window.shape
     total = len(window.ids) * n_layers * n_heads
     check = window.check
