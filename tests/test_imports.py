@@ -228,7 +228,7 @@ def test_the_project_uses_no_retired_name() -> None:
 # Names 0.2 deprecates (removed in 0.3, docs/deprecation.md): only their definitions and the tests
 # of their warnings may say them, so the project itself emits no DeprecationWarning of its own.
 DEPRECATED_NAMES = re.compile(r"\bslot_(start|end)\b|resolve\([^)]*\)\.prompts\b|reconstruct\([^)]*soft_prompt=")
-DEPRECATION_DEFINED_IN = ("icae_rag/soft_prompt.py", "icae_rag/serving.py", "icae_rag/compressors/base.py",
+DEPRECATION_DEFINED_IN = ("icae_rag/memories/soft_prompt.py", "icae_rag/serving.py", "icae_rag/compressors/base.py",
                           "tests/test_soft_prompt.py", "tests/test_serving.py", "tests/test_decoding.py")
 
 
