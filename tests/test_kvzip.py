@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -427,6 +428,80 @@ def test_check_grades_the_worst_block_so_a_long_window_cannot_average_a_loss_awa
     assert _overlap(reference, reference) == pytest.approx(1.0)
     # A window shorter than one block is graded as one block.
     assert _overlap(reference[:10], got[:10]) == pytest.approx(1.0)
+
+
+def test_probes_are_the_most_surprising_tokens_with_a_full_cue_and_apart():
+    from icae_rag.compressors.kvzip import PROBE_CUE, PROBE_SPAN, PROBES
+    from icae_rag.compressors.kvzip.check import _probes
+
+    ids = list(range(100, 200))
+    surprisal = torch.zeros(100)
+    surprisal[5] = 9.0  # too early: no full cue before it
+    surprisal[98] = 9.0  # too late: no full span from it
+    surprisal[40], surprisal[42], surprisal[70] = 5.0, 4.0, 3.0  # 42 is too close to 40
+    probes = _probes(ids, surprisal)
+    starts = [ids.index(span[0]) for _, span in probes]
+    assert len(probes) == PROBES and starts == sorted(starts)  # in window order
+    assert 40 in starts and 70 in starts and 42 not in starts and 5 not in starts and 98 not in starts
+    assert all(b - a >= PROBE_SPAN + PROBE_CUE // 2 for a, b in zip(starts, starts[1:], strict=False))
+    for cue, span in probes:
+        t = ids.index(span[0])
+        assert cue == ids[t - PROBE_CUE:t] and span == ids[t:t + PROBE_SPAN]
+    assert _probes(ids[:PROBE_CUE + PROBE_SPAN - 1], surprisal) == []  # too short to probe
+
+
+def test_surprisal_is_the_decoder_reading_the_text_itself():
+    from icae_rag.compressors.kvzip.check import _surprisal
+
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]))
+    got = _surprisal(logits, [0, 1, 2])  # logits[i] follow ids[i]
+    assert got.tolist() == pytest.approx([0.0, -math.log(0.25), -math.log(0.8)])
+
+
+def test_probes_come_from_the_decoder_reading_the_window_in_either_scoring_pass():
+    from transformers import DynamicCache
+
+    from icae_rag.compressors.kvzip.check import _probes, _surprisal
+    from icae_rag.decoding import prompt_texts
+
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9, storage="float32", window_tokens=64)
+    tok = comp.decoder.tokenizer
+    repeat_ids = tok(prompt_texts(tok, "repeat")[1], add_special_tokens=False)["input_ids"]
+    windows = [comp.tokenize(TEXT)[:64], comp.tokenize(SECOND + " " + TEXT)[:48]]
+    prefix = comp._prefix_ids()
+    with torch.no_grad():
+        expected = []
+        for ids in windows:
+            logits = comp.decoder.model(input_ids=torch.tensor([prefix + ids])).logits[0]
+            expected.append(_probes(ids, _surprisal(logits[len(prefix):len(prefix) + len(ids) - 1], ids)))
+        cache = DynamicCache(config=comp.decoder.model.config)
+        for i, (k, v) in enumerate(comp._prefix_cache()):
+            cache.update(k, v, i)
+        alone, _ = comp._score_window([], windows[0], 0, 0, cache, repeat_ids)
+        together = comp._score_rows(windows, repeat_ids)
+    assert len(expected[0]) > 1 and alone.check.probes == expected[0]
+    assert [w.check.probes for w in together] == expected
+
+
+def test_a_memory_passes_only_if_its_probes_pass_too(monkeypatch):
+    import icae_rag.compressors.kvzip.check as check
+    import icae_rag.compressors.kvzip.scoring as scoring
+
+    def budget() -> tuple[float, float]:
+        comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.6, storage="float32")
+        memory = comp.compress(TEXT)
+        return float(memory.metadata["kvzip_ratio"]), float(memory.metadata["kvzip_fidelity"])
+
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "_probes", lambda ids, surprisal: [])
+        repeat_only = budget()
+    assert repeat_only[0] > 1.5
+    with monkeypatch.context() as m:  # probes that always lose: no step passes, everything is kept
+        m.setattr(check, "_probe_overlap", lambda reference, got: 0.0)
+        assert budget() == (pytest.approx(1.0, rel=1e-3), 1.0)
+    with monkeypatch.context() as m:  # probes that never lose: the repeat alone decides
+        m.setattr(check, "_probe_overlap", lambda reference, got: 1.0)
+        assert budget() == repeat_only
 
 
 def test_adaptive_memories_record_their_check(tmp_path):
