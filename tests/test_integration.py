@@ -93,3 +93,52 @@ def test_cli_ask_on_a_2000_token_file(document, kind, min_ratio):
     assert result["input_tokens"] >= 1800 and isinstance(result["answer"], str)
     if kind == "raw":
         assert result["context_positions"] == result["input_tokens"]
+
+
+# An exact fact (a default, after rsync(1)'s --timeout) and five paragraphs of other tools' options to
+# read it among; the question asks for the fact, and raw text answers it read among them.
+FACT = ("The --timeout option sets the maximum I/O timeout in seconds. If no data is transferred for the "
+        "specified time then rsync will exit. The default is 0, which means no timeout. The --contimeout "
+        "option sets the amount of time rsync waits for its connection to a daemon to succeed.")
+FACT_QUESTION, FACT_ANSWER = "What is the default value of rsync's --timeout option?", "0"
+DISTRACTORS = (
+    "The --long option enables long distance matching with a window of 2^27 bytes. It raises the memory needed "
+    "to decompress the file. The window size can be given as --long=windowLog; the largest value accepted is 31. "
+    "Long distance matching helps most on large files that repeat content far apart.",
+    "Compression is always performed, even if the compressed file is slightly larger than the original. The "
+    "worst case expansion is a few bytes for the gzip file header, plus 5 bytes every 32K block, or an expansion "
+    "ratio of 0.015% for large files. gzip preserves the mode, ownership and timestamps of files.",
+    "The -j option specifies the number of jobs (commands) to run simultaneously. If there is more than one -j "
+    "option, the last one is effective. If the -j option is given without an argument, make will not limit the "
+    "number of jobs that can run simultaneously. The -l option stops new jobs while the load average is at least "
+    "the given number.",
+    "The -c option sets the number of octets per line, 16 by default. The maximum is 256. With -p, the default is "
+    "30 octets per line, and with -i it is 12. The -g option separates the output of every given number of bytes "
+    "by a whitespace, 2 by default.",
+    "bzip2 compresses files using the Burrows-Wheeler block sorting text compression algorithm and Huffman coding. "
+    "The block size can be set with the flags -1 to -9, which give block sizes of 100k to 900k. Decompression "
+    "needs about 3700 kbytes of memory for the largest block size.",
+)
+
+
+def test_a_fact_lost_among_other_memories_gets_a_larger_memory_and_is_answered(raw, monkeypatch):
+    import icae_rag.compressors.kvzip.scoring as scoring
+    from icae_rag.compressors.kvzip import CHECK
+
+    def says_fact(answer) -> bool:
+        return FACT_ANSWER in answer.text
+
+    assert says_fact(raw.answer(FACT_QUESTION, [*DISTRACTORS, FACT], max_new_tokens=24))
+    kvzip = load_compressor(device="cpu")
+    with monkeypatch.context() as m:  # the check without its look-up probes: the repeat alone
+        m.setattr(scoring, "_probes", lambda ids, surprisal: [])
+        *others, repeat_only = kvzip.compress_many([*DISTRACTORS, FACT])
+    # That memory passes its check and answers read alone, but not read after the other memories.
+    assert float(repeat_only.metadata["kvzip_fidelity"]) >= DEFAULT_FIDELITY
+    assert says_fact(kvzip.answer(FACT_QUESTION, [repeat_only], max_new_tokens=24))
+    assert not says_fact(kvzip.answer(FACT_QUESTION, [*others, repeat_only], max_new_tokens=24))
+    # The default check keeps more of it, and the fact is answered among the same other memories.
+    memory = kvzip.compress(FACT)
+    assert memory.metadata["kvzip_check"] == CHECK and float(memory.metadata["kvzip_fidelity"]) >= DEFAULT_FIDELITY
+    assert memory.compression_ratio < repeat_only.compression_ratio
+    assert says_fact(kvzip.answer(FACT_QUESTION, [*others, memory], max_new_tokens=24))
