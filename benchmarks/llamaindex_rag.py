@@ -1,8 +1,8 @@
-"""RAG benchmark: raw-text answers vs answers from precomputed soft prompts, through LlamaIndex.
+"""RAG benchmark: raw-text answers vs answers from precomputed memories, through LlamaIndex.
 
 One FAISS index (flat inner product, MiniLM) over a few long real documents cut into
 `node_tokens`-token nodes; per question every mode answers from the same top-k nodes with the same
-decoder: `raw` (the nodes' text), each compressor (soft prompts precomputed by `IcaeRagIngestion`
+decoder: `raw` (the nodes' text), each compressor (memories precomputed by `IcaeRagIngestion`
 when the index was built, so a query compresses nothing), and LongLLMLingua (the nodes' text pruned
 to the first compressor's budget, scored by the same local decoder). Per mode: decoder context
 positions, end-to-end seconds per query (retrieval + postprocessing + answer), KV-cache MB,
@@ -136,7 +136,7 @@ def load_corpus(opts: RagBenchOptions) -> tuple[list[Document], list[QAItem], di
 
 def run_rag_bench(documents: list[Document], items: list[QAItem], compressors: list[Any], raw: Any,
                   opts: RagBenchOptions, *, lingua: Any = None, progress_file: Path | None = None) -> dict[str, Any]:
-    """Build the index once, precompute soft prompts, then answer every item in every mode.
+    """Build the index once, precompute memories, then answer every item in every mode.
 
     With `progress_file`, each answered question is appended to it, and a run restarted with the same
     options, items and modes answers only the questions not in it yet (the index and memories are
