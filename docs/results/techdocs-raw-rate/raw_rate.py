@@ -36,7 +36,7 @@ def main() -> None:
     result = {"record": record, "split_questions": split, "raw_contained": contained,
               "estimated_raw_answered_on_split": {k: round(contained[k] * split) for k in ("mean",)}
               | {"ci95": [round(v * split) for v in contained["ci95"]]},
-              "nodes": out["nodes"], "environment": environment(),
+              "nodes": out["nodes"], "environment": environment(opts.seed),
               "command": "python docs/results/techdocs-raw-rate/raw_rate.py " + " ".join(sys.argv[1:]),
               "questions": [{"id": q["id"], "prediction": q["predictions"]["raw"], "answers": q["answers"]}
                             for q in out["questions"]]}
