@@ -8,7 +8,8 @@ answer's log-likelihood after raw text's lead-in (`icae_rag.eval.compare`).
 
     python -m benchmarks.kvzip_company --dataset techdocs-dev --policy full --policy ratio=4 --out OUT
 
-Policies: `full`; `ratio=R` (every node at R); `spec=<kvzip spec>` (each node at the ratio that
+Policies: `full`; `ratio=R` (every node at R); `read=R` (every node whole, the question's reader keeping
+1/R of them together, `kvzip:read_ratio=R`); `spec=<kvzip spec>` (each node at the ratio that
 compressor chose for it, e.g. `spec=kvzip`); `ratios=FILE` (a JSON of node index -> ratio).
 Per-node choices and answers are cached in OUT, so a stopped run resumes.
 """
@@ -26,7 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from icae_rag import load_compressor
-from icae_rag.eval.compare import answer_logliks, answer_targets, compare_modes, comparison_markdown
+from icae_rag.eval.compare import (
+    agreement_logliks,
+    answer_logliks,
+    answer_targets,
+    compare_modes,
+    comparison_markdown,
+)
 from icae_rag.eval.metrics import answer_contained
 from icae_rag.memories.kv_memory import KvMemory, entry_owners
 
@@ -132,12 +139,28 @@ def policy_ratios(policy: str, memories: Memories, wanted: list[int]) -> dict[in
         return dict.fromkeys(wanted, float(arg))
     if name == "floor":  # floor=R/F: ratio R, each head keeps at least F of its positions
         return dict.fromkeys(wanted, float(arg.split("/")[0]))
+    if name == "read":  # every node stored whole; the question's reader keeps 1/R of them together
+        return dict.fromkeys(wanted, 1.0)
     if name == "spec":
         return memories.chosen(arg, wanted)
     if name == "ratios":
         table = {int(k): float(v) for k, v in json.loads(Path(arg).read_text()).items()}
         return {i: table[i] for i in wanted}
     raise SystemExit(f"unknown policy {policy!r}")
+
+
+_READERS: dict[str, Any] = {}
+
+
+def reader_for(policy: str, full: Any) -> Any:
+    """The compressor a policy answers with: `read=R` reads whole memories at R together, as the
+    default does (`KvzipConfig.read_ratio`); every other policy reads what it kept, as stored."""
+    name, _, arg = policy.partition("=")
+    if name != "read":
+        return full
+    if policy not in _READERS:
+        _READERS[policy] = load_compressor(f"kvzip:read_ratio={arg}")
+    return _READERS[policy]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-tokens", type=int, default=256)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--first", type=int, help="only the first FIRST questions of the sample")
     p.add_argument("--policy", action="append", default=[])
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     docs, questions = load_questions(a.dataset, a.documents, a.limit, a.seed, a.data_root)
+    questions = questions[:a.first]  # the first of the sample: a stopped RAG bench run's questions
     raw = load_compressor("raw")
     texts = retrieve(docs, questions, raw.decoder.tokenizer, a.node_tokens, a.top_k)
     (a.out / "nodes.json").write_text(json.dumps({"nodes": texts, "questions": questions}))
@@ -188,11 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         for q in tqdm([q for q in questions if (policy, q["id"]) not in done], desc=policy):
             floor = float(policy.split("/")[1]) if policy.startswith("floor=") else 0.0
             ctx = [memories.at(i, ratios[i], floor) for i in q["nodes"]]
-            pred = reader.answer(q["question"], ctx, **gen).text
+            reads = reader_for(policy, reader)
+            answer = reads.answer(q["question"], ctx, **gen)
+            pred = answer.text
+            read = [answer.compression_ratio] if reads is not reader else None
             target = done[("raw", q["id"])]["target"]
             r = {"policy": policy, "id": q["id"], "prediction": pred, "contained": answer_contained(pred, q["answers"]),
-                 "loglik": answer_logliks(reader, [q["question"]], [ctx], [target])[0],
-                 "ratios": [ratios[i] for i in q["nodes"]]}
+                 "loglik": answer_logliks(reads, [q["question"]], [ctx], [target])[0],
+                 "ratios": read or [ratios[i] for i in q["nodes"]]}
+            reference = pred if policy == "full" else done.get(("full", q["id"]), {}).get("prediction")
+            if reference is not None:  # the full memories' own answer, scored from what this policy reads
+                r["agreement"] = agreement_logliks(reads, [q["question"]], [ctx], [reference])[0]
             done[(policy, q["id"])] = r
             with answers_path.open("a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -206,7 +237,9 @@ def report(questions: list[dict], policies: list[str], done: dict, out: Path, se
     logliks = {p: [done[(p, q["id"])]["loglik"] for q in questions] for p in policies}
     mean_ratio = {p: sum(len(r["ratios"]) for r in (done[(p, q["id"])] for q in questions)) /
                   sum(sum(1 / x for x in done[(p, q["id"])]["ratios"]) for q in questions) for p in policies}
-    comparisons = compare_modes(scores, ["raw", "full"], logliks, seed=seed)
+    agreements = {"full": {p: [done[(p, q["id"])].get("agreement") for q in questions]
+                           for p in policies}}
+    comparisons = compare_modes(scores, ["raw", "full"], logliks, agreements, seed=seed)
     summary = {"n": len(questions), "contained": {p: sum(s) / len(s) for p, s in scores.items()},
                "loglik": {p: sum(x) / len(x) for p, x in logliks.items()}, "read_ratio": mean_ratio,
                "comparisons": comparisons}

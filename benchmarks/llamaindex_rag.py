@@ -286,12 +286,12 @@ def _score_gold(item: QAItem, runs: dict[str, dict[str, Any]], readers: dict[str
 
 
 def _read_positions(reader: Any, event: Any) -> int:
-    """Context positions the decoder reads: what the postprocessor reports, except that a kvzip
-    memory stored larger than it is read (`stored_ratio`) is read at `ratio`."""
-    config = getattr(reader, "config", None)
-    if getattr(config, "stored_ratio", None) is None:
+    """Context positions the decoder reads: what the postprocessor reports, except that kvzip
+    memories read at a budget (`read_ratio`, the default's) are read at it."""
+    read = getattr(getattr(reader, "config", None), "read_at", None)
+    if read is None:
         return event.context_positions
-    return math.ceil(event.source_tokens * config.keep)
+    return min(event.context_positions, math.ceil(event.source_tokens / read))
 
 
 def _lingua_query(lingua: Any, retriever: Any, raw: Any, question: str, budget: int, max_new_tokens: int) -> dict[str, Any]:

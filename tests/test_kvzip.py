@@ -10,6 +10,7 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
+from icae_rag.compressors.kvzip import DEFAULT_READ_RATIO
 from icae_rag.compressors.kvzip.check import _check_memory, _repeat_probs
 from icae_rag.decoding import (
     GenerationConfig,
@@ -328,20 +329,53 @@ def test_non_rotary_decoder_is_refused(tmp_path_factory):
         new_compressor("kvzip", device="cpu", decoder=path)
 
 
-def test_one_budget_over_several_memories():
-    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=2)
+def test_memories_read_together_share_one_budget_half_chosen_by_the_question():
+    from icae_rag.decoding.prompts import _layout
+    from icae_rag.decoding.selection import question_scores, read_choice
+
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2, read_ratio=4)
     a, b = comp.compress_many([TEXT, SECOND])
     full = [m.source_tokens * m.layers * m.kv_heads for m in (a, b)]
     assert [m.kept_entries for m in (a, b)] == [round(n / 2) for n in full]
+    entries = round(sum(full) / 4)
+    # Without a question (the repeat prompt): the highest stored scores over both memories.
     pa, pb = comp.budget_contexts([a, "raw text", b])[::2]
-    assert pa.kept_entries + pb.kept_entries == round(sum(full) / 4)
-    assert set(pa.scores.tolist()) <= set(a.scores.tolist())
+    assert pa.kept_entries + pb.kept_entries == entries
     low = min(float(pa.scores.min()), float(pb.scores.min()))
     dropped = [s for m, p in ((a, pa), (b, pb)) for s in m.scores.tolist() if s not in set(p.scores.tolist())]
-    assert max(dropped) <= low  # the kept entries are the highest scores over both memories
-    assert comp.answer("Who?", [a, b], max_new_tokens=2).context_positions == pa.num_positions + pb.num_positions
-    with pytest.raises(ConfigError):
-        new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=4, stored_ratio=8)
+    assert max(dropped) <= low
+    # With a question: every stored entry is read once and scored by the attention the question's text
+    # gives it, each score from that entry's own cache column (a column a head did not keep scores 0).
+    contexts = [a, "raw text", b]
+    asked = question_scores(comp, _layout(comp, contexts, "answer", "Who?"))
+    assert [len(x) for x in asked] == [a.kept_entries, b.kept_entries] and all(bool((x > 0).all()) for x in asked)
+    choice = torch.cat(read_choice(comp, contexts, "Who?", entries))
+    by_question = torch.cat(asked).topk(entries // 2).indices
+    assert bool((choice[by_question] > 1).all()) and int((choice > 1).sum()) == entries // 2
+    rest = choice < 1  # ordered by the stored scores
+    stored = torch.cat([a.scores, b.scores]).float()
+    in_choice_order = stored[rest][choice[rest].argsort()]
+    assert bool((in_choice_order[1:] >= in_choice_order[:-1]).all())
+    qa, qb = comp.budget_contexts(contexts, question="Who?")[::2]
+    assert qa.kept_entries + qb.kept_entries == entries
+    assert comp.answer("Who?", [a, b], max_new_tokens=2).context_positions == qa.num_positions + qb.num_positions
+    # Memories stored below the read budget are read as stored.
+    assert comp.budget_contexts([pa, pb], question="Who?") == [pa, pb]
+
+
+def test_the_default_stores_every_entry_and_reads_a_third():
+    default, whole = (new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **kw) for kw in ({}, dict(keep_fraction=1.0)))
+    assert default.config.read_at == DEFAULT_READ_RATIO and whole.config.read_at is None
+    # Same stored entries, same version: a store shares them; read_ratio changes only what is read.
+    assert default.version == whole.version == new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, read_ratio=5).version
+    m = default.compress(TEXT)
+    assert m.kept_entries == m.source_tokens * m.layers * m.kv_heads and m.scores is not None
+    first, second = default.budget_contexts([m, m], question="Who?")
+    assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / DEFAULT_READ_RATIO)
+    assert default.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
+    assert whole.answer("Who?", [m, m], max_new_tokens=2).context_positions == 2 * m.num_positions
+    # fidelity, ratio or keep_fraction store less and are read as stored unless read_ratio is given.
+    assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9).config.read_at is None
 
 
 def test_two_memories_in_context_read_like_the_joint_text(kv_full):
@@ -585,7 +619,7 @@ def test_scoring_pass_gives_the_checks_reference(where):
 
 @pytest.mark.parametrize("bad", [dict(fidelity=0), dict(fidelity=1.2), dict(fidelity="high"), dict(fidelity=0.9, ratio=4),
                                  dict(fidelity=0.9, keep_fraction=0.5), dict(ratio=4, keep_fraction=0.5),
-                                 dict(stored_ratio=2), dict(max_ratio=0.5)])
+                                 dict(stored_ratio=2), dict(read_ratio=0.5), dict(read_ratio="3"), dict(max_ratio=0.5)])
 def test_bad_adaptive_settings_are_typed_errors(bad):
     with pytest.raises(ConfigError):
         new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **bad)

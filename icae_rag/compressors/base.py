@@ -159,8 +159,9 @@ class Compressor(nn.Module):
         """Context manager in which the decoder reads memories (ICAE disables its LoRA)."""
         return nullcontext()
 
-    def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
-        """The contexts as this compressor reads them (kvzip may prune memories to one shared budget)."""
+    def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
+        """The contexts as this compressor reads them, for `question` if one is asked (kvzip may prune
+        the memories read together to one budget)."""
         return list(contexts)
 
     def mode_embedding(self, mode: str) -> torch.Tensor:

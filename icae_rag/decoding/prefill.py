@@ -31,12 +31,14 @@ class Prefilled(NamedTuple):
 
 
 def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
-             prefix_row: _RowCache | None = None) -> Prefilled:
+             prefix_row: _RowCache | None = None, record: bool = False) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
     Prompts with KV memories take two forwards: the shared prefix, then every prompt's text after it
     (separators, mode marker, question) at once, each token at its own position, reading the memories
     laid in the cache before it (a KvView masks by position, so the text can follow all memories in
-    the cache). With `tails`, the logits of prompt i's last `tails[i]` positions are kept."""
+    the cache). With `tails`, the logits of prompt i's last `tails[i]` positions are kept. With
+    `record` (prompts with KV memories), the returned view's `scores[l]` (B, kv_heads, columns) hold
+    the largest attention each column of layer l got from the text."""
     dec = compressor.decoder
     explicit, tails = tails, [1] * len(prompts) if tails is None else list(tails)
     if not any(p.has_memories for p in prompts):
@@ -87,7 +89,7 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
     heads = valid[0].shape[1]
     view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
-                  query_positions=query_positions)
+                  query_positions=query_positions, record=record)
     keep = sorted({j for n, tail in zip(lengths, tails, strict=True) for j in range(n - tail, n)})
     out = dec.model(inputs_embeds=x, position_ids=query_positions, **cache_arg(cache), use_cache=True,
                     logits_to_keep=torch.tensor(keep, device=dec.device), kv_view=view)
@@ -96,7 +98,7 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
         logits = torch.stack([out.logits[i, at[n - 1]] for i, n in enumerate(lengths)])
     else:
         logits = [out.logits[i, at[n - tail]:at[n - 1] + 1] for i, (n, tail) in enumerate(zip(lengths, tails, strict=True))]
-    return Prefilled(logits, output_cache(out), None, next_positions, KvView(valid=view.valid))
+    return Prefilled(logits, output_cache(out), None, next_positions, KvView(valid=view.valid, scores=view.scores))
 
 
 @dataclass
@@ -232,3 +234,4 @@ def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: 
     with compressor.reading():
         logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
     return [x.float() for x in logits]
+

@@ -96,8 +96,12 @@ def build_prompt(compressor: MemoryReader, contexts: Sequence[TrainingContext], 
             raise InvalidInputError(f"the question may not contain {_PLACEHOLDER!r}")
     if isinstance(contexts, (str, Memory)):
         raise InvalidInputError("contexts must be a list of memories (SoftPrompt, KvMemory) or str, not a single item")
+    return _layout(compressor, compressor.budget_contexts(contexts, question=question), mode, question)
+
+
+def _layout(compressor: MemoryReader, contexts: Sequence[TrainingContext], mode: str, question: str | None) -> Prompt:
+    """`build_prompt` for contexts as they are read (already budgeted)."""
     dec = compressor.decoder
-    contexts = compressor.budget_contexts(contexts)
     before, after = prompt_texts(dec.tokenizer, mode, question)
     prefix_sha = None
     segments, soft, source = [dec.embed_text(before)], 0, 0

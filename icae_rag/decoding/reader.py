@@ -31,8 +31,9 @@ class MemoryReader(Protocol):
         """Context manager in which the decoder reads memories (ICAE switches its LoRA off)."""
         ...
 
-    def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
-        """The contexts as this compressor reads them (kvzip may prune memories to one budget)."""
+    def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
+        """The contexts as this compressor reads them, for `question` if one is asked (kvzip may
+        prune the memories read together to one budget)."""
         ...
 
     def check_memory(self, memory: Memory) -> None:

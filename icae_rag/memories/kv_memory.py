@@ -320,16 +320,19 @@ class KvMemory(Memory):
         return replace(self, **moved)
 
 
-def prune_jointly(memories: list[KvMemory], entries: int, weights: list[float] | None = None) -> list[KvMemory]:
+def prune_jointly(memories: list[KvMemory], entries: int, weights: list[float] | None = None,
+                  scores: list[torch.Tensor] | None = None) -> list[KvMemory]:
     """Keep `entries` entries over all `memories` together: the highest (weighted) scores win, so the
-    memory the decoder needs most keeps most (one budget over several passages)."""
+    memory the decoder needs most keeps most (one budget over several passages). `scores`, one per
+    memory in entry order, replace the scores the memories store (a question's, say)."""
     weights = weights or [1.0] * len(memories)
-    if any(m.scores is None for m in memories):
+    if scores is None and any(m.scores is None for m in memories):
         raise InvalidInputError("joint pruning needs KV memories with scores: compress the texts again")
     total = sum(m.kept_entries for m in memories)
     if entries >= total:
         return list(memories)
-    flat = torch.cat([m.scores.float() * w for m, w in zip(memories, weights, strict=True)])
+    scores = scores if scores is not None else [m.scores for m in memories]
+    flat = torch.cat([s.float().cpu() * w for s, w in zip(scores, weights, strict=True)])
     chosen = flat.topk(max(0, entries)).indices.sort().values
     bounds = [0, *torch.tensor([m.kept_entries for m in memories]).cumsum(0).tolist()]
     return [m.select(chosen[(chosen >= lo) & (chosen < hi)] - lo)

@@ -48,6 +48,7 @@ from .config import (
     CHECK,
     CHECK_BLOCK_TOKENS,
     DEFAULT_FIDELITY,
+    DEFAULT_READ_RATIO,
     LADDER,
     PROBE_CUE,
     PROBE_SPAN,
@@ -58,5 +59,5 @@ from .config import (
 )
 from .reports import budget_summary, memory_budget
 
-__all__ = ["CHECK", "CHECK_BLOCK_TOKENS", "DEFAULT_FIDELITY", "LADDER", "PROBES", "PROBE_CUE", "PROBE_SPAN",
+__all__ = ["CHECK", "CHECK_BLOCK_TOKENS", "DEFAULT_FIDELITY", "DEFAULT_READ_RATIO", "LADDER", "PROBES", "PROBE_CUE", "PROBE_SPAN",
            "START_RATIO", "WINDOWS", "KvzipCompressor", "KvzipConfig", "budget_summary", "memory_budget"]

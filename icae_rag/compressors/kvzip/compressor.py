@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ...decoding import context_prefix_ids, prompt_texts
 from ...decoding.prefill import _RowCache
+from ...decoding.selection import read_choice
 from ...errors import InvalidInputError
 from ...memories.kv_memory import KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ...memories.soft_prompt import Piece, text_sha256
@@ -41,10 +42,13 @@ class KvzipCompressor(Compressor):
         self._prefix_kv: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         # Every store lookup asks for the version: render the prefix and hash the config once.
         # Settings that change no entry stay out, so memories made before they existed keep their version:
-        # quant_group outside int4 / int2, the adaptive settings in fixed mode.
-        unused = {"decoder"} | ({"quant_group"} if config.storage not in ("int4", "int2") else set()) | (
+        # quant_group outside int4 / int2, the adaptive settings in fixed mode, read_ratio (it prunes at
+        # read time). The default stores what keep_fraction=1.0 stores, under the same version.
+        unused = {"decoder", "read_ratio"} | ({"quant_group"} if config.storage not in ("int4", "int2") else set()) | (
             set() if config.adaptive else {"fidelity", "max_ratio"})
         settings = {k: v for k, v in asdict(config).items() if k not in unused}
+        if not config.adaptive and config.ratio is None:
+            settings["keep_fraction"] = config.keep
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         settings["windows"] = WINDOWS
         if config.adaptive:
@@ -142,13 +146,19 @@ class KvzipCompressor(Compressor):
             self._prefix_kv = (where, [(layer.keys, layer.values) for layer in output_cache(out).layers])
         return self._prefix_kv[1]
 
-    def budget_contexts(self, contexts: Sequence[Any]) -> list[Any]:
-        """With `stored_ratio`, the KV memories among `contexts` pruned to `ratio` with one budget."""
-        if self.config.stored_ratio is None:
-            return list(contexts)
+    def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
+        """The KV memories among `contexts` pruned together to 1/`read_at` of their passages' entries:
+        for a question, as `selection.read_choice` chooses (half by the question's attention);
+        without one (the repeat prompt), by their stored scores. Unchanged when read as stored."""
         memories = [c for c in contexts if isinstance(c, KvMemory)]
-        entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) * self.config.keep)
-        pruned = iter(prune_jointly(memories, entries))
+        read = self.config.read_at
+        if read is None or not memories:
+            return list(contexts)
+        entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) / read)
+        if entries >= sum(m.kept_entries for m in memories):
+            return list(contexts)
+        scores = None if question is None else read_choice(self, contexts, question, entries)
+        pruned = iter(prune_jointly(memories, entries, scores=scores))
         return [next(pruned) if isinstance(c, KvMemory) else c for c in contexts]
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
@@ -169,7 +179,7 @@ class KvzipCompressor(Compressor):
         n_layers, n_heads = window.shape
         total = len(window.ids) * n_layers * n_heads
         if not self.config.adaptive:
-            return _keep_top(window, max(1, round(total * self.config.stored_keep)), None)
+            return _keep_top(window, max(1, round(total * self.config.keep)), None)
         ratio, overlap = _checked_ratio(self, window, sha, provenance, prefix_row)
         return _keep_top(window, max(1, round(total / ratio)), overlap)
 
