@@ -10,7 +10,6 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
-from icae_rag.compressors.kvzip import DEFAULT_READ_RATIO
 from icae_rag.compressors.kvzip.check import _check_memory, _repeat_probs
 from icae_rag.decoding import (
     GenerationConfig,
@@ -363,19 +362,19 @@ def test_memories_read_together_share_one_budget_half_chosen_by_the_question():
     assert comp.budget_contexts([pa, pb], question="Who?") == [pa, pb]
 
 
-def test_the_default_stores_every_entry_and_reads_a_third():
-    default, whole = (new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **kw) for kw in ({}, dict(keep_fraction=1.0)))
-    assert default.config.read_at == DEFAULT_READ_RATIO and whole.config.read_at is None
+def test_the_read_budget_reads_a_share_of_whole_memories():
+    budget, whole = (new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, **kw)
+                     for kw in (dict(read_ratio=3), {}))
+    assert budget.config.read_at == 3 and whole.config.read_at is None
+    assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).config.read_at is None  # the default
     # Same stored entries, same version: a store shares them; read_ratio changes only what is read.
-    assert default.version == whole.version == new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, read_ratio=5).version
-    m = default.compress(TEXT)
+    assert budget.version == whole.version
+    m = budget.compress(TEXT)
     assert m.kept_entries == m.source_tokens * m.layers * m.kv_heads and m.scores is not None
-    first, second = default.budget_contexts([m, m], question="Who?")
-    assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / DEFAULT_READ_RATIO)
-    assert default.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
+    first, second = budget.budget_contexts([m, m], question="Who?")
+    assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / 3)
+    assert budget.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
     assert whole.answer("Who?", [m, m], max_new_tokens=2).context_positions == 2 * m.num_positions
-    # fidelity, ratio or keep_fraction store less and are read as stored unless read_ratio is given.
-    assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, fidelity=0.9).config.read_at is None
 
 
 def test_two_memories_in_context_read_like_the_joint_text(kv_full):

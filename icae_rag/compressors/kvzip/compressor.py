@@ -43,12 +43,10 @@ class KvzipCompressor(Compressor):
         # Every store lookup asks for the version: render the prefix and hash the config once.
         # Settings that change no entry stay out, so memories made before they existed keep their version:
         # quant_group outside int4 / int2, the adaptive settings in fixed mode, read_ratio (it prunes at
-        # read time). The default stores what keep_fraction=1.0 stores, under the same version.
+        # read time): memories are shared by every read budget.
         unused = {"decoder", "read_ratio"} | ({"quant_group"} if config.storage not in ("int4", "int2") else set()) | (
             set() if config.adaptive else {"fidelity", "max_ratio"})
         settings = {k: v for k, v in asdict(config).items() if k not in unused}
-        if not config.adaptive and config.ratio is None:
-            settings["keep_fraction"] = config.keep
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         settings["windows"] = WINDOWS
         if config.adaptive:
