@@ -9,7 +9,7 @@ answer's log-likelihood after raw text's lead-in (`icae_rag.eval.compare`).
     python -m benchmarks.kvzip_company --dataset techdocs-dev --policy full --policy ratio=4 --out OUT
 
 Policies: `full`; `ratio=R` (every node at R); `read=R` (every node whole, the question's reader keeping
-1/R of them together, `kvzip:read_ratio=R`); `spec=<kvzip spec>` (each node at the ratio that
+1/R of them together, `kvzip:keep_fraction=1.0,read_ratio=R`); `spec=<kvzip spec>` (each node at the ratio that
 compressor chose for it, e.g. `spec=kvzip`); `ratios=FILE` (a JSON of node index -> ratio).
 Per-node choices and answers are cached in OUT, so a stopped run resumes.
 """
@@ -154,12 +154,12 @@ _READERS: dict[str, Any] = {}
 
 def reader_for(policy: str, full: Any) -> Any:
     """The compressor a policy answers with: `read=R` reads whole memories at R together, as the
-    default does (`KvzipConfig.read_ratio`); every other policy reads what it kept, as stored."""
+    read budget does (`KvzipConfig.read_ratio`); every other policy reads what it kept, as stored."""
     name, _, arg = policy.partition("=")
     if name != "read":
         return full
     if policy not in _READERS:
-        _READERS[policy] = load_compressor(f"kvzip:read_ratio={arg}")
+        _READERS[policy] = load_compressor(f"kvzip:keep_fraction=1.0,read_ratio={arg}")
     return _READERS[policy]
 
 
