@@ -234,4 +234,3 @@ def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: 
     with compressor.reading():
         logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
     return [x.float() for x in logits]
-

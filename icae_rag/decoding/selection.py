@@ -11,7 +11,6 @@ import torch
 
 from ..errors import InvalidInputError
 from ..memories.kv_memory import KvMemory
-from ..memories.kv_quant import entry_owners
 from .prefill import _prefill
 from .prompts import Context, Prompt, _layout
 from .reader import MemoryReader
@@ -28,16 +27,13 @@ def question_scores(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tens
     offsets = [prefix] * len(view.scores)
     out = []
     for memory in (s for s in prompt.segments if isinstance(s, KvMemory)):
-        counts = memory.counts.long()
-        owner = entry_owners(memory.counts)
-        flat = counts.reshape(-1)
-        rank = torch.arange(memory.kept_entries) - (flat.cumsum(0) - flat)[owner]
+        owner, rank = memory.entry_columns()
         layer, head = owner // memory.kv_heads, owner % memory.kv_heads
         scores = torch.empty(memory.kept_entries)
         for i in range(memory.layers):
             at = layer == i
             scores[at] = view.scores[i][0, head[at], offsets[i] + rank[at]].float().cpu()
-            offsets[i] += int(counts[i].max())  # a memory is as wide as its fullest head, per layer
+            offsets[i] += int(memory.counts[i].max())  # a memory is as wide as its fullest head, per layer
         out.append(scores)
     return out
 
@@ -60,4 +56,3 @@ def read_choice(compressor: MemoryReader, contexts: Sequence[Context], question:
     choice = stored.argsort().argsort().float() / max(1, len(stored))  # the stored order, in [0, 1)
     choice[by_question] = 2.0  # above every stored rank
     return list(choice.split([m.kept_entries for m in memories]))
-

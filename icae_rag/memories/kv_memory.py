@@ -247,9 +247,7 @@ class KvMemory(Memory):
         keys, values = self._rotated_entries(delta, rotary_emb, device)  # int4 / int2: one rotation
         keys, values = keys.to(dtype), values.to(dtype)
         positions = self.positions.to(device).long() + (self.prefix_tokens + delta)
-        flat = self.counts.reshape(-1).long().to(device)
-        owner = entry_owners(self.counts).to(device)
-        rank = torch.arange(self.kept_entries, device=device) - (flat.cumsum(0) - flat)[owner]
+        owner, rank = self.entry_columns(device)
         dim, out = keys.shape[1], CacheColumns([], [], [], [])
         bounds = [0, *self.counts.sum(1).long().cumsum(0).tolist()]
         for layer in range(self.layers):
@@ -264,6 +262,13 @@ class KvMemory(Memory):
             for column, tensor in zip(out, (k, v, ok, pos), strict=True):
                 column.append(tensor)
         return out
+
+    def entry_columns(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per entry, its (layer * kv_heads + head) and its column in that head's part of the cache
+        (`cache_tensors` fills each head's first columns with its entries, in order)."""
+        flat = self.counts.reshape(-1).long().to(device)
+        owner = entry_owners(self.counts).to(device)
+        return owner, torch.arange(self.kept_entries, device=device) - (flat.cumsum(0) - flat)[owner]
 
     def pruned(self, entries: int) -> KvMemory:
         """A copy keeping the `entries` highest-scored entries (needs the scores kvzip stores)."""

@@ -4,7 +4,7 @@ One run, modes interleaved per question so they see the same machine load. Quest
 nodes (best last) come from a `benchmarks.kvzip_company` run's nodes.json; every node is compressed
 by the read budget (`kvzip:keep_fraction=1.0,read_ratio=3`: every entry stored) and by the default
 (`kvzip`, the adaptive check, read as stored). Each answer is one greedy token; TTFT is the time from the call
-to the first token: the prompt built (for the default, its scoring pass over every stored entry) and
+to the first token: the prompt built (for the read budget, its scoring pass over every stored entry) and
 prefilled. Also the distribution of what each memory kept under the read budget.
 
     python docs/results/kvzip-read-budget/ttft.py RUN_DIR N OUT.json

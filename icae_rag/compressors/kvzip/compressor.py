@@ -145,11 +145,11 @@ class KvzipCompressor(Compressor):
         return self._prefix_kv[1]
 
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
-        """The KV memories among `contexts` pruned together to 1/`read_at` of their passages' entries:
+        """The KV memories among `contexts` pruned together to 1/`read_ratio` of their passages' entries:
         for a question, as `selection.read_choice` chooses (half by the question's attention);
         without one (the repeat prompt), by their stored scores. Unchanged when read as stored."""
         memories = [c for c in contexts if isinstance(c, KvMemory)]
-        read = self.config.read_at
+        read = self.config.read_ratio
         if read is None or not memories:
             return list(contexts)
         entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) / read)

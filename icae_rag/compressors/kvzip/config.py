@@ -109,8 +109,3 @@ class KvzipConfig:
             return None
         return self.keep_fraction if self.keep_fraction is not None else 1 / self.ratio
 
-    @property
-    def read_at(self) -> float | None:
-        """The ratio a question reads its memories at together (None: as stored)."""
-        return self.read_ratio
-
