@@ -247,7 +247,7 @@ def test_every_compressor_is_a_memory_reader(tiny_raw, tiny_icae):
     from icae_rag.decoding import MemoryReader
 
     members = {n for n in vars(MemoryReader) if not n.startswith("_")}
-    assert members == {"decoder", "reading", "budget_contexts", "check_memory", "mode_embedding"}
+    assert members == {"decoder", "reading", "prefix_row", "budget_contexts", "check_memory", "mode_embedding"}
     for comp in (tiny_raw, tiny_icae):
         assert all(hasattr(comp, n) for n in members), type(comp).__name__
         with comp.reading():  # ICAE's switches its LoRA off

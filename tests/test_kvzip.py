@@ -378,6 +378,24 @@ def test_the_read_budget_reads_a_share_of_whole_memories():
     assert whole.answer("Who?", [m, m], max_new_tokens=2).context_positions == 2 * m.num_positions
 
 
+def test_an_answer_reuses_the_prefix_and_runs_one_forward_per_token(kv_full):
+    m = kv_full.compress(TEXT)
+    prompt = build_prompt(kv_full, [m], question="Who?")
+    dec = kv_full.decoder
+    fresh = _prefill(kv_full, [prompt], prefix_row=_extend(dec, _RowCache.empty(), prompt.segments[0])[1]).logits
+    assert torch.allclose(_prefill(kv_full, [prompt]).logits, fresh, atol=1e-4)  # the kept prefix, as if run again
+    calls = []
+    hook = dec.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        kv_full.answer("Who?", [m], max_new_tokens=1)
+        assert len(calls) == 1  # the text after the kept prefix; no step after the last token
+        calls.clear()
+        kv_full.answer("Who?", [m], max_new_tokens=3, stop=())
+        assert len(calls) <= 3
+    finally:
+        hook.remove()
+
+
 def test_two_memories_in_context_read_like_the_joint_text(kv_full):
     # B encoded after A and the blank line between them, nothing evicted: the decoder must read
     # [A, B] exactly as the two raw texts, so offsets, separators and re-rotation of a second memory are right.

@@ -159,6 +159,10 @@ class Compressor(nn.Module):
         """Context manager in which the decoder reads memories (ICAE disables its LoRA)."""
         return nullcontext()
 
+    def prefix_row(self) -> Any | None:
+        """The prompt prefix that KV memories follow, already run, or None (only kvzip keeps it)."""
+        return None
+
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
         """The contexts as this compressor reads them, for `question` if one is asked (kvzip may prune
         the memories read together to one budget)."""

@@ -97,7 +97,7 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
     with compressor.reading():
         logits, cache, mask, positions, view = _prefill(compressor, prompts)
         extra = {} if view is None else {"kv_view": view}
-        for _ in range(cfg.max_new_tokens):
+        for step in range(cfg.max_new_tokens):
             logits = logits.float()
             if repeats is not None:
                 logits = repeats.mask(logits)
@@ -107,7 +107,7 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
                 repeats.add(nxt.tolist(), finished.tolist())
             finished = finished | torch.isin(nxt, stop_ids)
             yield nxt, finished
-            if bool(finished.all()):
+            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
                 return
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)

@@ -33,7 +33,8 @@ class Prefilled(NamedTuple):
 def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
              prefix_row: _RowCache | None = None, record: bool = False) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
-    Prompts with KV memories take two forwards: the shared prefix, then every prompt's text after it
+    Prompts with KV memories take one or two forwards: the shared prefix (unless the compressor keeps
+    it run, `prefix_row`), then every prompt's text after it
     (separators, mode marker, question) at once, each token at its own position, reading the memories
     laid in the cache before it (a KvView masks by position, so the text can follow all memories in
     the cache). With `tails`, the logits of prompt i's last `tails[i]` positions are kept. With
@@ -59,6 +60,9 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
     prefix = prompts[0].segments[0]
     if prefix_row is not None and prefix_row.position != prefix.shape[0]:
         raise ValueError(f"prefix_row holds {prefix_row.position} tokens, the prompts' prefix {prefix.shape[0]}")
+    if prefix_row is None:
+        kept = compressor.prefix_row()  # KV memories follow one prefix: their compressor runs it once
+        prefix_row = kept if kept is not None and kept.position == prefix.shape[0] else None
     shared = prefix_row if prefix_row is not None else _extend(dec, _RowCache.empty(), prefix)[1]
     rows, texts = [], []
     laid: dict[tuple[int, int], CacheColumns] = {}  # a memory read by several prompts is laid out once

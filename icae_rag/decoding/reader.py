@@ -1,6 +1,6 @@
 """`MemoryReader`: what decoding needs from a compressor.
 
-Decoding runs a compressor's decoder over a prompt of memories and text, and calls back four of its
+Decoding runs a compressor's decoder over a prompt of memories and text, and calls back five of its
 methods to lay that prompt out. Every `Compressor` is a `MemoryReader`; typing `decoding/` against
 this protocol instead of `compressors.base.Compressor` keeps `decoding/` below `compressors/`
 (which hands `answer` / `stream` to it) in the import graph.
@@ -29,6 +29,10 @@ class MemoryReader(Protocol):
 
     def reading(self) -> AbstractContextManager[Any]:
         """Context manager in which the decoder reads memories (ICAE switches its LoRA off)."""
+        ...
+
+    def prefix_row(self) -> Any | None:
+        """The prompt prefix that KV memories follow, already run (`prefill._RowCache`), or None."""
         ...
 
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:

@@ -144,6 +144,10 @@ class KvzipCompressor(Compressor):
             self._prefix_kv = (where, [(layer.keys, layer.values) for layer in output_cache(out).layers])
         return self._prefix_kv[1]
 
+    def prefix_row(self) -> _RowCache:
+        """The prompt prefix's cache as a prefill row: answers reuse it instead of running it again."""
+        return _RowCache.of_text(self._prefix_cache())
+
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
         """The KV memories among `contexts` pruned together to 1/`read_ratio` of their passages' entries:
         for a question, as `selection.read_choice` chooses (half by the question's attention);
