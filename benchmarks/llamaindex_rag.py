@@ -288,7 +288,7 @@ def _score_gold(item: QAItem, runs: dict[str, dict[str, Any]], readers: dict[str
 def _read_positions(reader: Any, event: Any) -> int:
     """Context positions the decoder reads: what the postprocessor reports, except that kvzip
     memories read at a budget (`read_ratio`) are read at it."""
-    read = getattr(getattr(reader, "config", None), "read_ratio", None)
+    read = getattr(getattr(reader, "config", None), "read_at", None)
     if read is None:
         return event.context_positions
     return min(event.context_positions, math.ceil(event.source_tokens / read))

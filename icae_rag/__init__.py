@@ -1,13 +1,14 @@
 """icae_rag: answer from compressed context memories.
 
 The default kind, kvzip, needs no training: a passage's memory is the decoder's own keys and values,
-pruned to the entries it attends to, each passage as small as its self-check allows. ICAE and E2LLM (trained input-level soft
+each scored by the attention it gets, and a question reads 1/2.5 of the memories it retrieves
+(the entries it attends to and the best-scored). ICAE and E2LLM (trained input-level soft
 prompts) and raw text share the same interface.
 
 The common case::
 
     from icae_rag import load_compressor
-    compressor = load_compressor()              # kvzip (adaptive budget) on SmolLM2-135M-Instruct
+    compressor = load_compressor()              # kvzip (read budget 2.5x) on SmolLM2-135M-Instruct
     memory = compressor.compress(long_text)     # a KvMemory (a SoftPrompt for icae, e2llm, raw)
     print(compressor.answer("Who ...?", [memory]).text)
 """

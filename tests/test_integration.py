@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pydoc_data.topics
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from icae_rag import load_compressor, new_compressor
-from icae_rag.compressors.kvzip import DEFAULT_FIDELITY
+from icae_rag.compressors.kvzip import DEFAULT_FIDELITY, DEFAULT_READ_RATIO
 from icae_rag.eval.metrics import token_f1
 
 pytestmark = pytest.mark.integration
@@ -59,9 +60,23 @@ def test_default_icae_and_e2llm_ratios(document):
     assert e2llm.compress(text).compression_ratio >= 16
 
 
-def test_default_kvzip_sizes_each_memory_by_its_check_and_answers(raw):
+def test_default_kvzip_stores_every_entry_and_a_question_reads_a_share(raw):
     kvzip = load_compressor(device="cpu")
     assert kvzip.kind == "kvzip" and kvzip.decoder.name == raw.decoder.name
+    memory = kvzip.compress(PARAGRAPH)
+    assert memory.compression_ratio == 1.0 and memory.scores is not None
+    ans = kvzip.answer("Where was Super Bowl 50 played?", [memory], max_new_tokens=24)
+    assert "Levi's Stadium" in ans.text
+    assert ans.context_positions == math.ceil(memory.source_tokens / DEFAULT_READ_RATIO)
+    # Nothing evicted, stored exactly and read whole: the same greedy tokens as the raw paragraph.
+    whole = load_compressor("kvzip:keep_fraction=1.0,storage=float32", device="cpu")
+    question = "Which team won Super Bowl 50?"
+    assert whole.answer(question, [whole.compress(PARAGRAPH)], max_new_tokens=16).token_ids == raw.answer(
+        question, [PARAGRAPH], max_new_tokens=16).token_ids
+
+
+def test_adaptive_kvzip_sizes_each_memory_by_its_check():
+    kvzip = load_compressor(f"kvzip:fidelity={DEFAULT_FIDELITY}", device="cpu")
     memory = kvzip.compress(PARAGRAPH)
     assert float(memory.metadata["kvzip_fidelity"]) >= DEFAULT_FIDELITY and memory.compression_ratio >= 1.5
     assert float(memory.metadata["kvzip_ratio"]) == pytest.approx(memory.compression_ratio, rel=1e-3)
@@ -72,11 +87,6 @@ def test_default_kvzip_sizes_each_memory_by_its_check_and_answers(raw):
     assert redundant.compression_ratio >= 8 > memory.compression_ratio
     strict = load_compressor("kvzip:fidelity=0.995", device="cpu").compress(PARAGRAPH)
     assert strict.compression_ratio < memory.compression_ratio
-    # Nothing evicted, stored exactly: the same greedy tokens as the raw paragraph.
-    full = new_compressor("kvzip", device="cpu", keep_fraction=1.0, storage="float32").compress(PARAGRAPH)
-    question = "Which team won Super Bowl 50?"
-    assert kvzip.answer(question, [full], max_new_tokens=16).token_ids == raw.answer(
-        question, [PARAGRAPH], max_new_tokens=16).token_ids
     # The decoder restates rather than copies (it may drop a clause), so measure overlap, not equality.
     assert token_f1(kvzip.reconstruct(memory), (PARAGRAPH,)) >= 0.5
 
@@ -121,7 +131,7 @@ DISTRACTORS = (
 )
 
 
-def test_a_fact_lost_among_other_memories_gets_a_larger_memory_and_is_answered(raw, monkeypatch):
+def test_a_fact_lost_among_other_memories_gets_a_larger_memory_from_the_check_and_is_answered(raw, monkeypatch):
     import icae_rag.compressors.kvzip.scoring as scoring
     from icae_rag.compressors.kvzip import CHECK
 
@@ -129,7 +139,7 @@ def test_a_fact_lost_among_other_memories_gets_a_larger_memory_and_is_answered(r
         return FACT_ANSWER in answer.text
 
     assert says_fact(raw.answer(FACT_QUESTION, [*DISTRACTORS, FACT], max_new_tokens=24))
-    kvzip = load_compressor(device="cpu")
+    kvzip = load_compressor(f"kvzip:fidelity={DEFAULT_FIDELITY}", device="cpu")
     with monkeypatch.context() as m:  # the check without its look-up probes: the repeat alone
         m.setattr(scoring, "_probes", lambda ids, surprisal: [])
         *others, repeat_only = kvzip.compress_many([*DISTRACTORS, FACT])
@@ -137,7 +147,7 @@ def test_a_fact_lost_among_other_memories_gets_a_larger_memory_and_is_answered(r
     assert float(repeat_only.metadata["kvzip_fidelity"]) >= DEFAULT_FIDELITY
     assert says_fact(kvzip.answer(FACT_QUESTION, [repeat_only], max_new_tokens=24))
     assert not says_fact(kvzip.answer(FACT_QUESTION, [*others, repeat_only], max_new_tokens=24))
-    # The default check keeps more of it, and the fact is answered among the same other memories.
+    # The adaptive check keeps more of it, and the fact is answered among the same other memories.
     memory = kvzip.compress(FACT)
     assert memory.metadata["kvzip_check"] == CHECK and float(memory.metadata["kvzip_fidelity"]) >= DEFAULT_FIDELITY
     assert memory.compression_ratio < repeat_only.compression_ratio
@@ -145,14 +155,14 @@ def test_a_fact_lost_among_other_memories_gets_a_larger_memory_and_is_answered(r
 
 
 def test_the_question_gives_the_memory_it_needs_a_larger_share_of_the_read_budget():
-    kvzip = load_compressor("kvzip:keep_fraction=1.0,read_ratio=3", device="cpu")
+    kvzip = load_compressor(device="cpu")
     memories = kvzip.compress_many([*DISTRACTORS, FACT])
     read = kvzip.budget_contexts(memories, question=FACT_QUESTION)
     entries = sum(m.kept_entries for m in memories)
-    assert sum(m.kept_entries for m in read) == round(entries / 3)
+    assert sum(m.kept_entries for m in read) == round(entries / DEFAULT_READ_RATIO)
     *others, fact = read
-    # The fact's memory keeps a larger share than the third every memory keeps on average, and more
+    # The fact's memory keeps a larger share than the 1/DEFAULT_READ_RATIO every memory keeps read alone, and more
     # than any other memory; without the question (the stored scores alone) it does not stand out.
-    assert fact.compression_ratio < 0.85 * 3 < min(m.compression_ratio for m in others)
+    assert fact.compression_ratio < 0.85 * DEFAULT_READ_RATIO < min(m.compression_ratio for m in others)
     *_, blind = kvzip.budget_contexts(memories)
     assert blind.compression_ratio > fact.compression_ratio

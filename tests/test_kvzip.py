@@ -10,6 +10,7 @@ import torch
 
 from conftest import TEXT
 from icae_rag import KvMemory, Memory, SqliteMemoryStore, new_compressor
+from icae_rag.compressors.kvzip import DEFAULT_READ_RATIO
 from icae_rag.compressors.kvzip.check import _check_memory, _repeat_probs
 from icae_rag.decoding import (
     GenerationConfig,
@@ -328,9 +329,9 @@ def test_non_rotary_decoder_is_refused(tmp_path_factory):
         new_compressor("kvzip", device="cpu", decoder=path)
 
 
-def test_memories_read_together_share_one_budget_half_chosen_by_the_question():
+def test_memories_read_together_share_one_budget_mostly_chosen_by_the_question():
     from icae_rag.decoding.prompts import _layout
-    from icae_rag.decoding.selection import question_scores, read_choice
+    from icae_rag.decoding.selection import QUESTION_SHARE, question_scores, read_choice
 
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2, read_ratio=4)
     a, b = comp.compress_many([TEXT, SECOND])
@@ -350,8 +351,10 @@ def test_memories_read_together_share_one_budget_half_chosen_by_the_question():
     asked = question_scores(comp, _layout(comp, contexts, "answer", "Who?"))
     assert [len(x) for x in asked] == [a.kept_entries, b.kept_entries] and all(bool((x > 0).all()) for x in asked)
     choice = torch.cat(read_choice(comp, contexts, "Who?", entries))
-    by_question = torch.cat(asked).topk(entries // 2).indices
-    assert bool((choice[by_question] > 1).all()) and int((choice > 1).sum()) == entries // 2
+    share = round(entries * QUESTION_SHARE)
+    assert 0.5 < QUESTION_SHARE < 1 and 0 < share < entries  # the stored scores choose some of it
+    by_question = torch.cat(asked).topk(share).indices
+    assert bool((choice[by_question] > 1).all()) and int((choice > 1).sum()) == share
     rest = choice < 1  # ordered by the stored scores
     stored = torch.cat([a.scores, b.scores]).float()
     in_choice_order = stored[rest][choice[rest].argsort()]
@@ -363,19 +366,21 @@ def test_memories_read_together_share_one_budget_half_chosen_by_the_question():
     assert comp.budget_contexts([pa, pb], question="Who?") == [pa, pb]
 
 
-def test_the_read_budget_reads_a_share_of_whole_memories():
-    budget, whole = (new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, **kw)
-                     for kw in (dict(read_ratio=3), {}))
-    assert budget.config.read_ratio == 3 and whole.config.read_ratio is None
-    assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER).config.read_ratio is None  # the default
+def test_the_default_stores_every_entry_and_reads_a_share():
+    default, whole = (new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **kw) for kw in ({}, dict(keep_fraction=1.0)))
+    assert default.config.read_at == DEFAULT_READ_RATIO and whole.config.read_at is None
     # Same stored entries, same version: a store shares them; read_ratio changes only what is read.
-    assert budget.version == whole.version
-    m = budget.compress(TEXT)
+    assert default.version == whole.version == new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, read_ratio=5).version
+    m = default.compress(TEXT)
     assert m.kept_entries == m.source_tokens * m.layers * m.kv_heads and m.scores is not None
-    first, second = budget.budget_contexts([m, m], question="Who?")
-    assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / 3)
-    assert budget.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
+    first, second = default.budget_contexts([m, m], question="Who?")
+    assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / DEFAULT_READ_RATIO)
+    assert default.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
     assert whole.answer("Who?", [m, m], max_new_tokens=2).context_positions == 2 * m.num_positions
+    # fidelity, ratio or keep_fraction store less and are read as stored unless read_ratio is given.
+    for kw in (dict(fidelity=0.9), dict(ratio=4), dict(keep_fraction=0.5)):
+        assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, **kw).config.read_at is None
+    assert new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2, read_ratio=4).config.read_at == 4
 
 
 def test_an_answer_reuses_the_prefix_and_runs_one_forward_per_token(kv_full):

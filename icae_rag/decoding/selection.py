@@ -15,6 +15,11 @@ from .prefill import _prefill
 from .prompts import Context, Prompt, _layout
 from .reader import MemoryReader
 
+# The share of a read budget the question's attention chooses; the stored scores choose the rest.
+# Chosen on techdocs-dev (docs/kvzip.md#the-read-budget): the question alone keeps too little of
+# what its few tokens do not look at, the stored scores alone what each passage needs read alone.
+QUESTION_SHARE = 2 / 3
+
 
 @torch.no_grad()
 def question_scores(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tensor]:
@@ -41,7 +46,7 @@ def question_scores(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tens
 def read_choice(compressor: MemoryReader, contexts: Sequence[Context], question: str, entries: int
                 ) -> list[torch.Tensor]:
     """Per KV memory among `contexts`, a selection score per entry: keeping the `entries` highest over
-    all of them keeps half the budget the question attends to most and fills the rest by the scores
+    all of them keeps QUESTION_SHARE of the budget the question attends to most and fills the rest by the scores
     the memories store (the repeat's: what the passage needs in general). The question alone keeps
     too little of what its few tokens do not look at; the stored scores alone keep what each passage
     needs read alone, not what this question needs among the others."""
@@ -51,7 +56,7 @@ def read_choice(compressor: MemoryReader, contexts: Sequence[Context], question:
                                 "compress the texts again")
     asked = torch.cat(question_scores(compressor, _layout(compressor, contexts, "answer", question)))
     stored = torch.cat([m.scores.float().cpu() for m in memories])
-    by_question = asked.topk(min(entries // 2, len(asked))).indices
+    by_question = asked.topk(min(round(entries * QUESTION_SHARE), len(asked))).indices
     # Ranks, not raw scores, decide: the two scores come from different queries and are not comparable.
     choice = stored.argsort().argsort().float() / max(1, len(stored))  # the stored order, in [0, 1)
     choice[by_question] = 2.0  # above every stored rank

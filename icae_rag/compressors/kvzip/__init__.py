@@ -8,7 +8,7 @@ KVzip (arXiv 2505.23416; this project's measurements and choices in docs/kvzip.m
 4. Keep the top `keep` share of all the passage's entries together (one budget over every layer
    and head: some heads keep most of the passage, others almost nothing).
 
-5. Adaptive budget (the default): instead of one fixed share, each window keeps the smallest share
+5. Adaptive budget (`fidelity`): instead of one fixed share, each window keeps the smallest share
    of a ladder (1/16 ... 1/1.5, then everything) whose memory passes a self-check: read in the
    repeat prompt after what the scoring pass read before the window (nothing, for a passage
    encoded apart; its lead otherwise, kept whole), the pruned memory must lead the decoder to the
@@ -28,9 +28,10 @@ KVzip (arXiv 2505.23416; this project's measurements and choices in docs/kvzip.m
    `fidelity`. The probes cost two short forwards per window (the full memory's, once, and the
    candidate's per ladder step).
 
-7. The read budget (`read_ratio`, e.g. `kvzip:keep_fraction=1.0,read_ratio=3`): the memories a
-   question reads together keep one share of their passages' entries, half chosen by the question's
-   attention with every stored entry in view, half by the stored scores
+7. The read budget (the default, `read_ratio`): every entry is stored with its score, and the
+   memories a question reads together keep 1/DEFAULT_READ_RATIO of their passages' entries, two
+   thirds of them chosen by the question's attention with every stored entry in view, the rest by
+   the stored scores
    (`icae_rag.decoding.selection`, `KvzipCompressor.budget_contexts`).
 
 The prefix is never evicted (it is recomputed at answer time and holds the attention sinks).
@@ -53,6 +54,7 @@ from .config import (
     CHECK,
     CHECK_BLOCK_TOKENS,
     DEFAULT_FIDELITY,
+    DEFAULT_READ_RATIO,
     LADDER,
     PROBE_CUE,
     PROBE_SPAN,
@@ -63,5 +65,5 @@ from .config import (
 )
 from .reports import budget_summary, memory_budget
 
-__all__ = ["CHECK", "CHECK_BLOCK_TOKENS", "DEFAULT_FIDELITY", "LADDER", "PROBES", "PROBE_CUE", "PROBE_SPAN",
+__all__ = ["CHECK", "CHECK_BLOCK_TOKENS", "DEFAULT_FIDELITY", "DEFAULT_READ_RATIO", "LADDER", "PROBES", "PROBE_CUE", "PROBE_SPAN",
            "START_RATIO", "WINDOWS", "KvzipCompressor", "KvzipConfig", "budget_summary", "memory_budget"]

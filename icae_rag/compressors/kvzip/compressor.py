@@ -43,10 +43,13 @@ class KvzipCompressor(Compressor):
         # Every store lookup asks for the version: render the prefix and hash the config once.
         # Settings that change no entry stay out, so memories made before they existed keep their version:
         # quant_group outside int4 / int2, the adaptive settings in fixed mode, read_ratio (it prunes at
-        # read time): memories are shared by every read budget.
+        # read time): memories are shared by every read budget. The default stores what
+        # keep_fraction=1.0 stores, under the same version.
         unused = {"decoder", "read_ratio"} | ({"quant_group"} if config.storage not in ("int4", "int2") else set()) | (
             set() if config.adaptive else {"fidelity", "max_ratio"})
         settings = {k: v for k, v in asdict(config).items() if k not in unused}
+        if not config.adaptive and config.ratio is None:
+            settings["keep_fraction"] = config.keep
         settings["prefix"] = token_ids_sha256(self._prefix_ids())
         settings["windows"] = WINDOWS
         if config.adaptive:
@@ -149,11 +152,11 @@ class KvzipCompressor(Compressor):
         return _RowCache.of_text(self._prefix_cache())
 
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
-        """The KV memories among `contexts` pruned together to 1/`read_ratio` of their passages' entries:
-        for a question, as `selection.read_choice` chooses (half by the question's attention);
+        """The KV memories among `contexts` pruned together to 1/`read_at` of their passages' entries:
+        for a question, as `selection.read_choice` chooses (mostly by the question's attention);
         without one (the repeat prompt), by their stored scores. Unchanged when read as stored."""
         memories = [c for c in contexts if isinstance(c, KvMemory)]
-        read = self.config.read_ratio
+        read = self.config.read_at
         if read is None or not memories:
             return list(contexts)
         entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) / read)

@@ -13,8 +13,11 @@ from ...models.backbones import DEFAULT_DECODER
 LADDER = (16.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5)
 # The first ratio the check tries (the ladder step at or below it).
 START_RATIO = 4.0
-# The overlap an adaptive memory must keep by default (docs/kvzip.md: how it was chosen).
+# The overlap the adaptive check was chosen at: `kvzip:fidelity=0.96` (docs/kvzip.md: how).
 DEFAULT_FIDELITY = 0.96
+# The default stores every entry and a question reads 1/DEFAULT_READ_RATIO of the entries of the
+# memories it reads together (docs/kvzip.md#the-read-budget: how it was chosen).
+DEFAULT_READ_RATIO = 2.5
 # The check grades every block of about this many tokens of a window, not the window's mean: a fact
 # lost in one part of a long window is not averaged away by the rest, so a fidelity asks the same of
 # a 100-token paragraph and a 512-token node.
@@ -32,14 +35,15 @@ WINDOWS = "carried-lead-1"
 class KvzipConfig:
     """How much of each passage's KV cache to store, how it is stored, and how much a question reads.
 
-    By default each window's budget is chosen by a self-check (`fidelity`, see the package doc); set
-    `ratio` or `keep_fraction` for one fixed share instead. Memories are read as stored, unless
-    `read_ratio` cuts the memories a question reads together, with the question in view.
+    By default every entry is stored with its score, and a question reads 1/DEFAULT_READ_RATIO of the
+    entries of the memories it reads together, chosen with the question in view (`read_ratio`). Set
+    `ratio` or `keep_fraction` to store one fixed share, or `fidelity` for a share per window chosen
+    by a self-check (see the package doc); those memories are read as stored unless `read_ratio` is set.
     """
 
     decoder: str = DEFAULT_DECODER
     # Adaptive: the smallest memory whose next-token distributions over its passage overlap the full
-    # memory's by at least this much (0 < fidelity <= 1; None: DEFAULT_FIDELITY).
+    # memory's by at least this much (0 < fidelity <= 1; None: not adaptive).
     fidelity: float | None = None
     max_ratio: float = 16.0  # adaptive: never keep less than 1/max_ratio of a window's entries
     ratio: float | None = None  # fixed: keep 1/ratio of the passage's (layer, head, position) entries
@@ -47,8 +51,9 @@ class KvzipConfig:
     storage: str = "float16"  # "float16", "float32", "int8", "int4" or "int2"
     quant_group: int = 128  # int4 / int2: entries per key scale group (a power of two >= 8; see kv_quant)
     # A question keeps 1/read_ratio of the entries of the memories it reads together (counted against
-    # their passages' tokens x layers x heads): half it attends to most, reading every stored entry,
-    # the rest by the stored scores (None: read as stored). With keep_fraction=1.0: the read budget.
+    # their passages' tokens x layers x heads): most by its attention, reading every stored entry,
+    # the rest by the stored scores. None: DEFAULT_READ_RATIO when every entry is stored by default
+    # (no fidelity, ratio or keep_fraction), else the memories are read as stored.
     read_ratio: float | None = None
     window_tokens: int = 512
     lead_tokens: int = 256
@@ -62,7 +67,7 @@ class KvzipConfig:
                 raise ConfigError(f"kvzip {name} must be a number, got {value!r}")
         if self.ratio is not None and self.keep_fraction is not None:
             raise ConfigError("kvzip takes ratio or keep_fraction, not both (ratio=4 is keep_fraction=0.25)")
-        if self.fidelity is not None and not self.adaptive:
+        if self.fidelity is not None and (self.ratio is not None or self.keep_fraction is not None):
             raise ConfigError("kvzip fidelity chooses each passage's ratio; it cannot be combined with a fixed "
                               "ratio or keep_fraction: pass one of them")
         if self.fidelity is not None and not 0 < self.fidelity <= 1:
@@ -87,15 +92,13 @@ class KvzipConfig:
 
     @property
     def adaptive(self) -> bool:
-        """Whether each window's budget is chosen by the self-check (no fixed ratio or keep_fraction)."""
-        return self.ratio is None and self.keep_fraction is None
+        """Whether each window's budget is chosen by the self-check (`fidelity` is set)."""
+        return self.fidelity is not None
 
     @property
     def target_fidelity(self) -> float | None:
-        """The overlap adaptive memories must keep (None in fixed mode)."""
-        if not self.adaptive:
-            return None
-        return DEFAULT_FIDELITY if self.fidelity is None else self.fidelity
+        """The overlap adaptive memories must keep (None otherwise)."""
+        return self.fidelity
 
     @property
     def ladder(self) -> tuple[float, ...]:
@@ -104,8 +107,18 @@ class KvzipConfig:
 
     @property
     def keep(self) -> float | None:
-        """Fixed mode: share of each window's entries a memory stores (None when adaptive)."""
+        """Share of each window's entries a memory stores (None when adaptive; 1.0 by default)."""
         if self.adaptive:
             return None
-        return self.keep_fraction if self.keep_fraction is not None else 1 / self.ratio
+        if self.ratio is not None:
+            return 1 / self.ratio
+        return 1.0 if self.keep_fraction is None else self.keep_fraction
+
+    @property
+    def read_at(self) -> float | None:
+        """The ratio a question reads its memories at together (None: as stored)."""
+        if self.read_ratio is not None:
+            return self.read_ratio
+        whole_by_default = self.fidelity is None and self.ratio is None and self.keep_fraction is None
+        return DEFAULT_READ_RATIO if whole_by_default else None
 
