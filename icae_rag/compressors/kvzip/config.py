@@ -16,7 +16,7 @@ START_RATIO = 4.0
 # The overlap the adaptive check was chosen at: `kvzip:fidelity=0.96` (docs/kvzip.md: how).
 DEFAULT_FIDELITY = 0.96
 # The default stores every entry and a question reads 1/DEFAULT_READ_RATIO of the entries of the
-# memories it reads together (docs/kvzip.md#the-read-budget: how it was chosen).
+# memories it reads together (docs/kvzip.md, "The read budget": how it was chosen).
 DEFAULT_READ_RATIO = 2.5
 # The check grades every block of about this many tokens of a window, not the window's mean: a fact
 # lost in one part of a long window is not averaged away by the rest, so a fidelity asks the same of
