@@ -16,7 +16,7 @@ from .prompts import Context, Prompt, _layout
 from .reader import MemoryReader
 
 # The share of a read budget the question's attention chooses; the stored scores choose the rest.
-# Chosen on techdocs-dev (docs/kvzip.md#the-read-budget): the question alone keeps too little of
+# Chosen on techdocs-dev (docs/kvzip.md, "The read budget"): the question alone keeps too little of
 # what its few tokens do not look at, the stored scores alone what each passage needs read alone.
 QUESTION_SHARE = 2 / 3
 
