@@ -216,19 +216,22 @@ def test_memory_prompts_are_prefilled_together_as_one_by_one():
 @pytest.mark.parametrize("with_memory", [False, True])
 def test_target_logits_equal_decoding_the_target_step_by_step(with_memory):
     from icae_rag import new_compressor
-    from icae_rag.decoding.prefill import _prefill, target_logits
+    from icae_rag.decoding import target_logits
+    from icae_rag.decoding.selection import read_prefill
     from icae_rag.models.backbones import TINY_DECODER
 
-    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2)
+    # Memories read at a budget (the default): the answer's tokens read what the question chose.
+    kvzip = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, read_ratio=2)
     contexts = [[kvzip.compress(TEXT)], [kvzip.compress("Short note."), "raw text"]] if with_memory else [[TEXT], ["x"]]
     prompts = [build_prompt(kvzip, ctx, question=q) for ctx, q in zip(contexts, ["When?", "Which rocket?"], strict=True)]
     targets = [[5, 9, 17], [30, 2]]
+    assert all(p.read_entries for p in prompts) == with_memory
     got = target_logits(kvzip, prompts, targets)
     model = kvzip.decoder.model
     for prompt, target, lp in zip(prompts, targets, got, strict=True):
         assert lp.shape == (len(target), model.config.vocab_size)
         with torch.no_grad(), kvzip.reading():
-            logits, cache, mask, positions, view = _prefill(kvzip, [prompt])
+            logits, cache, mask, positions, view = read_prefill(kvzip, [prompt])
             steps = [logits.float()[0]]
             for t in target[:-1]:
                 if mask is not None:
@@ -247,7 +250,8 @@ def test_every_compressor_is_a_memory_reader(tiny_raw, tiny_icae):
     from icae_rag.decoding import MemoryReader
 
     members = {n for n in vars(MemoryReader) if not n.startswith("_")}
-    assert members == {"decoder", "reading", "prefix_row", "budget_contexts", "check_memory", "mode_embedding"}
+    assert members == {"decoder", "reading", "prefix_row", "read_entries", "budget_contexts", "check_memory",
+                       "mode_embedding"}
     for comp in (tiny_raw, tiny_icae):
         assert all(hasattr(comp, n) for n in members), type(comp).__name__
         with comp.reading():  # ICAE's switches its LoRA off

@@ -29,7 +29,7 @@ from icae_rag.errors import (
 )
 from icae_rag.models.backbones import TINY_DECODER, _tiny_decoder_dir
 from icae_rag.models.hf_compat import cache_arg, output_cache
-from icae_rag.models.kv_attention import rerotate, rotary
+from icae_rag.models.kv_attention import KvView, rerotate, rotary
 
 SECOND = "The Saturn V rocket launched every crewed Apollo mission to the Moon from Florida."
 
@@ -330,8 +330,8 @@ def test_non_rotary_decoder_is_refused(tmp_path_factory):
 
 
 def test_memories_read_together_share_one_budget_mostly_chosen_by_the_question():
-    from icae_rag.decoding.prompts import _layout
-    from icae_rag.decoding.selection import QUESTION_SHARE, question_scores, read_choice
+    from icae_rag.decoding.selection import QUESTION_SHARE, _entry_columns, _recorded
+    from icae_rag.decoding.selection import question_choice as chosen
 
     comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, ratio=2, read_ratio=4)
     a, b = comp.compress_many([TEXT, SECOND])
@@ -345,25 +345,57 @@ def test_memories_read_together_share_one_budget_mostly_chosen_by_the_question()
     low = min(float(pa.scores.min()), float(pb.scores.min()))
     dropped = [s for m, p in ((a, pa), (b, pb)) for s in m.scores.tolist() if s not in set(p.scores.tolist())]
     assert max(dropped) <= low  # the kept entries are the highest scores over both memories
-    # With a question: every stored entry is read once and scored by the attention the question's text
-    # gives it, each score from that entry's own cache column (a column a head did not keep scores 0).
+    # With a question: the answer prompt lays out every stored entry; its prefill scores each by the
+    # attention the question's text gives it, from that entry's own cache column.
     contexts = [a, "raw text", b]
-    asked = question_scores(comp, _layout(comp, contexts, "answer", "Who?"))
-    assert [len(x) for x in asked] == [a.kept_entries, b.kept_entries] and all(bool((x > 0).all()) for x in asked)
-    choice = torch.cat(read_choice(comp, contexts, "Who?", entries))
+    prompt = build_prompt(comp, contexts, question="Who?")
+    assert prompt.read_entries == entries and [s for s in prompt.segments if isinstance(s, KvMemory)] == [a, b]
+    view = _prefill(comp, [prompt], record=True).view
+    text = sum(s.shape[0] for s in prompt.segments[1:] if not isinstance(s, KvMemory))
+    asked = _recorded(view, 0, _entry_columns(prompt, [v.shape[2] - text for v in view.valid]))
+    assert len(asked) == a.kept_entries + b.kept_entries and bool((asked > 0).all())
+    keep = torch.cat(chosen(comp, prompt))
     share = round(entries * QUESTION_SHARE)
     assert 0.5 < QUESTION_SHARE < 1 and 0 < share < entries  # the stored scores choose some of it
-    by_question = torch.cat(asked).topk(share).indices
-    assert bool((choice[by_question] > 1).all()) and int((choice > 1).sum()) == share
-    rest = choice < 1  # ordered by the stored scores
+    assert int(keep.sum()) == entries and bool(keep[asked.topk(share).indices].all())
+    rest = torch.ones_like(keep)
+    rest[asked.topk(share).indices] = False  # the rest: the highest stored scores among the others
     stored = torch.cat([a.scores, b.scores]).float()
-    in_choice_order = stored[rest][choice[rest].argsort()]
-    assert bool((in_choice_order[1:] >= in_choice_order[:-1]).all())
+    assert float(stored[rest & keep].min()) >= float(stored[rest & ~keep].max())
     qa, qb = comp.budget_contexts(contexts, question="Who?")[::2]
     assert qa.kept_entries + qb.kept_entries == entries
-    assert comp.answer("Who?", [a, b], max_new_tokens=2).context_positions == qa.num_positions + qb.num_positions
+    assert comp.answer("Who?", [a, b], max_new_tokens=2).context_positions == math.ceil(entries / (a.layers * a.kv_heads))
     # Memories stored below the read budget are read as stored.
     assert comp.budget_contexts([pa, pb], question="Who?") == [pa, pb]
+    assert build_prompt(comp, [pa, pb], question="Who?").read_entries is None
+
+
+def test_the_answer_reads_a_packed_cache_of_the_chosen_entries():
+    from icae_rag.decoding.selection import _packed, _read_mask, keep_read_entries
+
+    comp = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0, read_ratio=3)
+    whole = new_compressor("kvzip", device="cpu", decoder=TINY_DECODER, keep_fraction=1.0)
+    m = comp.compress(TEXT)
+    prompt = build_prompt(comp, [m, "raw text", m], question="Who?")
+    full = _prefill(comp, [prompt], record=True)
+    # The question read every entry: the first token's logits are the whole memories'.
+    whole_prompt = build_prompt(whole, [m, "raw text", m], question="Who?")
+    assert whole_prompt.read_entries is None
+    assert torch.allclose(keep_read_entries(comp, [prompt], full).logits, _prefill(whole, [whole_prompt]).logits)
+    mask = _read_mask([prompt], full.view)
+    prefix, width = prompt.segments[0].shape[0], [int(c.max()) for c in m.counts]
+    assert sum(int(v[0, :, prefix:prefix + 2 * w].sum()) for v, w in zip(mask, width, strict=True)) == prompt.read_entries
+    assert all(bool(v[0, :, :prefix].all() and v[0, :, prefix + 2 * w:].all()) for v, w in zip(mask, width, strict=True))
+    cache, valid = _packed(comp, full.cache, mask)
+    for before, after in zip(full.cache.layers, cache.layers, strict=True):
+        assert after.keys.shape[2] < before.keys.shape[2]  # packed: the cache shrinks
+    # Packing moves columns, not what a later token reads: the same logits as masking in place.
+    ids, outs = torch.tensor([[5, 9]]), []
+    for c, v in ((cache, valid), (_prefill(comp, [prompt], record=True).cache, mask)):
+        out = comp.decoder.model(inputs_embeds=comp.decoder.embed_ids(ids), position_ids=full.positions + torch.arange(2),
+                                 **cache_arg(c), use_cache=True, kv_view=KvView(valid=v))
+        outs.append(out.logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
 
 def test_the_default_stores_every_entry_and_reads_a_share():
@@ -375,7 +407,8 @@ def test_the_default_stores_every_entry_and_reads_a_share():
     assert m.kept_entries == m.source_tokens * m.layers * m.kv_heads and m.scores is not None
     first, second = default.budget_contexts([m, m], question="Who?")
     assert first.kept_entries + second.kept_entries == round(2 * m.kept_entries / DEFAULT_READ_RATIO)
-    assert default.answer("Who?", [m, m], max_new_tokens=2).context_positions == first.num_positions + second.num_positions
+    read = round(2 * m.kept_entries / DEFAULT_READ_RATIO)
+    assert default.answer("Who?", [m, m], max_new_tokens=2).context_positions == math.ceil(read / (m.layers * m.kv_heads))
     assert whole.answer("Who?", [m, m], max_new_tokens=2).context_positions == 2 * m.num_positions
     # fidelity, ratio or keep_fraction store less and are read as stored unless read_ratio is given.
     for kw in (dict(fidelity=0.9), dict(ratio=4), dict(keep_fraction=0.5)):

@@ -168,6 +168,11 @@ class Compressor(nn.Module):
         the memories read together to one budget)."""
         return list(contexts)
 
+    def read_entries(self, contexts: Sequence[Any]) -> int | None:
+        """How many entries of the KV memories among `contexts` a question's answer reads, or None to
+        read them as given (only kvzip's read budget cuts them)."""
+        return None
+
     def mode_embedding(self, mode: str) -> torch.Tensor:
         """Learned embedding that marks a mode ("autoencode", "continue", "answer"); may be empty."""
         return self.decoder.embed_ids(torch.zeros(0, dtype=torch.long))

@@ -1,6 +1,6 @@
-"""Answer from memories: the prompt layout (`prompts`), the cache each prompt builds (`prefill`), and
-decoding, streaming and reconstruction (`generate`), with any `MemoryReader` (`reader`: the members
-of a compressor they use)."""
+"""Answer from memories: the prompt layout (`prompts`), the cache each prompt builds (`prefill`), the
+entries a question's answer reads under a read budget (`selection`), and decoding, streaming and
+reconstruction (`generate`), with any `MemoryReader` (`reader`: the members of a compressor they use)."""
 
 from .generate import (
     Answer,
@@ -12,8 +12,9 @@ from .generate import (
     reconstruct_token_ids,
     stream,
     stream_many,
+    target_logits,
 )
-from .prefill import Prefilled, target_logits
+from .prefill import Prefilled
 from .prompts import (
     INSTRUCTIONS,
     MODES,

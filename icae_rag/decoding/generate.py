@@ -17,9 +17,9 @@ from ..memories.base import Memory
 from ..memories.kv_memory import KvMemory
 from ..memories.soft_prompt import SoftPrompt
 from ..models.hf_compat import cache_arg, output_cache
-from .prefill import _prefill
 from .prompts import Context, Prompt, build_prompt, stop_token_ids
 from .reader import MemoryReader
+from .selection import read_prefill
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
     finished = torch.zeros(b, dtype=torch.bool, device=dec.device)
     repeats = _NgramBan(b, cfg.no_repeat_ngram_size) if cfg.no_repeat_ngram_size else None
     with compressor.reading():
-        logits, cache, mask, positions, view = _prefill(compressor, prompts)
+        logits, cache, mask, positions, view = read_prefill(compressor, prompts)
         extra = {} if view is None else {"kv_view": view}
         for step in range(cfg.max_new_tokens):
             logits = logits.float()
@@ -154,6 +154,34 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
     sorted_p = sorted_p * keep
     choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)
     return idx.gather(-1, choice).squeeze(-1)
+
+
+@torch.no_grad()
+def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]], *,
+                  prefix_row: Any = None) -> list[torch.Tensor]:
+    """Per prompt, the decoder's next-token logits (len(target), vocab), float32, at each token of its
+    target, teacher-forced right after the prompt (what the decoder would say there, and how sure it
+    is), reading what decoding reads. `prefix_row`: the prompts' shared prefix, already run (`_prefill`)."""
+    if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
+        raise InvalidInputError("target_logits needs one non-empty target per prompt")
+    dec = compressor.decoder
+    with compressor.reading():
+        logits, cache, mask, positions, view = read_prefill(compressor, prompts, prefix_row)
+        forced = max(len(t) for t in targets) - 1
+        if forced == 0:
+            return [logits[i:i + 1].float() for i in range(len(prompts))]
+        # The targets go in one forward after the prompts, right-padded: causal attention keeps every
+        # real token from reading a pad.
+        ids = torch.zeros(len(prompts), forced, dtype=torch.long, device=dec.device)
+        for i, t in enumerate(targets):
+            ids[i, :len(t) - 1] = torch.tensor(list(t[:-1]), dtype=torch.long)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(len(prompts), forced)], dim=1)
+        extra = {} if view is None else {"kv_view": view}
+        out = dec.model(inputs_embeds=dec.embed_ids(ids), attention_mask=mask,
+                        position_ids=positions + torch.arange(forced, device=dec.device), **cache_arg(cache),
+                        use_cache=True, **extra)
+    return [torch.cat([logits[i:i + 1], out.logits[i, :len(t) - 1]]).float() for i, t in enumerate(targets)]
 
 
 def _finish_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:

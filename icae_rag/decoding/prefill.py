@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..errors import InvalidInputError
 from ..memories.kv_memory import CacheColumns, KvMemory
 from ..models import kv_attention
 from ..models.hf_compat import cache_arg, output_cache
@@ -20,18 +19,18 @@ from .reader import MemoryReader
 
 
 class Prefilled(NamedTuple):
-    """The decoder's state after the prompts: last logits (B, V) (with `tails`: per prompt its last
-    positions' logits (tail, V)), cache, 2-D mask or None, next positions (B, 1), KvView or None."""
+    """The decoder's state after the prompts: last logits (B, V), cache, 2-D mask or None, next
+    positions (B, 1), KvView or None."""
 
-    logits: torch.Tensor | list[torch.Tensor]
+    logits: torch.Tensor
     cache: Any
     mask: torch.Tensor | None
     positions: torch.Tensor
     view: KvView | None
 
 
-def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
-             prefix_row: _RowCache | None = None, record: bool = False) -> Prefilled:
+def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: _RowCache | None = None,
+             record: bool = False) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
     Prompts with KV memories take one or two forwards: the shared prefix (unless the compressor keeps
     it run, `prefix_row`), then every prompt's text after it
@@ -41,7 +40,6 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
     `record` (prompts with KV memories), the returned view's `scores[l]` (B, kv_heads, columns) hold
     the largest attention each column of layer l got from the text."""
     dec = compressor.decoder
-    explicit, tails = tails, [1] * len(prompts) if tails is None else list(tails)
     if not any(p.has_memories for p in prompts):
         rows = [p.embeddings for p in prompts]
         b, t = len(rows), max(r.shape[0] for r in rows)
@@ -52,10 +50,8 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
             mask[i, t - r.shape[0]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = dec.model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=max(tails))
-        logits = out.logits[:, -1] if explicit is None else [out.logits[i, out.logits.shape[1] - n:]
-                                                            for i, n in enumerate(tails)]
-        return Prefilled(logits, output_cache(out), mask, positions[:, -1:] + 1, None)
+                        logits_to_keep=1)
+        return Prefilled(out.logits[:, -1], output_cache(out), mask, positions[:, -1:] + 1, None)
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     if prefix_row is not None and prefix_row.position != prefix.shape[0]:
@@ -69,15 +65,16 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
     for p in prompts:
         row = shared if p.segments[0].shape == prefix.shape and torch.equal(p.segments[0], prefix) \
             else _extend(dec, _RowCache.empty(), p.segments[0])[1]
-        text, text_positions = [], []
+        text, text_positions, memories = [], [], []
         for seg in p.segments[1:]:
             if isinstance(seg, KvMemory):
-                row = _extend(dec, row, seg, laid)[1]
+                memories.append((seg, row.position))
+                row = replace(row, position=row.position + seg.source_tokens)
             else:
                 text.append(seg)
                 text_positions.append(torch.arange(row.position, row.position + seg.shape[0], device=dec.device))
                 row = replace(row, position=row.position + seg.shape[0])
-        rows.append(row)
+        rows.append(_append_memories(dec, row, memories, laid))
         texts.append((torch.cat(text), torch.cat(text_positions)))
     # A prompt ends with embeddings (the mode marker and the question), so every row has text.
     lengths = [t.shape[0] for t, _ in texts]
@@ -94,14 +91,11 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequenc
     view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
                   query_positions=query_positions, record=record)
-    keep = sorted({j for n, tail in zip(lengths, tails, strict=True) for j in range(n - tail, n)})
+    last = torch.tensor(sorted(set(lengths)), device=dec.device) - 1
     out = dec.model(inputs_embeds=x, position_ids=query_positions, **cache_arg(cache), use_cache=True,
-                    logits_to_keep=torch.tensor(keep, device=dec.device), kv_view=view)
-    at = {j: k for k, j in enumerate(keep)}
-    if explicit is None:
-        logits = torch.stack([out.logits[i, at[n - 1]] for i, n in enumerate(lengths)])
-    else:
-        logits = [out.logits[i, at[n - tail]:at[n - 1] + 1] for i, (n, tail) in enumerate(zip(lengths, tails, strict=True))]
+                    logits_to_keep=last, kv_view=view)
+    at = last.tolist()
+    logits = torch.stack([out.logits[i, at.index(n - 1)] for i, n in enumerate(lengths)])
     return Prefilled(logits, output_cache(out), None, next_positions, KvView(valid=view.valid, scores=view.scores))
 
 
@@ -136,23 +130,30 @@ class _RowCache:
         return [k.shape[1] for k in self.keys]
 
 
-def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory,
-            laid: dict[tuple[int, int], CacheColumns] | None = None) -> tuple[torch.Tensor | None, _RowCache]:
-    """The row's cache after `segment`: a KV memory is appended, embeddings are prefilled. `laid`
-    keeps memories' cache columns by (object, shift), so one read twice is laid out once."""
+def _extend(dec, row: _RowCache, segment: torch.Tensor | KvMemory) -> tuple[torch.Tensor | None, _RowCache]:
+    """The row's cache after `segment`: a KV memory is appended (no logits), embeddings are prefilled
+    (their last logits)."""
     if isinstance(segment, KvMemory):
-        laid = {} if laid is None else laid
-        delta = row.position - segment.prefix_tokens
-        columns = laid.get((id(segment), delta))
-        if columns is None:
-            columns = laid[id(segment), delta] = segment.cache_tensors(delta, kv_attention.rotary(dec.model),
-                                                                      dec.dtype, dec.device)
-        if row.keys:
-            columns = [[torch.cat([a, b], dim=1) for a, b in zip(old, new, strict=True)]
-                       for old, new in zip((row.keys, row.values, row.valid, row.positions), columns, strict=True)]
-        k, v, ok, pos = columns
-        return None, _RowCache(k, v, ok, row.position + segment.source_tokens, pos)
+        moved = replace(row, position=row.position + segment.source_tokens)
+        return None, _append_memories(dec, moved, [(segment, row.position)], {})
     return _extend_rows(dec, [row], [segment])[0]
+
+
+def _append_memories(dec, row: _RowCache, memories: Sequence[tuple[KvMemory, int]],
+                     laid: dict[tuple[int, int], CacheColumns]) -> _RowCache:
+    """The row's cache with KV memories appended, each (memory, the position it starts at) with its
+    keys re-rotated there, in one concatenation per layer. `laid` keeps memories' cache columns by
+    (object, shift), so one read twice is laid out once."""
+    parts = [(row.keys, row.values, row.valid, row.positions)] if row.keys else []
+    for memory, start in memories:
+        delta = start - memory.prefix_tokens
+        if (id(memory), delta) not in laid:
+            laid[id(memory), delta] = memory.cache_tensors(delta, kv_attention.rotary(dec.model), dec.dtype, dec.device)
+        parts.append(laid[id(memory), delta])
+    if not memories:
+        return row
+    k, v, ok, pos = ([torch.cat(layer, dim=1) for layer in zip(*part, strict=True)] for part in zip(*parts, strict=True))
+    return _RowCache(k, v, ok, row.position, pos)
 
 
 def _extend_rows(dec, rows: list[_RowCache], segments: list[torch.Tensor]) -> list[tuple[torch.Tensor, _RowCache]]:
@@ -201,19 +202,25 @@ def _stack_rows(dec, rows: list[_RowCache]
                 ) -> tuple[Any, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Left-pad per-prompt caches into one batch cache: (cache, next positions (B, 1), and per layer
     each column's validity and rotary position (B, kv_heads, columns))."""
+    keys, values, valid, columns = [], [], [], []
+    for layer in range(len(rows[0].keys)):
+        width = max(r.keys[layer].shape[1] for r in rows)
+        keys.append(torch.stack([_left_pad(r.keys[layer], width) for r in rows]))
+        values.append(torch.stack([_left_pad(r.values[layer], width) for r in rows]))
+        valid.append(torch.stack([_left_pad(r.valid[layer], width) for r in rows]))
+        columns.append(torch.stack([_left_pad(r.positions[layer], width) for r in rows]))
+    positions = torch.tensor([[r.position] for r in rows], device=dec.device)
+    return rebuild_cache(dec, keys, values), positions, valid, columns
+
+
+def rebuild_cache(dec, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
+    """A decoder cache holding per layer `keys[l]` / `values[l]` (B, kv_heads, columns, head_dim)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=dec.model.config)
-    valid, columns = [], []
-    for layer in range(len(rows[0].keys)):
-        width = max(r.keys[layer].shape[1] for r in rows)
-        keys = torch.stack([_left_pad(r.keys[layer], width) for r in rows])
-        values = torch.stack([_left_pad(r.values[layer], width) for r in rows])
-        valid.append(torch.stack([_left_pad(r.valid[layer], width) for r in rows]))
-        columns.append(torch.stack([_left_pad(r.positions[layer], width) for r in rows]))
-        cache.update(keys, values, layer)
-    positions = torch.tensor([[r.position] for r in rows], device=dec.device)
-    return cache, positions, valid, columns
+    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+        cache.update(k, v, layer)
+    return cache
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -221,20 +228,3 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     pad = width - t.shape[1]
     return t if pad == 0 else torch.cat([t.new_zeros(t.shape[0], pad, *t.shape[2:]), t], dim=1)
 
-
-@torch.no_grad()
-def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: Sequence[Sequence[int]], *,
-                  prefix_row: _RowCache | None = None) -> list[torch.Tensor]:
-    """Per prompt, the decoder's next-token logits (len(target), vocab), float32, at each token of its
-    target, teacher-forced right after the prompt (what the decoder would say there, and how sure it is).
-    `prefix_row`: the prompts' shared prefix, already run (see `_prefill`)."""
-    if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
-        raise InvalidInputError("target_logits needs one non-empty target per prompt")
-    dec = compressor.decoder
-    forced = []
-    for p, target in zip(prompts, targets, strict=True):
-        head = dec.embed_ids(torch.tensor(list(target[:-1]), dtype=torch.long, device=dec.device))
-        forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
-    with compressor.reading():
-        logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
-    return [x.float() for x in logits]

@@ -7,8 +7,9 @@ KV memories are laid out after the prefix they were computed under (`context_pre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,12 +28,9 @@ INSTRUCTIONS = {
 }
 # "repeat" keeps the answer prompt's prefix and asks for the context after it: KV memories are
 # computed under that prefix, so they are scored and reconstructed in this layout.
-# "repeat" keeps the answer prompt's prefix and asks for the context after it: KV memories are
-# computed under that prefix, so they are scored and reconstructed in this layout.
 REPEAT_REQUEST = "Repeat the context word for word."
 MODES = (*INSTRUCTIONS, "repeat")
 Context = Memory | str
-# Training passes soft rows as tensors (with grad); users pass memories or raw strings.
 # Training passes soft rows as tensors (with grad); users pass memories or raw strings.
 TrainingContext = Memory | str | torch.Tensor
 
@@ -40,16 +38,24 @@ TrainingContext = Memory | str | torch.Tensor
 @dataclass
 class Prompt:
     """Decoder inputs for one question, in order: the prefix's embeddings, then embeddings (T, d) and
-    KV memories; plus what the contexts cost."""
+    KV memories; plus what the contexts cost. With `read_entries` (kvzip's read budget), the
+    question's prefill reads every entry of the KV memories and the answer's tokens read that many
+    of them, chosen by the question's attention (`selection.keep_read_entries`)."""
 
     segments: list[torch.Tensor | KvMemory]
-    context_positions: int  # decoder positions the contexts take (memories and raw text)
+    context_positions: int  # decoder positions the contexts take (memories and raw text) while answering
     source_tokens: int
+    read_entries: int | None = None
 
     @property
     def positions(self) -> int:
-        """Decoder positions the prompt takes (a KV memory counts its kept entries' token-equivalents)."""
-        return sum(s.num_positions if isinstance(s, KvMemory) else s.shape[0] for s in self.segments)
+        """Decoder positions the prompt takes while answering (a KV memory counts its kept entries'
+        token-equivalents, read ones under a read budget)."""
+        memories = [s for s in self.segments if isinstance(s, KvMemory)]
+        text = sum(s.shape[0] for s in self.segments if not isinstance(s, KvMemory))
+        if self.read_entries is None:
+            return text + sum(m.num_positions for m in memories)
+        return text + math.ceil(self.read_entries / (memories[0].layers * memories[0].kv_heads))
 
     @property
     def has_memories(self) -> bool:
@@ -96,7 +102,13 @@ def build_prompt(compressor: MemoryReader, contexts: Sequence[TrainingContext], 
             raise InvalidInputError(f"the question may not contain {_PLACEHOLDER!r}")
     if isinstance(contexts, (str, Memory)):
         raise InvalidInputError("contexts must be a list of memories (SoftPrompt, KvMemory) or str, not a single item")
-    return _layout(compressor, compressor.budget_contexts(contexts, question=question), mode, question)
+    entries = compressor.read_entries(contexts) if mode == "answer" else None
+    if entries is None:
+        return _layout(compressor, compressor.budget_contexts(contexts, question=question), mode, question)
+    # Every entry is laid out: the question's prefill reads them all, its answer `entries` of them.
+    whole = _layout(compressor, contexts, mode, question)
+    read = replace(whole, read_entries=entries)
+    return replace(read, context_positions=whole.context_positions + read.positions - whole.positions)
 
 
 def _layout(compressor: MemoryReader, contexts: Sequence[TrainingContext], mode: str, question: str | None) -> Prompt:

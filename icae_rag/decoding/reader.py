@@ -1,6 +1,6 @@
 """`MemoryReader`: what decoding needs from a compressor.
 
-Decoding runs a compressor's decoder over a prompt of memories and text, and calls back five of its
+Decoding runs a compressor's decoder over a prompt of memories and text, and calls back six of its
 methods to lay that prompt out. Every `Compressor` is a `MemoryReader`; typing `decoding/` against
 this protocol instead of `compressors.base.Compressor` keeps `decoding/` below `compressors/`
 (which hands `answer` / `stream` to it) in the import graph.
@@ -38,6 +38,11 @@ class MemoryReader(Protocol):
     def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
         """The contexts as this compressor reads them, for `question` if one is asked (kvzip may
         prune the memories read together to one budget)."""
+        ...
+
+    def read_entries(self, contexts: Sequence[Any]) -> int | None:
+        """How many entries of the KV memories among `contexts` a question's answer reads (one budget
+        over them all, chosen at its prefill), or None to read them as given."""
         ...
 
     def check_memory(self, memory: Memory) -> None:

@@ -1,63 +1,145 @@
-"""The entries a question reads: each stored entry's attention from the question, read with every
-entry of every memory in view, so memories read together compete for one budget as the question
-sees them (what a memory keeps alone, under the repeat that scored it, is not what a question needs
-among other memories; docs/kvzip.md)."""
+"""The entries a question's answer reads: each stored entry's attention from the question, read with
+every entry of every memory in view, so memories read together compete for one budget as the
+question sees them (what a memory keeps alone, under the repeat that scored it, is not what a
+question needs among other memories; docs/kvzip.md).
+
+The question's own prefill reads every stored entry and records that attention; its answer's tokens
+then read the chosen entries only (`keep_read_entries`): the cache a decoding step reads shrinks to
+the budget, and the question is read once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 
-from ..errors import InvalidInputError
 from ..memories.kv_memory import KvMemory
-from .prefill import _prefill
-from .prompts import Context, Prompt, _layout
+from ..models.kv_attention import KvView
+from .prefill import Prefilled, _prefill, rebuild_cache
+from .prompts import Prompt
 from .reader import MemoryReader
 
 # The share of a read budget the question's attention chooses; the stored scores choose the rest.
-# Chosen on techdocs-dev (docs/kvzip.md, "The read budget"): the question alone keeps too little of
-# what its few tokens do not look at, the stored scores alone what each passage needs read alone.
+# Chosen on techdocs-dev (docs/kvzip.md, "The read budget (the default)"): the question alone keeps
+# too little of what its few tokens do not look at, the stored scores alone what each passage needs
+# read alone.
 QUESTION_SHARE = 2 / 3
 
 
-@torch.no_grad()
-def question_scores(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tensor]:
-    """Per KV memory of `prompt`, in order: each entry's largest attention weight (any query head of
-    its group) from the prompt's text after the prefix (separators, question), float32, in the
-    memory's entry order."""
-    with compressor.reading():
-        view = _prefill(compressor, [prompt], record=True).view
-    prefix = prompt.segments[0].shape[0]  # the prefix is cached as one column per token, in every layer
-    offsets = [prefix] * len(view.scores)
+class _Places(NamedTuple):
+    """Where a memory's entries sit in a batch cache: per layer the slice of its entries (entries are
+    ordered by layer, then head), and each entry's KV head and cache column."""
+
+    layers: list[slice]
+    head: torch.Tensor
+    column: torch.Tensor
+
+
+def _entry_columns(prompt: Prompt, widths: Sequence[int]) -> list[_Places]:
+    """Per KV memory of `prompt`, where its entries sit in a batch cache of `widths[l]` columns per
+    layer before the prompts' text, the prompt's row left-padded to it (the prefix takes one column
+    per token, a memory as many as its fullest head per layer)."""
+    memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
+    fullest = [m.counts.max(dim=1).values.long() for m in memories]  # per memory, its width per layer
+    offsets = torch.tensor(widths) - sum(fullest)
     out = []
-    for memory in (s for s in prompt.segments if isinstance(s, KvMemory)):
+    for memory, width in zip(memories, fullest, strict=True):
         owner, rank = memory.entry_columns()
-        layer, head = owner // memory.kv_heads, owner % memory.kv_heads
-        scores = torch.empty(memory.kept_entries)
-        for i in range(memory.layers):
-            at = layer == i
-            scores[at] = view.scores[i][0, head[at], offsets[i] + rank[at]].float().cpu()
-            offsets[i] += int(memory.counts[i].max())  # a memory is as wide as its fullest head, per layer
-        out.append(scores)
+        bounds = [0, *memory.counts.sum(dim=1).long().cumsum(0).tolist()]
+        out.append(_Places([slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)],
+                           owner % memory.kv_heads, offsets[owner // memory.kv_heads] + rank))
+        offsets = offsets + width
     return out
 
 
-def read_choice(compressor: MemoryReader, contexts: Sequence[Context], question: str, entries: int
-                ) -> list[torch.Tensor]:
-    """Per KV memory among `contexts`, a selection score per entry: keeping the `entries` highest over
-    all of them keeps QUESTION_SHARE of the budget the question attends to most and fills the rest by the scores
-    the memories store (the repeat's: what the passage needs in general). The question alone keeps
-    too little of what its few tokens do not look at; the stored scores alone keep what each passage
-    needs read alone, not what this question needs among the others."""
-    memories = [c for c in contexts if isinstance(c, KvMemory)]
-    if any(m.scores is None for m in memories):
-        raise InvalidInputError("reading memories at a budget needs the scores kvzip stores with them: "
-                                "compress the texts again")
-    asked = torch.cat(question_scores(compressor, _layout(compressor, contexts, "answer", question)))
-    stored = torch.cat([m.scores.float().cpu() for m in memories])
-    by_question = asked.topk(min(round(entries * QUESTION_SHARE), len(asked))).indices
-    # Ranks, not raw scores, decide: the two scores come from different queries and are not comparable.
-    choice = stored.argsort().argsort().float() / max(1, len(stored))  # the stored order, in [0, 1)
-    choice[by_question] = 2.0  # above every stored rank
-    return list(choice.split([m.kept_entries for m in memories]))
+def _recorded(view: KvView, row: int, places: Sequence[_Places]) -> torch.Tensor:
+    """The recorded attention of every entry at `places`, one tensor over all of them (float32, CPU)."""
+    out = []
+    for p in places:
+        out += [view.scores[i][row, p.head[at], p.column[at]].float().cpu() for i, at in enumerate(p.layers)]
+    return torch.cat(out)
+
+
+def read_choice(asked: torch.Tensor, memories: Sequence[KvMemory], entries: int) -> list[torch.Tensor]:
+    """Per memory, which entries to read (bool): of `entries` over all of them, QUESTION_SHARE the
+    entries the question attends to most (`asked`, one score per entry of the memories in order),
+    the rest by the scores the memories store (the repeat's: what the passage needs in general)."""
+    # The two scores come from different queries and are not comparable: the question's share goes
+    # first, then the stored order fills the rest.
+    choice = torch.cat([m.scores.float().cpu() for m in memories])
+    choice[asked.topk(min(round(entries * QUESTION_SHARE), len(asked))).indices] = float("inf")
+    keep = torch.zeros(len(choice), dtype=torch.bool)
+    keep[choice.topk(min(entries, len(choice))).indices] = True
+    return list(keep.split([m.kept_entries for m in memories]))
+
+
+def _text_columns(prompts: Sequence[Prompt]) -> int:
+    """The columns the prompts' text after the prefix takes in a prefill forward (the longest row's)."""
+    return max(sum(s.shape[0] for s in p.segments[1:] if not isinstance(s, KvMemory)) for p in prompts)
+
+
+@torch.no_grad()
+def question_choice(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tensor]:
+    """Per KV memory of `prompt` (with `read_entries`), which entries its answer reads (bool), as
+    `keep_read_entries` chooses them; for showing what a question read."""
+    with compressor.reading():
+        view = _prefill(compressor, [prompt], record=True).view
+    text = _text_columns([prompt])
+    places = _entry_columns(prompt, [v.shape[2] - text for v in view.valid])
+    memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
+    return read_choice(_recorded(view, 0, places), memories, prompt.read_entries)
+
+
+def read_prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: Any = None) -> Prefilled:
+    """The prompts prefilled (`prefill._prefill`); a prompt with `read_entries` keeps, for what
+    follows, the entries its question chose (`keep_read_entries`)."""
+    budget = any(p.read_entries is not None for p in prompts)
+    prefilled = _prefill(compressor, prompts, prefix_row=prefix_row, record=budget)
+    return keep_read_entries(compressor, prompts, prefilled) if budget else prefilled
+
+
+def keep_read_entries(compressor: MemoryReader, prompts: Sequence[Prompt], prefilled: Prefilled) -> Prefilled:
+    """`prefilled` (run with `record`) with each prompt's memories cut to its `read_entries`, as
+    `read_choice` chooses them from the question's recorded attention: the cache keeps, per layer and
+    head, only the columns read from here on (packed left, so it shrinks)."""
+    cache, valid = _packed(compressor, prefilled.cache, _read_mask(prompts, prefilled.view))
+    return prefilled._replace(cache=cache, view=KvView(valid=valid))
+
+
+def _read_mask(prompts: Sequence[Prompt], view: KvView) -> list[torch.Tensor]:
+    """`view.valid` with the entries each prompt's answer does not read switched off."""
+    text = _text_columns(prompts)
+    widths = [v.shape[2] - text for v in view.valid]
+    valid = [v.clone() for v in view.valid]
+    for row, prompt in enumerate(prompts):
+        if prompt.read_entries is None:
+            continue
+        places = _entry_columns(prompt, widths)
+        memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
+        keeps = read_choice(_recorded(view, row, places), memories, prompt.read_entries)
+        for p, keep in zip(places, keeps, strict=True):
+            for i, at in enumerate(p.layers):
+                drop = ~keep[at]
+                valid[i][row, p.head[at][drop].to(valid[i].device), p.column[at][drop].to(valid[i].device)] = False
+    return valid
+
+
+def _packed(compressor: MemoryReader, cache: Any, valid: list[torch.Tensor]) -> tuple[Any, list[torch.Tensor]]:
+    """The cache with each (row, head)'s valid columns moved left in their order, as wide per layer as
+    the most any (row, head) keeps; and the matching validity. Rotary positions are already in the
+    keys, and later tokens read every valid cached column, so column order no longer matters."""
+    keys, values, out_valid = [], [], []
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.keys, layer.values
+        ok = valid[i]
+        width = int(ok.sum(-1).max())
+        # A stable sort puts each (row, head)'s valid columns first, in their order.
+        order = (~ok).to(torch.uint8).argsort(dim=-1, stable=True)[..., :width]
+        index = order[..., None].expand(-1, -1, -1, k.shape[-1])
+        keys.append(k.gather(2, index))
+        values.append(v.gather(2, index))
+        out_valid.append(ok.gather(2, order))
+    return rebuild_cache(compressor.decoder, keys, values), out_valid
+

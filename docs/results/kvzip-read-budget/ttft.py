@@ -4,8 +4,8 @@ One run, modes interleaved per question so they see the same machine load. Quest
 nodes (best last) come from a `benchmarks.kvzip_company` run's nodes.json; every node is compressed
 by the default (`kvzip`: every entry stored, each question reading 1/2.5 of its memories together)
 and by the adaptive check (`kvzip:fidelity=0.96`, read as stored). Each answer is one greedy token; TTFT is the time from the call
-to the first token: the prompt built (for the read budget, its scoring pass over every stored entry) and
-prefilled. Also the distribution of what each memory kept under the read budget.
+to the first token: the prompt built and prefilled (for the read budget: the question's prefill over
+every stored entry, recording its attention, and the cache cut to the chosen entries). Also the distribution of what each memory kept under the read budget.
 
     python docs/results/kvzip-read-budget/ttft.py RUN_DIR N OUT.json
 """
@@ -30,7 +30,8 @@ setup = json.loads((run / "nodes.json").read_text())
 texts, questions = setup["nodes"], setup["questions"][:n]
 wanted = sorted({i for q in questions for i in q["nodes"]})
 # ttft.json was written at d28db2d (read budget 3x, the adaptive check as "kvzip"), ttft-default.json
-# with the default read budget (2.5x) and the prompt prefix kept run.
+# with the default read budget (2.5x) and the prompt prefix kept run, ttft-read-once.json once the
+# question was read once (over every stored entry) instead of twice.
 modes = {"raw": load_compressor("raw"), "default (read budget 2.5x)": load_compressor("kvzip"),
          "adaptive check": load_compressor("kvzip:fidelity=0.96")}
 memories: dict[str, dict[int, object]] = {}
@@ -47,7 +48,7 @@ for q in [questions[0], *questions]:  # the first twice: a warm-up, not kept
     for name, comp in modes.items():
         start = time.perf_counter()
         answer = comp.answer(q["question"], [memories[name][i] for i in q["nodes"]], max_new_tokens=1)
-        # The read budget's scoring pass runs while the prompt is built, before decoding starts.
+        # Counted from the call: anything done while the prompt is built is before decoding starts.
         ttft[name].append(time.perf_counter() - start - answer.seconds + answer.prefill_seconds)
         ratio[name].append(answer.compression_ratio)
 # What each memory kept of the read budget, per question (the distribution of per-memory ratios).

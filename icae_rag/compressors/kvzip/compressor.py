@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ...decoding import context_prefix_ids, prompt_texts
+from ...decoding import build_prompt, context_prefix_ids, prompt_texts
 from ...decoding.prefill import _RowCache
-from ...decoding.selection import read_choice
+from ...decoding.selection import question_choice
 from ...errors import InvalidInputError
 from ...memories.kv_memory import KvMemory, entry_owners, prune_jointly, token_ids_sha256
 from ...memories.soft_prompt import Piece, text_sha256
@@ -151,19 +151,35 @@ class KvzipCompressor(Compressor):
         """The prompt prefix's cache as a prefill row: answers reuse it instead of running it again."""
         return _RowCache.of_text(self._prefix_cache())
 
-    def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
-        """The KV memories among `contexts` pruned together to 1/`read_at` of their passages' entries:
-        for a question, as `selection.read_choice` chooses (mostly by the question's attention);
-        without one (the repeat prompt), by their stored scores. Unchanged when read as stored."""
+    def read_entries(self, contexts: Sequence[Any]) -> int | None:
+        """The entries of the KV memories among `contexts` a question's answer reads: 1/`read_at` of
+        their passages' entries, one budget over them all; None when read as stored."""
         memories = [c for c in contexts if isinstance(c, KvMemory)]
         read = self.config.read_at
         if read is None or not memories:
-            return list(contexts)
+            return None
         entries = round(sum(m.source_tokens * m.layers * m.kv_heads for m in memories) / read)
         if entries >= sum(m.kept_entries for m in memories):
+            return None
+        if any(m.scores is None for m in memories):
+            raise InvalidInputError("reading memories at a budget needs the scores kvzip stores with them: "
+                                    "compress the texts again")
+        return entries
+
+    def budget_contexts(self, contexts: Sequence[Any], question: str | None = None) -> list[Any]:
+        """The KV memories among `contexts` cut together to `read_entries`: for a question, the
+        entries its answer reads (`selection.question_choice`, mostly by the question's attention);
+        without one (the repeat prompt), by their stored scores. Unchanged when read as stored."""
+        entries = self.read_entries(contexts)
+        if entries is None:
             return list(contexts)
-        scores = None if question is None else read_choice(self, contexts, question, entries)
-        pruned = iter(prune_jointly(memories, entries, scores=scores))
+        memories = [c for c in contexts if isinstance(c, KvMemory)]
+        if question is None:
+            pruned = iter(prune_jointly(memories, entries))
+        else:
+            prompt = build_prompt(self, contexts, mode="answer", question=question)
+            pruned = iter(m.select(keep.nonzero().squeeze(1)) for m, keep in zip(
+                memories, question_choice(self, prompt), strict=True))
         return [next(pruned) if isinstance(c, KvMemory) else c for c in contexts]
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
