@@ -17,6 +17,7 @@ from ..memories.base import Memory
 from ..memories.kv_memory import KvMemory
 from ..memories.soft_prompt import SoftPrompt
 from ..models.hf_compat import cache_arg, output_cache
+from .prefill import _prefill
 from .prompts import Context, Prompt, build_prompt, stop_token_ids
 from .reader import MemoryReader
 from .selection import read_prefill
@@ -165,6 +166,15 @@ def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: 
     if len(prompts) != len(targets) or any(len(t) == 0 for t in targets):
         raise InvalidInputError("target_logits needs one non-empty target per prompt")
     dec = compressor.decoder
+    if all(p.read_entries is None for p in prompts):  # the prompt and its target in one forward
+        forced = []
+        for p, target in zip(prompts, targets, strict=True):
+            head = dec.embed_ids(torch.tensor(list(target[:-1]), dtype=torch.long, device=dec.device))
+            forced.append(replace(p, segments=[*p.segments[:-1], torch.cat([p.segments[-1], head.to(p.segments[-1].dtype)])]))
+        with compressor.reading():
+            logits = _prefill(compressor, forced, tails=[len(t) for t in targets], prefix_row=prefix_row).logits
+        return [x.float() for x in logits]
+    # Under a read budget the question's prefill chooses what the target reads: two forwards.
     with compressor.reading():
         logits, cache, mask, positions, view = read_prefill(compressor, prompts, prefix_row)
         forced = max(len(t) for t in targets) - 1

@@ -19,18 +19,18 @@ from .reader import MemoryReader
 
 
 class Prefilled(NamedTuple):
-    """The decoder's state after the prompts: last logits (B, V), cache, 2-D mask or None, next
-    positions (B, 1), KvView or None."""
+    """The decoder's state after the prompts: last logits (B, V) (with `tails`: per prompt its last
+    positions' logits (tail, V)), cache, 2-D mask or None, next positions (B, 1), KvView or None."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | list[torch.Tensor]
     cache: Any
     mask: torch.Tensor | None
     positions: torch.Tensor
     view: KvView | None
 
 
-def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: _RowCache | None = None,
-             record: bool = False) -> Prefilled:
+def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], tails: Sequence[int] | None = None,
+             prefix_row: _RowCache | None = None, record: bool = False) -> Prefilled:
     """Run the prompts through the decoder. Prompts of embeddings only go in one left-padded batch.
     Prompts with KV memories take one or two forwards: the shared prefix (unless the compressor keeps
     it run, `prefix_row`), then every prompt's text after it
@@ -40,6 +40,7 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: _R
     `record` (prompts with KV memories), the returned view's `scores[l]` (B, kv_heads, columns) hold
     the largest attention each column of layer l got from the text."""
     dec = compressor.decoder
+    explicit, tails = tails, [1] * len(prompts) if tails is None else list(tails)
     if not any(p.has_memories for p in prompts):
         rows = [p.embeddings for p in prompts]
         b, t = len(rows), max(r.shape[0] for r in rows)
@@ -50,8 +51,10 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: _R
             mask[i, t - r.shape[0]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = dec.model(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1)
-        return Prefilled(out.logits[:, -1], output_cache(out), mask, positions[:, -1:] + 1, None)
+                        logits_to_keep=max(tails))
+        logits = out.logits[:, -1] if explicit is None else [out.logits[i, out.logits.shape[1] - n:]
+                                                            for i, n in enumerate(tails)]
+        return Prefilled(logits, output_cache(out), mask, positions[:, -1:] + 1, None)
     kv_attention.require(dec.model)
     prefix = prompts[0].segments[0]
     if prefix_row is not None and prefix_row.position != prefix.shape[0]:
@@ -91,11 +94,14 @@ def _prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: _R
     view = KvView(valid=[torch.cat([v, real[:, None].expand(-1, heads, -1)], dim=2) for v in valid],
                   positions=[torch.cat([p, query_positions[:, None].expand(-1, heads, -1)], dim=2) for p in columns],
                   query_positions=query_positions, record=record)
-    last = torch.tensor(sorted(set(lengths)), device=dec.device) - 1
+    keep = sorted({j for n, tail in zip(lengths, tails, strict=True) for j in range(n - tail, n)})
     out = dec.model(inputs_embeds=x, position_ids=query_positions, **cache_arg(cache), use_cache=True,
-                    logits_to_keep=last, kv_view=view)
-    at = last.tolist()
-    logits = torch.stack([out.logits[i, at.index(n - 1)] for i, n in enumerate(lengths)])
+                    logits_to_keep=torch.tensor(keep, device=dec.device), kv_view=view)
+    at = {j: k for k, j in enumerate(keep)}
+    if explicit is None:
+        logits = torch.stack([out.logits[i, at[n - 1]] for i, n in enumerate(lengths)])
+    else:
+        logits = [out.logits[i, at[n - tail]:at[n - 1] + 1] for i, (n, tail) in enumerate(zip(lengths, tails, strict=True))]
     return Prefilled(logits, output_cache(out), None, next_positions, KvView(valid=view.valid, scores=view.scores))
 
 
