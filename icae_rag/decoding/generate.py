@@ -86,7 +86,6 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token ids (B,), finished mask (B,)) per step; KV cache, left-padded batch."""
     dec = compressor.decoder
-    model = dec.model
     b = len(prompts)
     stop_ids = torch.tensor(sorted(stop_token_ids(dec.tokenizer)), device=dec.device)
     generator = None
@@ -97,7 +96,6 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
     repeats = _NgramBan(b, cfg.no_repeat_ngram_size) if cfg.no_repeat_ngram_size else None
     with compressor.reading():
         logits, cache, mask, positions, view = read_prefill(compressor, prompts)
-        extra = {} if view is None else {"kv_view": view}
         for step in range(cfg.max_new_tokens):
             logits = logits.float()
             if repeats is not None:
@@ -110,11 +108,8 @@ def _decode_steps(compressor: MemoryReader, prompts: Sequence[Prompt], cfg: Gene
             yield nxt, finished
             if bool(finished.all()) or step == cfg.max_new_tokens - 1:
                 return
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            out = model(inputs_embeds=dec.embed_ids(nxt[:, None]), attention_mask=mask, position_ids=positions,
-                        **cache_arg(cache), use_cache=True, **extra)
-            logits, cache, positions = out.logits[:, -1], output_cache(out), positions + 1
+            logits, cache, mask = _forward(compressor, nxt[:, None], cache, mask, positions, view)
+            logits, positions = logits[:, -1], positions + 1
 
 
 class _NgramBan:
@@ -185,13 +180,21 @@ def target_logits(compressor: MemoryReader, prompts: Sequence[Prompt], targets: 
         ids = torch.zeros(len(prompts), forced, dtype=torch.long, device=dec.device)
         for i, t in enumerate(targets):
             ids[i, :len(t) - 1] = torch.tensor(list(t[:-1]), dtype=torch.long)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(len(prompts), forced)], dim=1)
-        extra = {} if view is None else {"kv_view": view}
-        out = dec.model(inputs_embeds=dec.embed_ids(ids), attention_mask=mask,
-                        position_ids=positions + torch.arange(forced, device=dec.device), **cache_arg(cache),
-                        use_cache=True, **extra)
-    return [torch.cat([logits[i:i + 1], out.logits[i, :len(t) - 1]]).float() for i, t in enumerate(targets)]
+        after = _forward(compressor, ids, cache, mask, positions, view)[0]
+    return [torch.cat([logits[i:i + 1], after[i, :len(t) - 1]]).float() for i, t in enumerate(targets)]
+
+
+def _forward(compressor: MemoryReader, ids: torch.Tensor, cache: Any, mask: torch.Tensor | None,
+             positions: torch.Tensor, view: Any) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """Tokens `ids` (B, T) through the decoder after a prefilled cache (`Prefilled`'s cache, mask, next
+    positions and view), each row's at its next positions: (logits (B, T, V), cache, mask)."""
+    dec = compressor.decoder
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones(ids.shape[0], ids.shape[1])], dim=1)
+    out = dec.model(inputs_embeds=dec.embed_ids(ids), attention_mask=mask,
+                    position_ids=positions + torch.arange(ids.shape[1], device=dec.device), **cache_arg(cache),
+                    use_cache=True, **({} if view is None else {"kv_view": view}))
+    return out.logits, output_cache(out), mask
 
 
 def _finish_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:

@@ -150,14 +150,14 @@ def _append_memories(dec, row: _RowCache, memories: Sequence[tuple[KvMemory, int
     """The row's cache with KV memories appended, each (memory, the position it starts at) with its
     keys re-rotated there, in one concatenation per layer. `laid` keeps memories' cache columns by
     (object, shift), so one read twice is laid out once."""
+    if not memories:
+        return row
     parts = [(row.keys, row.values, row.valid, row.positions)] if row.keys else []
     for memory, start in memories:
         delta = start - memory.prefix_tokens
         if (id(memory), delta) not in laid:
             laid[id(memory), delta] = memory.cache_tensors(delta, kv_attention.rotary(dec.model), dec.dtype, dec.device)
         parts.append(laid[id(memory), delta])
-    if not memories:
-        return row
     k, v, ok, pos = ([torch.cat(layer, dim=1) for layer in zip(*part, strict=True)] for part in zip(*parts, strict=True))
     return _RowCache(k, v, ok, row.position, pos)
 

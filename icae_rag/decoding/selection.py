@@ -86,10 +86,23 @@ def question_choice(compressor: MemoryReader, prompt: Prompt) -> list[torch.Tens
     `keep_read_entries` chooses them; for showing what a question read."""
     with compressor.reading():
         view = _prefill(compressor, [prompt], record=True).view
-    text = _text_columns([prompt])
-    places = _entry_columns(prompt, [v.shape[2] - text for v in view.valid])
-    memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
-    return read_choice(_recorded(view, 0, places), memories, prompt.read_entries)
+    return _chosen([prompt], view)[0][1]
+
+
+def _chosen(prompts: Sequence[Prompt], view: KvView) -> list[tuple[list[_Places], list[torch.Tensor]] | None]:
+    """Per prompt with `read_entries` (None for the others), where its memories' entries sit in the
+    batch cache of `view` (recorded) and, per memory, which entries its answer reads."""
+    text = _text_columns(prompts)
+    widths = [v.shape[2] - text for v in view.valid]
+    out = []
+    for row, prompt in enumerate(prompts):
+        if prompt.read_entries is None:
+            out.append(None)
+            continue
+        places = _entry_columns(prompt, widths)
+        memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
+        out.append((places, read_choice(_recorded(view, row, places), memories, prompt.read_entries)))
+    return out
 
 
 def read_prefill(compressor: MemoryReader, prompts: Sequence[Prompt], prefix_row: Any = None) -> Prefilled:
@@ -110,16 +123,9 @@ def keep_read_entries(compressor: MemoryReader, prompts: Sequence[Prompt], prefi
 
 def _read_mask(prompts: Sequence[Prompt], view: KvView) -> list[torch.Tensor]:
     """`view.valid` with the entries each prompt's answer does not read switched off."""
-    text = _text_columns(prompts)
-    widths = [v.shape[2] - text for v in view.valid]
     valid = [v.clone() for v in view.valid]
-    for row, prompt in enumerate(prompts):
-        if prompt.read_entries is None:
-            continue
-        places = _entry_columns(prompt, widths)
-        memories = [s for s in prompt.segments if isinstance(s, KvMemory)]
-        keeps = read_choice(_recorded(view, row, places), memories, prompt.read_entries)
-        for p, keep in zip(places, keeps, strict=True):
+    for row, chosen in enumerate(_chosen(prompts, view)):
+        for p, keep in zip(*(chosen or ((), ())), strict=True):
             for i, at in enumerate(p.layers):
                 drop = ~keep[at]
                 valid[i][row, p.head[at][drop].to(valid[i].device), p.column[at][drop].to(valid[i].device)] = False
